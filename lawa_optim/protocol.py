@@ -1,0 +1,322 @@
+"""The protocol every method of the zoo follows: an optimizer wrapper that swaps weights.
+
+:class:`AveragingOptimizer` wraps a base ``torch.optim.Optimizer`` and *is* one: it shares the
+base optimizer's ``param_groups``, ``state`` and ``defaults`` (so LR schedulers, GradScaler and
+``add_param_group`` behave as with the base optimizer), counts real optimizer steps, calls
+:meth:`snapshot` every ``period`` steps, and swaps the method's evaluation weights into the
+same ``Parameter`` objects in place, restoring the training weights bit-exactly afterwards.
+
+Subclasses implement the method itself through a few hooks:
+
+- ``_write_eval_weights(params, k)``: write the evaluation weights into ``params``.
+- ``_take_snapshot()``: what a snapshot means for the method (LAWA: push into the ring).
+- ``_after_step()``: work done after every real optimizer step (EMA).
+- ``_check_can_average(k)``: raise before there is anything to evaluate.
+- ``_method_state()`` / ``_check_method_state(state)`` / ``_load_method_state(state)``:
+  the method's part of the state dict, validated before anything changes.
+- ``_on_new_params(params)``: parameters arrived through ``add_param_group``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .bn import recompute_bn
+
+__all__ = ["STATE_KEY", "AveragingOptimizer"]
+
+STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
+STATE_FORMAT = 1
+
+
+class _Swap:
+    """Returned by :meth:`AveragingOptimizer.swap_in`/``swap_out``; ``with`` undoes the call on exit."""
+
+    def __init__(self, undo: Callable[[], Any]) -> None:
+        self._undo = undo
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._undo()
+
+
+def _check_period(period: Any) -> None:
+    if period is not None and (isinstance(period, bool) or not isinstance(period, int) or period < 1):
+        raise ValueError(
+            f"Invalid period: {period!r}; use a positive int (len(train_loader) for one snapshot per "
+            "epoch) or None to snapshot only on explicit snapshot() calls"
+        )
+
+
+class AveragingOptimizer(Optimizer):
+    """Base class of the zoo's wrappers; see the module docstring.
+
+    Args:
+        optimizer (torch.optim.Optimizer): the base optimizer; its update is never re-implemented.
+        period (int, optional): take a snapshot every ``period`` real optimizer steps; ``None``
+            snapshots only on explicit :meth:`snapshot` calls (default: None).
+    """
+
+    method = "base"  # registry name, also stored in the state dict
+
+    def __init__(self, optimizer: Optimizer, period: int | None = None) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"Invalid optimizer: {type(optimizer).__name__} is not a torch.optim.Optimizer; "
+                "pass e.g. torch.optim.SGD(model.parameters(), lr=0.1)"
+            )
+        if isinstance(optimizer, AveragingOptimizer):
+            raise TypeError(
+                f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
+            )
+        _check_period(period)
+        self.optimizer: Optimizer | None = None  # add_param_group below runs Optimizer's during __init__
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.optimizer = optimizer
+        # Share, do not copy: schedulers and GradScaler see the base optimizer's groups and state.
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+        self.defaults = optimizer.defaults
+        self.period = period
+        self.num_steps = 0
+        self._params = self._group_params()
+        self._swap: dict[str, Any] | None = None
+
+    # --------------------------------------------------------------------------- bookkeeping
+    def _group_params(self) -> list[Tensor]:
+        seen: dict[int, Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    @property
+    def swapped_in(self) -> bool:
+        """Whether the evaluation weights are in the model right now."""
+        return self._swap is not None
+
+    def _require_training_weights(self, action: str) -> None:
+        if self._swap is not None:
+            raise RuntimeError(
+                f"{action} while the averaged weights are swapped in; leave the `with opt.averaged():` "
+                "block or call opt.swap_out() first"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()}, optimizer={self.optimizer!r})"
+
+    def _describe(self) -> str:
+        return f"period={self.period}"
+
+    # --------------------------------------------------------------------------- training
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One step of the base optimizer; a snapshot follows every ``period`` steps."""
+        self._require_training_weights("step()")
+        assert self.optimizer is not None
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self.num_steps += 1
+        self._after_step()
+        if self.period is not None and self.num_steps % self.period == 0:
+            self.snapshot()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (and so to this one) and start tracking it."""
+        if self.optimizer is None:  # Optimizer.__init__ registering the shared groups
+            return super().add_param_group(param_group)
+        self._require_training_weights("add_param_group()")
+        known = {id(p) for p in self._params}
+        self.optimizer.add_param_group(param_group)
+        self._params = self._group_params()
+        self._on_new_params([p for p in self._params if id(p) not in known])
+
+    def snapshot(self) -> None:
+        """Record the current weights (called every ``period`` steps, or by hand)."""
+        self._require_training_weights("snapshot()")
+        self._take_snapshot()
+
+    # --------------------------------------------------------------------------- evaluation
+    def swap_in(
+        self,
+        k: int | None = None,
+        *,
+        model: nn.Module | None = None,
+        bn_loader: Iterable[Any] | None = None,
+        bn_batches: int | None = None,
+        bn_device: torch.device | str | None = None,
+        bn_forward: Callable[[nn.Module, Any], Any] | None = None,
+    ) -> _Swap:
+        """Write the evaluation weights into the parameters, in place.
+
+        Args:
+            k (int, optional): for LAWA, average only the ``k`` latest snapshots (default: all).
+            model (nn.Module, optional): the model, needed with ``bn_loader``.
+            bn_loader (iterable, optional): recompute BatchNorm statistics for the swapped-in
+                weights over these batches (``update_bn`` semantics); the model's buffers are
+                then restored on :meth:`swap_out` too. Without it the buffers stay as they are.
+            bn_batches (int, optional): use at most this many batches of ``bn_loader``.
+            bn_device, bn_forward: see :func:`lawa_optim.bn.recompute_bn`.
+
+        Returns a context manager that calls :meth:`swap_out` on exit.
+        """
+        self._require_training_weights("swap_in()")
+        self._check_can_average(k)
+        if bn_loader is not None and not isinstance(model, nn.Module):
+            raise ValueError("Invalid model: bn_loader needs model=<the nn.Module whose BatchNorm to recompute>")
+        params = self._params
+        with torch.no_grad():
+            backup = [p.detach().clone() for p in params]
+            buffers = list(model.buffers()) if bn_loader is not None else []
+            saved_buffers = [b.detach().clone() for b in buffers]
+            try:
+                self._write_eval_weights(params, k)
+                if bn_loader is not None:
+                    recompute_bn(model, bn_loader, max_batches=bn_batches, device=bn_device, forward=bn_forward)
+            except BaseException:
+                self._restore(params, backup, buffers, saved_buffers)
+                raise
+        self._swap = {
+            "backup": backup,
+            "buffers": buffers,
+            "saved_buffers": saved_buffers,
+            "args": {
+                "k": k,
+                "model": model,
+                "bn_loader": bn_loader,
+                "bn_batches": bn_batches,
+                "bn_device": bn_device,
+                "bn_forward": bn_forward,
+            },
+        }
+        return _Swap(self.swap_out)
+
+    def swap_out(self) -> _Swap:
+        """Restore the training weights (and buffers, if BatchNorm was recomputed) bit-exactly.
+
+        Returns a context manager that swaps the same evaluation weights back in on exit.
+        """
+        if self._swap is None:
+            raise RuntimeError("swap_out() without swap_in(): the training weights are already in place")
+        swap, self._swap = self._swap, None
+        self._restore(self._params, swap["backup"], swap["buffers"], swap["saved_buffers"])
+        args = swap["args"]
+        return _Swap(lambda: self.swap_in(**args))
+
+    @staticmethod
+    def _restore(params: list[Tensor], backup: list[Tensor], buffers: list[Tensor], saved: list[Tensor]) -> None:
+        with torch.no_grad():
+            for dst, src in zip(params + buffers, backup + saved):
+                dst.copy_(src)
+
+    def averaged(self, k: int | None = None, **bn: Any) -> _Swap:
+        """``with opt.averaged(): evaluate(model)``: :meth:`swap_in` as a context manager."""
+        return self.swap_in(k, **bn)
+
+    def averaged_state_dict(self, model: nn.Module, k: int | None = None, **bn: Any) -> dict[str, Tensor]:
+        """A copy of ``model.state_dict()`` holding the evaluation weights (for ``checkpoint_lawa.pt``)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Invalid model: {type(model).__name__} is not an nn.Module")
+        with self.swap_in(k, model=model, **bn):
+            return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    # --------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state dict plus ``{"lawa": {...}}`` with this wrapper's state.
+
+        ``"lawa"`` holds ``format``, ``method``, ``num_steps``, ``swapped_in``,
+        ``training_weights`` (the weights to restore when saved while swapped in, else None) and
+        the method's own entries. Only tensors and plain values: ``weights_only=True`` loads it.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        assert self.optimizer is not None
+        sd = self.optimizer.state_dict()
+        sd[STATE_KEY] = {
+            "format": STATE_FORMAT,
+            "method": self.method,
+            "num_steps": self.num_steps,
+            "swapped_in": self._swap is not None,
+            "training_weights": None if self._swap is None else [t.clone() for t in self._swap["backup"]],
+            **self._method_state(),
+        }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            sd = post_hook(self, sd) or sd
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict`; everything is checked before anything changes.
+
+        A state dict saved while swapped in leaves this wrapper swapped in (load the model's
+        saved weights too, then :meth:`swap_out` restores the training weights).
+        """
+        self._require_training_weights("load_state_dict()")
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        if not isinstance(state_dict, dict) or STATE_KEY not in state_dict:
+            raise ValueError(
+                f"Invalid state_dict: it has no {STATE_KEY!r} entry, so it was not saved by a lawa_optim "
+                "wrapper; a plain optimizer state dict goes to wrapper.optimizer.load_state_dict()"
+            )
+        mine = state_dict[STATE_KEY]
+        if mine.get("format") != STATE_FORMAT or mine.get("method") != self.method:
+            raise ValueError(
+                f"Invalid state_dict: saved by method {mine.get('method')!r} (format {mine.get('format')!r}); "
+                f"this is {self.method!r} (format {STATE_FORMAT})"
+            )
+        weights = mine.get("training_weights")
+        if mine.get("swapped_in"):
+            if weights is None or len(weights) != len(self._params) or any(
+                tuple(w.shape) != tuple(p.shape) for w, p in zip(weights, self._params)
+            ):
+                raise ValueError("Invalid state_dict: its training weights do not match this optimizer's parameters")
+        self._check_method_state(mine)
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
+        self.num_steps = int(mine["num_steps"])
+        self._load_method_state(mine)
+        if mine.get("swapped_in"):
+            backup = [w.to(p.device, p.dtype).clone() for w, p in zip(weights, self._params)]
+            self._swap = {"backup": backup, "buffers": [], "saved_buffers": [], "args": {}}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    # --------------------------------------------------------------------------- method hooks
+    def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
+        pass  # the bare optimizer evaluates its training weights
+
+    def _take_snapshot(self) -> None:
+        pass
+
+    def _after_step(self) -> None:
+        pass
+
+    def _check_can_average(self, k: int | None) -> None:
+        if k is not None:
+            raise ValueError(f"Invalid k={k!r}: {self.method!r} has no window of snapshots to choose from")
+
+    def _method_state(self) -> dict[str, Any]:
+        return {}
+
+    def _check_method_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _on_new_params(self, params: list[Tensor]) -> None:
+        pass
+
+    @property
+    def num_snapshots(self) -> int:
+        return 0

@@ -1,0 +1,133 @@
+"""``LAWAWrapper``: LAtest Weight Averaging (Kaddour 2022) around any torch optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .averaging import resolve_weights, window_coefficients
+from .protocol import AveragingOptimizer
+from .store import SnapshotRing
+
+__all__ = ["LAWAWrapper"]
+
+OFFLOAD_CHOICES = (None, "cpu")
+
+
+class LAWAWrapper(AveragingOptimizer):
+    r"""Keep the k latest snapshots of the weights and evaluate their average.
+
+    The average of the k latest snapshots (one per epoch in the paper) runs dozens of epochs
+    ahead of the raw weights in the middle phase of training. The wrapper is itself a
+    ``torch.optim.Optimizer`` sharing the base optimizer's ``param_groups`` and ``state``, so
+    LR schedulers, ``torch.amp.GradScaler`` and ``add_param_group`` work as with the base
+    optimizer. Only real optimizer steps count toward ``period`` (a step GradScaler skips
+    never reaches :meth:`step`).
+
+    With fewer than ``k`` snapshots taken, :meth:`averaged` averages those it has;
+    before the first snapshot it raises ``RuntimeError``.
+
+    Args:
+        optimizer (torch.optim.Optimizer): the base optimizer (SGD, Adam, AdamW, foreach or fused).
+        k (int, optional): number of latest snapshots to average (default: 6, the paper's default).
+        period (int, optional): snapshot every ``period`` optimizer steps; ``len(train_loader)``
+            is the paper's once per epoch; ``None`` snapshots only on :meth:`snapshot` (default: None).
+        weights (str or sequence of float, optional): ``"uniform"`` (LAWA), ``"exp"`` (the paper's
+            EXP comparator: ``alpha * (1 - alpha) ** i`` for the i-th newest snapshot, normalized),
+            or k non-negative coefficients, newest first, normalized (default: ``"uniform"``).
+        alpha (float, optional): EXP's decay, in (0, 1] (default: 0.9).
+        offload (str, optional): ``None`` keeps snapshots on the parameters' device, ``"cpu"`` in
+            host memory, pinned and copied asynchronously on CUDA (default: None).
+
+    Example:
+        >>> opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        ...                   k=6, period=len(loader))
+        >>> for x, y in loader:
+        ...     opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+        >>> with opt.averaged():
+        ...     evaluate(model)
+    """
+
+    method = "lawa"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        k: int = 6,
+        period: int | None = None,
+        *,
+        weights: str | Sequence[float] = "uniform",
+        alpha: float = 0.9,
+        offload: str | None = None,
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"Invalid k: {k!r} is not an int; use the number of snapshots to average, e.g. k=6")
+        if k < 1:
+            raise ValueError(f"Invalid k: {k}; it must be >= 1 (the paper uses 5 to 10)")
+        kind, coeffs = resolve_weights(weights, k, alpha)
+        if offload not in OFFLOAD_CHOICES:
+            raise ValueError(f"Invalid offload: {offload!r}; use one of {OFFLOAD_CHOICES}")
+        super().__init__(optimizer, period)
+        self.k = k
+        self.weights = kind
+        self.alpha = float(alpha)
+        self.coefficients = coeffs
+        self.offload = offload
+        self._ring = SnapshotRing(self._params, k, offload)
+
+    def _describe(self) -> str:
+        w = self.weights if self.coefficients is None else list(self.coefficients)
+        extra = f", alpha={self.alpha}" if self.weights == "exp" else ""
+        return f"k={self.k}, period={self.period}, weights={w!r}{extra}, offload={self.offload!r}"
+
+    @property
+    def num_snapshots(self) -> int:
+        """How many snapshots the ring holds (at most k)."""
+        return self._ring.size
+
+    @property
+    def snapshots_taken(self) -> int:
+        """How many snapshots were taken since the start of training."""
+        return self._ring.count
+
+    def snapshots(self, index: int) -> list[Tensor]:
+        """The snapshots of the ``index``-th parameter, oldest first (read-only views)."""
+        return self._ring.snapshots(index)
+
+    # --------------------------------------------------------------------------- hooks
+    def _take_snapshot(self) -> None:
+        self._ring.push()
+
+    def _check_can_average(self, k: int | None) -> None:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.k):
+            raise ValueError(f"Invalid k={k!r} for averaged()/swap_in(): use an int in [1, {self.k}] or None for all")
+        if self._ring.size == 0:
+            raise RuntimeError(
+                "No snapshot to average yet: the first one is taken after `period` optimizer steps "
+                f"(period={self.period}) or by calling opt.snapshot()"
+            )
+
+    def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
+        j = min(k or self.k, self._ring.size)
+        coeffs = window_coefficients(self.weights, self.coefficients, self.alpha, j)
+        self._ring.write_average(params, j, coeffs)
+
+    def _on_new_params(self, params: list[Tensor]) -> None:
+        self._ring.add_params(params)
+
+    def _method_state(self) -> dict[str, Any]:
+        return {"k": self.k, **self._ring.state_dict()}
+
+    def _check_method_state(self, state: dict[str, Any]) -> None:
+        if state.get("k") != self.k:
+            raise ValueError(
+                f"Invalid state_dict: saved with k={state.get('k')!r}, this wrapper has k={self.k}; "
+                "create the wrapper with the same k"
+            )
+        self._ring.check_state_dict(state, "state_dict['lawa']")
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        self._ring.load_state_dict(state)

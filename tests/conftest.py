@@ -1,0 +1,33 @@
+"""Shared fixtures, and the rule for optional dependencies.
+
+Markers (see pyproject.toml): ``slow``, ``distributed``, ``fairseq``, ``cli``. CI runs them all.
+A test that needs an optional dependency calls :func:`require`: outside CI a missing one skips
+the test; with ``CI`` set it fails, so CI can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def require(module: str, why: str = ""):
+    """Import ``module`` or skip (fail under CI) with the install hint."""
+    try:
+        return importlib.import_module(module)
+    except Exception as err:  # ImportError, or a broken install raising something else
+        msg = f"{module} is needed{': ' + why if why else ''} ({err}); `make test` installs it"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
