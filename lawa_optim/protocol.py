@@ -121,11 +121,21 @@ class AveragingOptimizer(Optimizer):
         self._require_training_weights("step()")
         assert self.optimizer is not None
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self.observe_step()
+        return loss
+
+    def observe_step(self) -> None:
+        """Count one step that the base optimizer has just taken, without stepping it.
+
+        :meth:`step` calls it. Call it yourself when several wrappers observe one base optimizer
+        (a benchmark evaluating LAWA, EXP, EMA and SWA on the same run steps the base optimizer
+        once, then calls ``observe_step()`` on each wrapper).
+        """
+        self._require_training_weights("step()")
         self.num_steps += 1
         self._after_step()
         if self.period is not None and self.num_steps % self.period == 0:
             self.snapshot()
-        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         assert self.optimizer is not None
