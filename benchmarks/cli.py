@@ -14,7 +14,7 @@ import click
 # group name -> {command name -> "module:attribute"}
 _COMMANDS: dict[str, dict[str, str]] = {
     "lawa": {
-        "report": "benchmarks.resnet.cli:report",
+        "report": "benchmarks.report:report",
         "average": "benchmarks.average_cli:average",
         "fairseq-user-dir": "benchmarks.roberta.cli:fairseq_user_dir",
     },

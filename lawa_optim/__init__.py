@@ -2,8 +2,17 @@
 
 from .averaging import exp_coefficients
 from .bn import recompute_bn
+from .io import CheckpointError, atomic_save, safe_load
 from .protocol import AveragingOptimizer
 from .wrapper import LAWAWrapper
 
-__all__ = ["AveragingOptimizer", "LAWAWrapper", "exp_coefficients", "recompute_bn"]
+__all__ = [
+    "AveragingOptimizer",
+    "CheckpointError",
+    "LAWAWrapper",
+    "atomic_save",
+    "exp_coefficients",
+    "recompute_bn",
+    "safe_load",
+]
 __version__ = "0.1.0"

@@ -103,6 +103,16 @@ class SnapshotRing:
         start = (self.head - self.size) % self.k
         return [(start + i) % self.k for i in range(self.size)]
 
+    def nonfinite_params(self) -> list[int]:
+        """Indices of the parameters holding NaN or Inf right now (one read of the parameters)."""
+        bad: list[int] = []
+        with torch.no_grad():
+            for idx in _group(range(len(self.params)), self.params):
+                norms = torch._foreach_norm([self.params[i].detach() for i in idx], float("inf"))
+                finite = torch.stack(norms).isfinite().tolist()
+                bad.extend(i for i, ok in zip(idx, finite) if not ok)
+        return sorted(bad)
+
     def push(self) -> None:
         """Copy the parameters into the oldest slot and update the running sum in O(P)."""
         self.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from .store import SnapshotRing
 __all__ = ["LAWAWrapper"]
 
 OFFLOAD_CHOICES = (None, "cpu")
+NONFINITE_CHOICES = ("raise", "skip")
 
 
 class LAWAWrapper(AveragingOptimizer):
@@ -41,6 +43,9 @@ class LAWAWrapper(AveragingOptimizer):
         alpha (float, optional): EXP's decay, in (0, 1] (default: 0.9).
         offload (str, optional): ``None`` keeps snapshots on the parameters' device, ``"cpu"`` in
             host memory, pinned and copied asynchronously on CUDA (default: None).
+        nonfinite (str, optional): what a snapshot of weights holding NaN or Inf does:
+            ``"raise"`` a ``RuntimeError``, or ``"skip"`` it with a warning; either way the ring is
+            left unchanged, so a diverged step never enters the average (default: ``"raise"``).
 
     Example:
         >>> opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
@@ -62,6 +67,7 @@ class LAWAWrapper(AveragingOptimizer):
         weights: str | Sequence[float] = "uniform",
         alpha: float = 0.9,
         offload: str | None = None,
+        nonfinite: str = "raise",
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"Invalid k: {k!r} is not an int; use the number of snapshots to average, e.g. k=6")
@@ -70,12 +76,16 @@ class LAWAWrapper(AveragingOptimizer):
         kind, coeffs = resolve_weights(weights, k, alpha)
         if offload not in OFFLOAD_CHOICES:
             raise ValueError(f"Invalid offload: {offload!r}; use one of {OFFLOAD_CHOICES}")
+        if nonfinite not in NONFINITE_CHOICES:
+            raise ValueError(f"Invalid nonfinite: {nonfinite!r}; use one of {NONFINITE_CHOICES}")
         super().__init__(optimizer, period)
         self.k = k
         self.weights = kind
         self.alpha = float(alpha)
         self.coefficients = coeffs
         self.offload = offload
+        self.nonfinite = nonfinite
+        self.skipped_snapshots = 0
         self._ring = SnapshotRing(self._params, k, offload)
 
     def _describe(self) -> str:
@@ -99,6 +109,17 @@ class LAWAWrapper(AveragingOptimizer):
 
     # --------------------------------------------------------------------------- hooks
     def _take_snapshot(self) -> None:
+        bad = self._ring.nonfinite_params()
+        if bad:
+            msg = (
+                f"Snapshot refused: parameter(s) {bad[:8]} hold NaN or Inf after {self.num_steps} steps; "
+                "the ring and its average are unchanged"
+            )
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg + " (pass nonfinite='skip' to skip such snapshots with a warning)")
+            self.skipped_snapshots += 1
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            return
         self._ring.push()
 
     def _check_can_average(self, k: int | None) -> None:
