@@ -11,16 +11,32 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_save", "atomic_write_bytes", "safe_load"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "atomic_save", "atomic_write_bytes", "safe_load"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, unsafe or of the wrong kind."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle asks for more than tensors and plain containers (refused, not run)."""
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permission bits a plain ``open(path, "w")`` would give: the old file's, else 0o666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # os.umask can only be read by setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -37,11 +53,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it over ``path``."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it over ``path``.
+
+    The new file gets the permission bits of the file it replaces (or the umask's default for a
+    new file), not ``mkstemp``'s private 0o600. A crash (even SIGKILL) leaves ``path`` as it was;
+    only a stray ``.NAME.*.tmp`` file beside it may remain.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Cannot write {str(path)!r}: it is a directory; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -56,16 +81,34 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     _fsync_dir(path.parent)
 
 
+def _unpickler_reason(err: BaseException) -> str:
+    """The one informative line of torch's long weights_only refusal (which global it refused)."""
+    text = str(err)
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:"):
+            return line.split(" was not an allowed global")[0] + " is not allowed"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a half-written file at ``path``."""
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` with a :class:`CheckpointError` naming the file.
 
     A missing, empty or truncated file, or one whose pickle asks for anything beyond tensors and
-    plain containers (code execution), is refused; nothing is executed.
+    plain containers (code execution), is refused; nothing is executed. The latter raises
+    :class:`UnsafeCheckpointError`, a subclass of :class:`CheckpointError`.
+
+    Args:
+        path (str or os.PathLike): the checkpoint file.
+        map_location: passed to ``torch.load`` (default: ``"cpu"``).
+        mmap (bool, optional): memory-map the tensors of a zip-format file (``torch.save``'s
+            default) so only the tensors actually used are read from disk; a legacy-format file
+            is read normally (default: ``False``).
     """
     path = Path(path)
     if not path.is_file():
@@ -73,11 +116,13 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {str(path)!r} is empty (an interrupted write?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        use_mmap = mmap and zipfile.is_zipfile(path)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"Checkpoint {str(path)!r} was refused by torch.load(weights_only=True): it holds objects "
-            f"other than tensors and plain containers, which could run code when loaded ({err})"
+            f"other than tensors and plain containers, which could run code when loaded "
+            f"({_unpickler_reason(err)}); nothing from it was executed"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"Checkpoint {str(path)!r} could not be read; it is truncated or not a "

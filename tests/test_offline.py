@@ -1,0 +1,317 @@
+"""Offline averaging of saved checkpoints (lawa_optim.offline), against an independent reference."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import weakref
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from lawa_optim import offline
+from lawa_optim.io import CheckpointError, UnsafeCheckpointError
+from lawa_optim.offline import average_checkpoints, average_state_dicts, natural_key, write_average
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def make_state(seed: int) -> OrderedDict:
+    """A state dict with mixed float dtypes, an integer buffer, a bool mask and a non-tensor entry."""
+    g = torch.Generator().manual_seed(seed)
+    sd = OrderedDict()
+    for name, dtype in DTYPES.items():
+        sd[f"{name}.weight"] = (torch.randn(7, 5, generator=g) * (1 + seed)).to(dtype)
+    sd["bn.running_mean"] = torch.randn(5, generator=g)
+    sd["bn.num_batches_tracked"] = torch.tensor(100 * (seed + 1))
+    sd["mask"] = torch.rand(5, generator=g) > 0.5
+    sd["steps"] = torch.arange(3, dtype=torch.int32) + seed
+    sd["_extra"] = {"seed": seed}
+    sd["scalar"] = torch.tensor(float(seed))  # 0-dim float: averaged
+    return sd
+
+
+def save_states(tmp_path, n: int, wrap: bool = False, start: int = 0) -> tuple[list, list]:
+    states, paths = [], []
+    for i in range(start, start + n):
+        sd = make_state(i)
+        path = tmp_path / f"checkpoint{i + 1}.pt"
+        obj = sd
+        if wrap:  # the layout of a fairseq checkpoint
+            obj = {"args": None, "cfg": {"model": {"_name": "tiny"}, "common": {"seed": i}}, "model": sd,
+                   "criterion": None, "optimizer_history": [{"num_updates": 10 * i, "optimizer_name": "Adam"}],
+                   "task_state": {}, "extra_state": {"epoch": i + 1},
+                   "last_optimizer_state": {"state": {0: {"exp_avg": torch.ones(1000)}}}}
+        torch.save(obj, path)
+        states.append(sd)
+        paths.append(path)
+    return states, paths
+
+
+def reference_mean(states: list, coefficients: list[float] | None = None) -> dict:
+    """Slow and obvious: stack in float64, (weighted) mean, cast back; other entries from the newest."""
+    out = {}
+    for key, value in states[-1].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            stack = torch.stack([sd[key].to(torch.float64) for sd in states])
+            if coefficients is None:
+                mean = stack.mean(0)
+            else:
+                c = torch.tensor(coefficients, dtype=torch.float64).reshape(-1, *([1] * value.dim()))
+                mean = (stack * c).sum(0)
+            out[key] = mean.to(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def assert_state_equal(got, want, exact: bool = True) -> None:
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype, key
+            if exact:
+                assert torch.equal(got[key], value), key
+            else:
+                torch.testing.assert_close(got[key], value, rtol=2e-7 if value.dtype == torch.float32 else 0.008,
+                                           atol=1e-12, msg=key)
+        else:
+            assert got[key] == value, key
+
+
+def test_uniform_matches_reference_bit_exact(tmp_path):
+    states, paths = save_states(tmp_path, 5)
+    got = average_checkpoints(paths)
+    assert isinstance(got, OrderedDict)
+    assert_state_equal(got, reference_mean(states))
+    # integer buffers come from the newest file, undivided: a mean would be 300, not 500
+    assert got["bn.num_batches_tracked"].item() == 500
+    assert torch.equal(got["steps"], torch.tensor([4, 5, 6], dtype=torch.int32))
+    assert got["_extra"] == {"seed": 4}
+    # mixed dtypes stay what they were
+    assert {k: got[k].dtype for k in ("fp16.weight", "bf16.weight")} == {
+        "fp16.weight": torch.float16, "bf16.weight": torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float16, 2048.0), (torch.bfloat16, 256.0)])
+def test_low_precision_accumulates_in_float64(dtype, big):
+    # a low-precision running sum loses the small terms: big + 1 rounds back to big (2048 in fp16, 256 in bf16)
+    states = [{"w": torch.tensor([v], dtype=dtype)} for v in (big, 1.0, 1.0, 1.0)]
+    got = average_state_dicts(states)["w"]
+    want = torch.tensor([(big + 3) / 4], dtype=torch.float64).to(dtype)
+    assert torch.equal(got, want)
+    naive = sum(sd["w"] for sd in states) / 4
+    assert not torch.equal(naive, want)
+
+
+def test_exp_weights_match_the_formula(tmp_path):
+    states, paths = save_states(tmp_path, 4)
+    alpha = 0.7
+    raw = [alpha * (1 - alpha) ** age for age in range(4)]  # newest first
+    coeffs = [c / math.fsum(raw) for c in reversed(raw)]  # oldest first
+    got = average_checkpoints(paths, weights="exp", alpha=alpha)
+    assert_state_equal(got, reference_mean(states, coeffs), exact=False)
+    _, summary = offline._average_files(paths, None, False, "exp", alpha, None, False, False, "raise", None)
+    assert summary.coefficients == pytest.approx(coeffs, rel=1e-15)
+    assert max(summary.coefficients) == summary.coefficients[-1]  # newest weighted most
+    # alpha=1: only the newest counts
+    assert_state_equal(average_checkpoints(paths, weights="exp", alpha=1.0), states[-1])
+
+
+def test_last_and_natural_sort(tmp_path):
+    states, paths = save_states(tmp_path, 12)
+    assert_state_equal(average_checkpoints(paths, last=3), reference_mean(states[-3:]))
+    shuffled = [paths[i] for i in (10, 1, 11, 0, 9, 2, 3, 4, 5, 6, 7, 8)]
+    assert [p.name for p in sorted(shuffled, key=natural_key)][:3] == ["checkpoint1.pt", "checkpoint2.pt",
+                                                                      "checkpoint3.pt"]
+    assert_state_equal(average_checkpoints(shuffled, last=3, sort=True), reference_mean(states[-3:]))
+    # without sort the order given is the order used: the "last 3" are checkpoints 10, 11 and 12 shuffled
+    assert_state_equal(average_checkpoints(shuffled[:3], weights="exp"),
+                       average_checkpoints([paths[10], paths[1], paths[11]], weights="exp"))
+    with pytest.raises(ValueError, match="Invalid last: 13 but only 12"):
+        average_checkpoints(paths, last=13)
+    with pytest.raises(ValueError, match="Invalid last: 0"):
+        average_checkpoints(paths, last=0)
+
+
+def test_state_dicts_in_memory_equal_files(tmp_path):
+    states, paths = save_states(tmp_path, 3)
+    assert_state_equal(average_state_dicts(states), average_checkpoints(paths))
+    assert_state_equal(average_state_dicts(states, weights=[0.5, 0.25, 0.25]),  # custom, newest first
+                       reference_mean(states, [0.25, 0.25, 0.5]), exact=False)
+    bn = torch.nn.BatchNorm1d(3)
+    avg = average_state_dicts([bn.state_dict(), bn.state_dict()])
+    assert avg._metadata == bn.state_dict()._metadata  # load_state_dict's version info survives
+    torch.nn.BatchNorm1d(3).load_state_dict(avg)
+
+
+def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
+    states, paths = save_states(tmp_path, 3, wrap=True)
+    got = average_checkpoints(paths)
+    assert list(got) == ["args", "cfg", "model", "criterion", "optimizer_history", "task_state", "extra_state"]
+    assert_state_equal(got["model"], reference_mean(states))
+    assert got["extra_state"] == {"epoch": 3} and got["cfg"]["common"]["seed"] == 2
+    assert got["optimizer_history"][-1]["num_updates"] == 20
+    kept = average_checkpoints(paths, keep_optimizer=True)
+    assert torch.equal(kept["last_optimizer_state"]["state"][0]["exp_avg"], torch.ones(1000))
+    # another key (Lightning's "state_dict")
+    lightning = tmp_path / "l.pt"
+    torch.save({"state_dict": states[0], "epoch": 3}, lightning)
+    assert_state_equal(average_checkpoints([lightning], key="state_dict")["state_dict"], states[0])
+    with pytest.raises(CheckpointError, match="has no entry 'model_ema'"):
+        average_checkpoints([lightning], key="model_ema")
+
+
+def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
+    _, paths = save_states(tmp_path, 5, wrap=True)
+    alive: list[weakref.ref] = []
+    real_load = offline._load
+
+    def tracking_load(path, trust_pickle):
+        obj = real_load(path, trust_pickle)
+        alive.append(weakref.ref(obj["model"]["fp32.weight"]))
+        return obj
+
+    def progress(i, path):
+        gc.collect()
+        assert [r() is not None for r in alive] == [False] * i + [True], f"after {path}"
+
+    monkeypatch.setattr(offline, "_load", tracking_load)
+    average_checkpoints(paths, progress=progress)
+    assert len(alive) == 5
+
+
+def _evil_file(path, marker):
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))  # creates the marker file if ever unpickled
+
+    torch.save({"model": make_state(0), "extra_state": Evil()}, path)
+
+
+def test_refuses_a_pickle_that_would_run_code(tmp_path):
+    _, paths = save_states(tmp_path, 2, wrap=True)
+    evil, marker = tmp_path / "checkpoint3.pt", tmp_path / "PWNED"
+    _evil_file(evil, marker)
+    out = tmp_path / "avg.pt"
+    with pytest.raises(UnsafeCheckpointError, match=r"checkpoint3\.pt.*weights_only=True.*trust_pickle=True"):
+        write_average([*paths, evil], out)
+    assert not marker.exists() and not out.exists()
+
+
+def test_trust_pickle_loads_old_style_checkpoints(tmp_path):
+    states, paths = save_states(tmp_path, 2)
+    old = tmp_path / "old.pt"  # a fairseq checkpoint from before Hydra keeps an argparse.Namespace
+    torch.save({"args": argparse.Namespace(arch="tiny"), "model": states[1]}, old)
+    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
+        average_checkpoints([old])
+    got = average_checkpoints([old], trust_pickle=True)
+    assert got["args"].arch == "tiny"
+    assert_state_equal(got["model"], states[1])
+
+
+@pytest.mark.parametrize("kind", ["keys", "extra_key", "shape", "dtype", "tensor_vs_value"])
+def test_refuses_mismatched_files_naming_file_and_keys(tmp_path, kind):
+    states, paths = save_states(tmp_path, 3)
+    bad = make_state(3)
+    if kind == "keys":
+        del bad["fp16.weight"]
+        match = r"checkpoint_bad\.pt does not match .*checkpoint1\.pt.*lacks 'fp16\.weight'"
+    elif kind == "extra_key":
+        bad["head.bias"] = torch.zeros(2)
+        match = r"checkpoint_bad\.pt.*has extra 'head\.bias'"
+    elif kind == "shape":
+        bad["fp32.weight"] = torch.zeros(5, 7)
+        match = r"checkpoint_bad\.pt.*'fp32\.weight': \(5, 7\) float32 vs \(7, 5\) float32"
+    elif kind == "dtype":
+        bad["bf16.weight"] = bad["bf16.weight"].float()
+        match = r"checkpoint_bad\.pt.*'bf16\.weight': \(7, 5\) float32 vs \(7, 5\) bfloat16"
+    else:
+        bad["scalar"] = 3.0
+        match = r"checkpoint_bad\.pt.*'scalar': not a tensor vs \(\) float32"
+    torch.save(bad, tmp_path / "checkpoint_bad.pt")
+    out = tmp_path / "avg.pt"
+    with pytest.raises(CheckpointError, match=match):
+        write_average([*paths, tmp_path / "checkpoint_bad.pt"], out)
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_bad_files_are_named(tmp_path):
+    _, paths = save_states(tmp_path, 2)
+    data = paths[1].read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"trunc\.pt' could not be read; it is truncated"):
+        average_checkpoints([paths[0], tmp_path / "trunc.pt"])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt' is empty"):
+        average_checkpoints([tmp_path / "empty.pt"])
+    with pytest.raises(CheckpointError, match=r"nope\.pt' does not exist"):
+        average_checkpoints([paths[0], tmp_path / "nope.pt"])
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt holds a list"):
+        average_checkpoints([tmp_path / "list.pt"])
+    torch.save({"step": torch.tensor(3)}, tmp_path / "ints.pt")
+    with pytest.raises(CheckpointError, match=r"ints\.pt holds no floating-point tensors"):
+        average_checkpoints([tmp_path / "ints.pt"])
+    torch.save({"model": make_state(0)}, tmp_path / "wrapped.pt")
+    with pytest.raises(CheckpointError, match=r"wrapped\.pt is a checkpoint with 'model' but the first file is a "
+                                              r"plain state dict"):
+        average_checkpoints([paths[0], tmp_path / "wrapped.pt"])
+    torch.save({"w": torch.zeros(3).to_sparse()}, tmp_path / "sparse.pt")
+    with pytest.raises(CheckpointError, match=r"sparse\.pt: tensor 'w' is torch.sparse_coo"):
+        average_checkpoints([tmp_path / "sparse.pt"])
+
+
+def test_nonfinite_raise_or_skip(tmp_path):
+    states, paths = save_states(tmp_path, 4)
+    bad = make_state(9)
+    bad["fp32.weight"][0, 0] = float("nan")
+    bad["fp16.weight"][1, 1] = float("inf")
+    torch.save(bad, tmp_path / "checkpoint_nan.pt")
+    order = [paths[0], paths[1], tmp_path / "checkpoint_nan.pt", paths[2], paths[3]]
+    with pytest.raises(CheckpointError, match=r"checkpoint_nan\.pt holds NaN or Inf in 'fp16\.weight', 'fp32\.weight'"):
+        average_checkpoints(order)
+    with pytest.warns(RuntimeWarning, match=r"Skipping .*checkpoint_nan\.pt"):
+        got = average_checkpoints(order, nonfinite="skip")
+    assert_state_equal(got, reference_mean(states))
+    raw = [0.5 * 0.5**age for age in range(5)][::-1]  # oldest first; the NaN file (index 2) drops out
+    kept = [raw[i] for i in (0, 1, 3, 4)]
+    with pytest.warns(RuntimeWarning):
+        got = average_checkpoints(order, weights="exp", alpha=0.5, nonfinite="skip")
+    assert_state_equal(got, reference_mean(states, [c / sum(kept) for c in kept]), exact=False)
+    with pytest.raises(ValueError, match="Invalid nonfinite: 'ignore'"):
+        average_checkpoints(paths, nonfinite="ignore")
+
+
+def test_argument_errors(tmp_path):
+    _, paths = save_states(tmp_path, 2)
+    with pytest.raises(ValueError, match="Invalid weights: 'mean'"):
+        average_checkpoints(paths, weights="mean")
+    with pytest.raises(ValueError, match="Invalid alpha: 0"):
+        average_checkpoints(paths, weights="exp", alpha=0)
+    with pytest.raises(ValueError, match="given twice"):
+        average_checkpoints([paths[0], paths[1], str(paths[0])])
+    with pytest.raises(TypeError, match="give a list"):
+        average_checkpoints(str(paths[0]))
+    with pytest.raises(ValueError, match="no checkpoints"):
+        average_checkpoints([])
+    with pytest.raises(ValueError, match="is a directory"):
+        write_average(paths, tmp_path)
+
+
+def test_out_must_not_be_an_input_unless_forced(tmp_path):
+    states, paths = save_states(tmp_path, 3)
+    before = paths[2].read_bytes()
+    with pytest.raises(ValueError, match=r"checkpoint3\.pt' is also an input.*force=True"):
+        write_average(paths, paths[2])
+    link = tmp_path / "alias.pt"
+    link.hardlink_to(paths[2])
+    with pytest.raises(ValueError, match="is also an input"):
+        write_average(paths, link)
+    assert paths[2].read_bytes() == before
+    summary = write_average(paths, paths[2], force=True)
+    assert summary.out == str(paths[2]) and summary.files == tuple(map(str, paths))
+    assert_state_equal(torch.load(paths[2], weights_only=True), reference_mean(states))
