@@ -84,7 +84,8 @@ def recompute_bn(
         forward (callable, optional): ``forward(model, batch)`` for batches of another shape
             (default: :func:`model_input`).
     """
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
+    bad = isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    if max_batches is not None and bad:
         raise ValueError(f"Invalid max_batches: {max_batches!r}; use a positive int or None for the whole loader")
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
     adapter = _Adapter(model, device, forward or model_input)

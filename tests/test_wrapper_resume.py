@@ -1,0 +1,195 @@
+"""Resume (issue 2, point 3) and state-dict validation (point 4): PyTorch's lockstep recipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from lawa_optim import LAWAWrapper
+
+# The same deterministic run, importable by the fresh process below.
+RUN = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from lawa_optim import LAWAWrapper
+
+    def build(k=4, weights="uniform", offload=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 2))
+        base = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        opt = LAWAWrapper(base, k=k, period=3, weights=weights, offload=offload)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=200)
+        return model, opt, sched
+
+    def steps(model, opt, sched, start, stop):
+        for i in range(start, stop):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randn(8, 6, generator=g)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+
+    def result(model, opt):
+        out = {"weights": [p.detach().clone() for p in model.parameters()]}
+        with opt.averaged():
+            out["avg"] = [p.detach().clone() for p in model.parameters()]
+        with opt.averaged(k=2):
+            out["avg2"] = [p.detach().clone() for p in model.parameters()]
+        out["lr"] = opt.param_groups[0]["lr"]
+        return out
+    """
+)
+
+
+def _namespace():
+    ns: dict = {}
+    exec(RUN, ns)  # noqa: S102 - test helper code defined above
+    return ns
+
+
+@pytest.mark.parametrize("weights,offload", [("uniform", None), ("exp", None), ("uniform", "cpu")])
+def test_lockstep_resume_in_a_fresh_process(tmp_path, weights, offload):
+    ns = _namespace()
+    # uninterrupted: 40 steps (13 snapshots, the ring wrapped several times)
+    model, opt, sched = ns["build"](weights=weights, offload=offload)
+    ns["steps"](model, opt, sched, 0, 40)
+    expected = ns["result"](model, opt)
+    # interrupted after 23 steps (mid-period), saved, resumed elsewhere
+    model, opt, sched = ns["build"](weights=weights, offload=offload)
+    ns["steps"](model, opt, sched, 0, 23)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, ckpt)
+    out = tmp_path / "resumed.pt"
+    script = RUN + textwrap.dedent(
+        f"""
+        state = torch.load({str(ckpt)!r}, weights_only=True)
+        model, opt, sched = build(weights={weights!r}, offload={offload!r})
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
+        steps(model, opt, sched, 23, 40)
+        torch.save(result(model, opt), {str(out)!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    got = torch.load(out, weights_only=True)
+    assert got["lr"] == expected["lr"]
+    for key in ("weights", "avg", "avg2"):
+        for a, b in zip(got[key], expected[key]):
+            assert torch.equal(a, b), key
+
+
+def test_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
+    ns = _namespace()
+    model, opt, sched = ns["build"]()
+    ns["steps"](model, opt, sched, 0, 10)
+    torch.save(opt.state_dict(), tmp_path / "o.pt")
+    sd = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert sd["lawa"]["k"] == 4 and sd["lawa"]["count"] == 3 and sd["lawa"]["num_steps"] == 10
+    assert [tuple(r.shape) for r in sd["lawa"]["ring"]][0] == (3, 9, 6)
+
+
+def test_host_ring_loads_into_a_wrapper_on_another_placement():
+    """A ring saved from host memory (offload='cpu') loads into a wrapper keeping it beside the params."""
+    ns = _namespace()
+    model, opt, sched = ns["build"](offload="cpu")
+    ns["steps"](model, opt, sched, 0, 20)
+    expected = ns["result"](model, opt)
+    model2, opt2, sched2 = ns["build"](offload=None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model2.to(device)
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    got = ns["result"](model2, opt2)
+    for a, b in zip(got["avg"], expected["avg"]):
+        assert torch.equal(a.cpu(), b)
+
+
+def test_saved_while_swapped_in_resumes_swapped_in(tmp_path):
+    ns = _namespace()
+    model, opt, sched = ns["build"]()
+    ns["steps"](model, opt, sched, 0, 9)
+    train = [p.detach().clone() for p in model.parameters()]
+    with opt.averaged():
+        state = {"model": model.state_dict(), "opt": opt.state_dict()}
+        torch.save(state, tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    model2, opt2, _ = ns["build"]()
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    assert opt2.swapped_in
+    opt2.swap_out()
+    for p, t in zip(model2.parameters(), train):
+        assert torch.equal(p, t)
+
+
+def _snapshot_everything(model, opt):
+    sd = opt.state_dict()
+    return [p.detach().clone() for p in model.parameters()], sd
+
+
+def _assert_unchanged(model, opt, before):
+    params, sd = before
+    for p, b in zip(model.parameters(), params):
+        assert torch.equal(p, b)
+    after = opt.state_dict()
+    assert after["lawa"]["count"] == sd["lawa"]["count"] and after["lawa"]["num_steps"] == sd["lawa"]["num_steps"]
+    for a, b in zip(after["lawa"]["ring"] + after["lawa"]["sums"], sd["lawa"]["ring"] + sd["lawa"]["sums"]):
+        assert torch.equal(a, b)
+    assert after["param_groups"] == sd["param_groups"]
+    for pid, st in sd["state"].items():
+        for key, v in st.items():
+            assert torch.equal(after["state"][pid][key], v)
+
+
+def _trained(k=4, hidden=9):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+    opt = LAWAWrapper(torch.optim.Adam(model.parameters(), lr=1e-2), k=k, period=1)
+    for _i in range(6):
+        opt.zero_grad()
+        model(torch.randn(3, 6)).sum().backward()
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda sd: sd.pop("lawa"), "no 'lawa' entry"),
+        (lambda sd: sd["lawa"].update(k=5), "saved with k=5"),
+        (lambda sd: sd["lawa"].update(method="ema"), "method 'ema'"),
+        (lambda sd: sd["lawa"]["ring"].pop(), "snapshots of 3 parameters"),
+        (lambda sd: sd["lawa"]["ring"].__setitem__(0, torch.zeros(4, 9, 7)), "shape"),
+        (lambda sd: sd["lawa"]["ring"].__setitem__(0, sd["lawa"]["ring"][0].double()), "float64"),
+        (lambda sd: sd["lawa"].update(count=-1), "count"),
+        (lambda sd: sd["lawa"].pop("sums"), "lacks 'sums'"),
+    ],
+)
+def test_bad_state_dict_rejected_and_nothing_changes(corrupt, match):
+    model, opt = _trained()
+    donor_model, donor = _trained()
+    for _i in range(3):  # make the donor differ, so a partial load would show
+        donor.zero_grad()
+        donor_model(torch.randn(3, 6)).sum().backward()
+        donor.step()
+    sd = donor.state_dict()
+    corrupt(sd)
+    before = _snapshot_everything(model, opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    _assert_unchanged(model, opt, before)
+
+
+def test_state_dict_from_another_model_rejected():
+    model, opt = _trained(hidden=9)
+    _, other = _trained(hidden=11)
+    before = _snapshot_everything(model, opt)
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(other.state_dict())
+    _assert_unchanged(model, opt, before)
