@@ -1,17 +1,29 @@
 """lawa-optim: LAtest Weight Averaging for PyTorch, and the comparators it is measured against."""
 
 from .averaging import exp_coefficients
+from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, ScheduleFreeAdapter, SWAWrapper
 from .bn import recompute_bn
 from .io import CheckpointError, atomic_save, safe_load
 from .protocol import AveragingOptimizer
+from .registry import MethodInfo, create, get_method_info, list_methods
 from .wrapper import LAWAWrapper
 
 __all__ = [
     "AveragingOptimizer",
+    "BareWrapper",
+    "EMAWrapper",
+    "EXPWrapper",
+    "LookaheadWrapper",
+    "MethodInfo",
+    "SWAWrapper",
+    "ScheduleFreeAdapter",
     "CheckpointError",
     "LAWAWrapper",
     "atomic_save",
+    "create",
     "exp_coefficients",
+    "get_method_info",
+    "list_methods",
     "recompute_bn",
     "safe_load",
 ]

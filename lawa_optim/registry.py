@@ -1,0 +1,188 @@
+"""Create any method of the zoo by name: ``create("lawa", optimizer)`` (timm-style registry).
+
+Each method is described by a frozen :class:`MethodInfo`; :func:`list_methods` names them,
+:func:`get_method_info` describes one, :func:`create` builds it around a base optimizer with the
+method's defaults, overridden by keyword arguments. Optional packages (torch-optimizer,
+schedulefree) are imported only when their method is created.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from torch.optim import Optimizer
+
+from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, ScheduleFreeAdapter, SWAWrapper
+from .protocol import AveragingOptimizer
+from .wrapper import LAWAWrapper
+
+__all__ = ["MethodInfo", "create", "get_method_info", "list_methods"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the registry knows about one method.
+
+    Args:
+        name (str): the registry name (also the ``method`` stored in its state dicts).
+        factory (callable): ``factory(optimizer, **kwargs)`` returning the wrapper.
+        defaults (mapping): keyword arguments :func:`create` passes unless overridden.
+        source (str): where the method and its defaults come from (paper section or library).
+        description (str): one line on the method.
+        evaluates (str): what ``averaged()`` swaps in.
+        changes_trajectory (bool): ``True`` if training with the method moves the weights
+            differently from the bare optimizer (Lookahead, schedule-free): it needs its own run.
+            ``False`` if it only observes the base optimizer's trajectory, so several such
+            wrappers can share one base optimizer (step it once, then ``observe_step()`` each).
+        requires (str, optional): the module of the optional package it needs, imported when the
+            method is created (``pip install lawa-optim[zoo]`` installs it).
+    """
+
+    name: str
+    factory: Callable[..., AveragingOptimizer]
+    defaults: Mapping[str, Any]
+    source: str
+    description: str
+    evaluates: str
+    changes_trajectory: bool
+    requires: str | None = None
+
+    def accepted_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the factory accepts, with their effective defaults."""
+        params = list(inspect.signature(self.factory).parameters.values())[1:]  # after `optimizer`
+        out = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        out.update(self.defaults)
+        return out
+
+
+def _info(name: str, factory: Callable[..., AveragingOptimizer], defaults: dict[str, Any], **kw: Any) -> MethodInfo:
+    return MethodInfo(name=name, factory=factory, defaults=MappingProxyType(dict(defaults)), **kw)
+
+
+_METHODS: Mapping[str, MethodInfo] = MappingProxyType(
+    {
+        info.name: info
+        for info in (
+            _info(
+                "base",
+                BareWrapper,
+                {},
+                source="the base optimizer (paper's SGD/Adam baselines)",
+                description="the bare optimizer",
+                evaluates="the training weights",
+                changes_trajectory=False,
+            ),
+            _info(
+                "lawa",
+                LAWAWrapper,
+                {"k": 6},
+                source="LAWA paper, Section 3 (k=6 default)",
+                description="uniform average of the k latest snapshots",
+                evaluates="mean of the k latest snapshots",
+                changes_trajectory=False,
+            ),
+            _info(
+                "exp",
+                EXPWrapper,
+                {"k": 10, "alpha": 0.9},
+                source="LAWA paper, Appendix C (k=10, alpha=0.9)",
+                description="exponentially-decayed coefficients over the k latest snapshots",
+                evaluates="EXP-weighted mean of the k latest snapshots",
+                changes_trajectory=False,
+            ),
+            _info(
+                "lookahead",
+                LookaheadWrapper,
+                {"k": 5, "alpha": 0.8},
+                source="torch-optimizer Lookahead (fixed); LAWA paper, Appendix B (k=5, alpha=0.8)",
+                description="Lookahead: k fast steps, then the slow weights step alpha toward them",
+                evaluates="the slow weights",
+                changes_trajectory=True,
+                requires="torch_optimizer",
+            ),
+            _info(
+                "swa",
+                SWAWrapper,
+                {"swa_start": 0},
+                source="torch.optim.swa_utils (Izmailov et al., 2018)",
+                description="equal-weight mean of all snapshots from swa_start on",
+                evaluates="mean of snapshots swa_start, swa_start+1, ...",
+                changes_trajectory=False,
+            ),
+            _info(
+                "ema",
+                EMAWrapper,
+                {"decay": 0.999, "update_every": 1},
+                source="torch.optim.swa_utils.get_ema_multi_avg_fn",
+                description="per-step exponential moving average of the weights",
+                evaluates="the EMA of the weights",
+                changes_trajectory=False,
+            ),
+            _info(
+                "schedulefree",
+                ScheduleFreeAdapter,
+                {"warmup_steps": 0},
+                source="schedulefree package, SGD/AdamWScheduleFree (Defazio et al., 2024)",
+                description="schedule-free SGD/AdamW built over the given optimizer's param groups",
+                evaluates="the schedule-free average x",
+                changes_trajectory=True,
+                requires="schedulefree",
+            ),
+        )
+    }
+)
+
+
+def list_methods(changes_trajectory: bool | None = None) -> list[str]:
+    """Names of the registered methods, in registry order.
+
+    Args:
+        changes_trajectory (bool, optional): only those whose ``changes_trajectory`` equals this
+            (default: None, all).
+
+    Example:
+        >>> list_methods()
+        ['base', 'lawa', 'exp', 'lookahead', 'swa', 'ema', 'schedulefree']
+        >>> list_methods(changes_trajectory=False)
+        ['base', 'lawa', 'exp', 'swa', 'ema']
+    """
+    if changes_trajectory not in (None, True, False):
+        raise ValueError(f"Invalid changes_trajectory: {changes_trajectory!r}; use None, True or False")
+    return [n for n, i in _METHODS.items() if changes_trajectory is None or i.changes_trajectory is changes_trajectory]
+
+
+def get_method_info(name: str) -> MethodInfo:
+    """The :class:`MethodInfo` of ``name``; ``ValueError`` listing the methods if unknown."""
+    if not isinstance(name, str) or name not in _METHODS:
+        raise ValueError(f"Unknown method: {name!r}; use one of {list_methods()}")
+    return _METHODS[name]
+
+
+def create(name: str, optimizer: Optimizer, **kwargs: Any) -> AveragingOptimizer:
+    """Wrap ``optimizer`` with the method ``name``, its defaults overridden by ``kwargs``.
+
+    Args:
+        name (str): one of :func:`list_methods`.
+        optimizer (torch.optim.Optimizer): the base optimizer (for ``schedulefree``: a fresh
+            SGD/Adam/AdamW whose param groups and hyper-parameters it converts, or a
+            schedule-free optimizer).
+        **kwargs: the method's hyper-parameters (see ``get_method_info(name).accepted_kwargs()``).
+
+    Raises ``ValueError`` for an unknown name, ``TypeError`` for a keyword the method does not
+    accept, and the method's own ``ValueError``/``TypeError`` for a bad value; the optimizer is
+    left unchanged.
+
+    Example:
+        >>> opt = create("lawa", torch.optim.SGD(model.parameters(), lr=0.1), period=len(loader))
+        >>> ema = create("ema", opt.optimizer, decay=0.9999)  # both observe one base optimizer
+    """
+    info = get_method_info(name)
+    accepted = info.accepted_kwargs()
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"Invalid argument(s) {unknown} for method {name!r}; it accepts {accepted}")
+    return info.factory(optimizer, **{**info.defaults, **kwargs})
