@@ -54,7 +54,7 @@ def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_o
     from lawa_optim.offline import write_average
 
     total = min(last, len(checkpoints)) if last else len(checkpoints)
-    with tqdm(total=total, desc="averaging", unit="ckpt", disable=quiet, leave=False) as bar:
+    with tqdm(total=total, desc="averaging", unit="ckpt", disable=True if quiet else None, leave=False) as bar:
         try:
             summary = write_average(
                 list(checkpoints), out, last=last, weights=weights, alpha=alpha, force=force, sort=sort,

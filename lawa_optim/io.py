@@ -82,13 +82,15 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
 
 
 def _unpickler_reason(err: BaseException) -> str:
-    """The one informative line of torch's long weights_only refusal (which global it refused)."""
+    """The informative part of torch's long weights_only refusal (which global or opcode it refused)."""
     text = str(err)
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("WeightsUnpickler error:"):
-            return line.split(" was not an allowed global")[0] + " is not allowed"
-    return text.splitlines()[0] if text else type(err).__name__
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    else:
+        text = text.split("\n", 1)[1] if "\n" in text else text
+    text = text.split("Check the documentation of torch.load", 1)[0]
+    text = text.split(" was not an allowed global by default", 1)[0]
+    return " ".join(text.split()) or type(err).__name__
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -119,10 +121,14 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool 
         use_mmap = mmap and zipfile.is_zipfile(path)
         return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "GLOBAL" not in reason:  # not a refused class or function: a damaged or foreign file
+            raise CheckpointError(f"Checkpoint {str(path)!r} could not be read; it is truncated or not a torch "
+                                  f"checkpoint ({reason})") from err
         raise UnsafeCheckpointError(
             f"Checkpoint {str(path)!r} was refused by torch.load(weights_only=True): it holds objects "
-            f"other than tensors and plain containers, which could run code when loaded "
-            f"({_unpickler_reason(err)}); nothing from it was executed"
+            f"other than tensors and plain containers, which could run code when loaded ({reason}); "
+            "nothing from it was executed"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"Checkpoint {str(path)!r} could not be read; it is truncated or not a "
