@@ -1,0 +1,419 @@
+"""Reports of benchmark runs: summaries, "time saved" tables and plots in the paper's style.
+
+Shared by every runner (``lawa bench resnet``, ``lawa bench roberta``). A runner writes its
+metrics with :func:`write_metrics`; :func:`write_report` (and ``lawa report RUN_DIR``) turns them
+into files a person can read.
+
+**The metrics schema.** ``RUN_DIR/metrics.json`` is ``{"schema": 1, "meta": {...}, "rows": [...]}``
+and ``RUN_DIR/metrics.csv`` holds the same rows, long format, one row per (seed, epoch, method):
+
+- ``method`` (str), ``seed`` (int), ``epoch`` (int, 1-based: after that many epochs), and
+  optionally ``run`` (the training run that produced it);
+- any numeric metric columns; the known ones are ``train_loss``, ``train_top1``, ``val_loss``,
+  ``top1``, ``top5`` (in %), ``ppl``, ``val_ppl``, ``train_time_s`` (cumulative wall time of
+  training so far), ``avg_time_s`` and ``eval_time_s`` (the method's averaging and evaluation
+  time in that epoch), ``lr``, ``steps``. Missing values are left empty (CSV) or null (JSON).
+
+``meta`` names ``baseline`` (the method every other is measured against, e.g. ``"base"``),
+``headline`` (e.g. ``"lawa_k6"``), ``metric`` (e.g. ``"top1"``, or ``"val_loss"`` for RoBERTa),
+``higher_is_better`` and ``methods``: ``{name: {"label": ..., "family": ..., "k": ...}}``.
+
+**The report** (in ``RUN_DIR/report/``): ``summary.csv/json`` (mean, std and count over seeds of
+every column per method and epoch), ``final.csv`` (each method at its last epoch and at its
+best), ``time_saved.csv/json`` (see :func:`time_saved`, the headline against the baseline, and
+the longest lead of every method), ``report.md`` (the tables), and the plots ``curves.png``
+(every metric per epoch, mean ± std), ``k_sensitivity.png`` (the paper's Figure 2) and
+``time_saved.png`` (its Figure 1).
+
+Example:
+    >>> write_metrics("runs/x", rows, {"baseline": "base", "headline": "lawa_k6", "metric": "top1"})
+    >>> info = write_report("runs/x")
+    >>> print(info["text"])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["SCHEMA", "load_metrics", "report", "summarize", "time_saved", "write_metrics", "write_report"]
+
+SCHEMA = 1
+KEYS = ("method", "seed", "epoch")
+
+
+# ------------------------------------------------------------------------------ files
+def _atomic_text(path: Path, text: str) -> None:
+    from lawa_optim.io import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns.extend(c for c in r if c not in columns)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
+    return buf.getvalue()
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_metrics(run_dir: str | Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Write ``metrics.json`` and ``metrics.csv`` (atomically) in the schema of the module docstring."""
+    run_dir = Path(run_dir)
+    clean = [{k: _finite(v) for k, v in r.items()} for r in rows]
+    _atomic_text(run_dir / "metrics.json", json.dumps({"schema": SCHEMA, "meta": meta, "rows": clean}, indent=1))
+    _atomic_text(run_dir / "metrics.csv", _csv_text(clean))
+
+
+def load_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(rows, meta)`` from ``metrics.json``, or from ``metrics.csv`` (meta then empty).
+
+    Raises:
+        FileNotFoundError: neither file exists (the message says what a run folder holds).
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        doc = json.loads((run_dir / "metrics.json").read_text())
+        return doc["rows"], doc.get("meta", {})
+    if (run_dir / "metrics.csv").is_file():
+        rows = []
+        with open(run_dir / "metrics.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append({k: _parse(v) for k, v in r.items()})
+        return rows, {}
+    raise FileNotFoundError(
+        f"No metrics.json or metrics.csv in {str(run_dir)!r}: pass the folder a benchmark wrote with --out "
+        "(e.g. `lawa bench resnet --config configs/quick.yaml --out runs/quick`, then `lawa report runs/quick`)"
+    )
+
+
+def _parse(v: str) -> Any:
+    if v == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+# ------------------------------------------------------------------------------ numbers
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample std (0 for one seed) and count over seeds per (method, epoch), numeric columns.
+
+    Returns rows ``{"method", "epoch", "n_seeds", "<col>_mean", "<col>_std", ...}`` sorted by
+    method (first appearance) and epoch.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    order: list[str] = []
+    for r in rows:
+        if r["method"] not in order:
+            order.append(r["method"])
+        groups[(r["method"], int(r["epoch"]))].append(r)
+    out = []
+    for (method, epoch), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        s: dict[str, Any] = {"method": method, "epoch": epoch, "n_seeds": len({r.get("seed") for r in rs})}
+        cols = [c for c in rs[0] if c not in KEYS and c != "run"]
+        for c in cols:
+            vals = [float(r[c]) for r in rs if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
+            vals = [v for v in vals if math.isfinite(v)]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            s[f"{c}_mean"], s[f"{c}_std"] = mean, std
+        out.append(s)
+    return out
+
+
+def _curve(summary: list[dict[str, Any]], method: str, col: str) -> tuple[list[int], list[float], list[float]]:
+    pts = [(s["epoch"], s[f"{col}_mean"], s[f"{col}_std"]) for s in summary
+           if s["method"] == method and f"{col}_mean" in s]
+    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def time_saved(
+    base_epochs: list[int],
+    base_values: list[float],
+    method_epochs: list[int],
+    method_values: list[float],
+    *,
+    base_times: list[float] | None = None,
+    method_times: list[float] | None = None,
+    higher_is_better: bool = True,
+    levels: list[float] | None = None,
+) -> list[dict[str, Any]]:
+    """For each level, the first epoch the method reaches it against the first epoch the baseline does.
+
+    Args:
+        base_epochs, base_values: the baseline's curve (e.g. mean top-1 per epoch).
+        method_epochs, method_values: the method's curve.
+        base_times, method_times (list of float, optional): wall-clock seconds spent up to each
+            epoch of each curve (for the method, its training plus its own averaging time);
+            gives ``hours_saved``.
+        higher_is_better (bool, optional): False for losses and perplexities (default: True).
+        levels (list of float, optional): the levels to compare at (default: each value the
+            method's curve reaches as a new best, i.e. every level it attains first at some epoch).
+
+    Returns:
+        one dict per level, ``level``, ``method_epoch``, ``base_epoch`` (None: never reached),
+        ``epochs_saved`` (``base_epoch - method_epoch``; None when the baseline never reaches it),
+        ``method_time_s``, ``base_time_s``, ``hours_saved`` (None without times).
+
+    Example:
+        >>> time_saved([1, 2, 3, 4], [50, 60, 70, 80], [1, 2, 3, 4], [55, 70, 80, 85])
+        [{'level': 55, 'method_epoch': 1, 'base_epoch': 2, 'epochs_saved': 1, ...}, ...]
+    """
+    if len(base_epochs) != len(base_values) or len(method_epochs) != len(method_values):
+        raise ValueError("Invalid curves: each epochs list must be as long as its values list")
+    sign = 1.0 if higher_is_better else -1.0
+
+    def first(epochs: list[int], values: list[float], level: float) -> int | None:
+        for i, v in enumerate(values):
+            if sign * v >= sign * level - 1e-12:
+                return i
+        return None
+
+    if levels is None:
+        levels, best = [], -math.inf
+        for v in method_values:
+            if sign * v > best:
+                best = sign * v
+                levels.append(v)
+    rows = []
+    for level in levels:
+        im, ib = first(method_epochs, method_values, level), first(base_epochs, base_values, level)
+        if im is None:
+            continue
+        row: dict[str, Any] = {"level": level, "method_epoch": method_epochs[im],
+                               "base_epoch": None if ib is None else base_epochs[ib],
+                               "epochs_saved": None if ib is None else base_epochs[ib] - method_epochs[im],
+                               "method_time_s": None, "base_time_s": None, "hours_saved": None}
+        if method_times is not None:
+            row["method_time_s"] = method_times[im]
+        if base_times is not None and ib is not None:
+            row["base_time_s"] = base_times[ib]
+        if row["method_time_s"] is not None and row["base_time_s"] is not None:
+            row["hours_saved"] = (row["base_time_s"] - row["method_time_s"]) / 3600
+        rows.append(row)
+    return rows
+
+
+def longest_lead(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of :func:`time_saved` with the most epochs saved (the paper's Figure 1 figure)."""
+    reached = [r for r in rows if r["epochs_saved"] is not None]
+    if not reached:
+        return None
+    return max(reached, key=lambda r: (r["epochs_saved"], r["hours_saved"] or 0.0))
+
+
+def _times(summary: list[dict[str, Any]], method: str, epochs: list[int], own_cost: bool) -> list[float] | None:
+    by_epoch = {s["epoch"]: s for s in summary if s["method"] == method}
+    if not epochs or "train_time_s_mean" not in by_epoch[epochs[0]]:
+        return None
+    out, extra = [], 0.0
+    for e in epochs:
+        s = by_epoch[e]
+        if own_cost:
+            extra += s.get("avg_time_s_mean", 0.0)
+        out.append(s["train_time_s_mean"] + extra)
+    return out
+
+
+def _method_time_saved(summary, baseline, method, metric, hib):
+    be, bv, _ = _curve(summary, baseline, metric)
+    me, mv, _ = _curve(summary, method, metric)
+    return time_saved(be, bv, me, mv, base_times=_times(summary, baseline, be, False),
+                      method_times=_times(summary, method, me, True), higher_is_better=hib)
+
+
+# ------------------------------------------------------------------------------ text
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+# ------------------------------------------------------------------------------ the report
+def write_report(
+    run_dir: str | Path,
+    *,
+    metric: str | None = None,
+    baseline: str | None = None,
+    headline: str | None = None,
+    higher_is_better: bool | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write the report of a run folder into ``RUN_DIR/report/`` (see the module docstring).
+
+    Args:
+        run_dir (path): a folder holding ``metrics.json`` or ``metrics.csv``.
+        metric, baseline, headline, higher_is_better (optional): override what ``meta`` says
+            (defaults: ``top1``, ``base``, ``lawa_k6`` or the first LAWA method, True unless
+            the metric is a loss or perplexity).
+        plots (bool, optional): write the PNG plots (default: True).
+
+    Returns:
+        dict with ``summary``, ``final``, ``time_saved`` (headline rows), ``leads`` (longest
+        lead per method), ``headline_lead``, ``text`` (the tables as Markdown) and ``files``.
+    """
+    rows, meta = load_metrics(run_dir)
+    if not rows:
+        raise ValueError(f"Invalid run folder {str(run_dir)!r}: its metrics hold no rows yet")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    metric = metric or meta.get("metric") or "top1"
+    if not any(r.get(metric) is not None for r in rows):
+        raise ValueError(f"Invalid metric {metric!r}: no row of {str(run_dir)!r} has it")
+    hib = higher_is_better if higher_is_better is not None else meta.get(
+        "higher_is_better", not any(w in metric for w in ("loss", "ppl")))
+    baseline = baseline or meta.get("baseline") or ("base" if "base" in methods else methods[0])
+    if baseline not in methods:
+        raise ValueError(f"Invalid baseline {baseline!r}: the run has methods {methods}")
+    headline = headline or meta.get("headline")
+    if headline not in methods:
+        headline = next((m for m in methods if m.startswith("lawa") and "bncopy" not in m), None)
+    info = meta.get("methods", {})
+    label = lambda m: info.get(m, {}).get("label", m)
+    out = Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    final = []
+    sign = 1 if hib else -1
+    for m in methods:
+        e, v, sd = _curve(summary, m, metric)
+        if not e:
+            continue
+        ib = max(range(len(v)), key=lambda i: sign * v[i])
+        final.append({"method": m, "label": label(m), "epoch": e[-1], f"{metric}_mean": v[-1], f"{metric}_std": sd[-1],
+                      "best_epoch": e[ib], f"best_{metric}_mean": v[ib], "n_seeds": max(
+                          s["n_seeds"] for s in summary if s["method"] == m)})
+    leads = []
+    for m in methods:
+        if m == baseline:
+            continue
+        lead = longest_lead(_method_time_saved(summary, baseline, m, metric, hib))
+        leads.append({"method": m, "label": label(m), **(lead or {"level": None, "method_epoch": None,
+                      "base_epoch": None, "epochs_saved": None, "hours_saved": None})})
+    headline_rows = _method_time_saved(summary, baseline, headline, metric, hib) if headline else []
+    headline_lead = longest_lead(headline_rows)
+
+    files = {}
+    for name, text in (("summary.csv", _csv_text(summary)), ("final.csv", _csv_text(final)),
+                       ("time_saved.csv", _csv_text(headline_rows, ["level", "method_epoch", "base_epoch",
+                        "epochs_saved", "method_time_s", "base_time_s", "hours_saved"]))):
+        _atomic_text(out / name, text)
+        files[name] = str(out / name)
+    doc = {"metric": metric, "higher_is_better": hib, "baseline": baseline, "headline": headline,
+           "headline_lead": headline_lead, "time_saved": headline_rows, "leads": leads, "final": final}
+    _atomic_text(out / "time_saved.json", json.dumps(doc, indent=1))
+    _atomic_text(out / "summary.json", json.dumps({"meta": meta, "summary": summary}, indent=1))
+    files["time_saved.json"], files["summary.json"] = str(out / "time_saved.json"), str(out / "summary.json")
+
+    text = _report_text(metric, baseline, headline, label, final, leads, headline_rows, headline_lead)
+    _atomic_text(out / "report.md", text + "\n")
+    files["report.md"] = str(out / "report.md")
+    if plots:
+        from .report_plots import plot_curves, plot_k_sensitivity, plot_time_saved
+
+        files["curves.png"] = plot_curves(out / "curves.png", summary, methods, baseline, headline, info)
+        k_png = plot_k_sensitivity(out / "k_sensitivity.png", summary, methods, baseline, metric, info)
+        if k_png:
+            files["k_sensitivity.png"] = k_png
+        if headline:
+            files["time_saved.png"] = plot_time_saved(out / "time_saved.png", summary, baseline, headline, metric,
+                                                      headline_rows, headline_lead, info)
+    return {"summary": summary, "final": final, "time_saved": headline_rows, "leads": leads,
+            "headline_lead": headline_lead, "text": text, "files": files, "metric": metric,
+            "baseline": baseline, "headline": headline}
+
+
+def _duration(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    sec = hours * 3600
+    if abs(sec) < 120:
+        return f"{sec:.0f} s"
+    if abs(sec) < 7200:
+        return f"{sec / 60:.1f} min"
+    return f"{hours:.1f} h"
+
+
+def _report_text(metric, baseline, headline, label, final, leads, headline_rows, lead) -> str:
+    base = label(baseline)
+    parts = [f"# Report ({metric}; baseline {base})", "", "## Last and best epoch (mean ± std over seeds)", ""]
+    parts.append(_md_table(
+        ["method", "epoch", metric, "± std", "best epoch", f"best {metric}", "seeds"],
+        [[label(f["method"]), f["epoch"], f[f"{metric}_mean"], f[f"{metric}_std"], f["best_epoch"],
+          f[f"best_{metric}_mean"], f["n_seeds"]] for f in final]))
+    parts += ["", f"## Longest lead over {base} (epochs saved at one {metric} level)", ""]
+    parts.append(_md_table(
+        ["method", f"{metric} level", "method epoch", "baseline epoch", "epochs saved", "time saved"],
+        [[lv["label"], lv["level"], lv["method_epoch"], lv["base_epoch"], lv["epochs_saved"],
+          _duration(lv["hours_saved"])] for lv in leads]))
+    if headline:
+        head = label(headline)
+        parts += ["", f"## Time saved: {head} against {base}", ""]
+        parts.append(_md_table(
+            [f"{metric} level", f"{head} epoch", f"{base} epoch", "epochs saved", "time saved"],
+            [[r["level"], r["method_epoch"], r["base_epoch"] if r["base_epoch"] is not None else "never",
+              r["epochs_saved"], _duration(r["hours_saved"])] for r in headline_rows]))
+        if lead is not None and lead["epochs_saved"] > 0:
+            parts += ["", f"Longest lead: {head} reaches {metric} {lead['level']:.2f} at epoch "
+                      f"{lead['method_epoch']}, {base} at epoch {lead['base_epoch']}: "
+                      f"{lead['epochs_saved']} epoch(s) saved, {_duration(lead['hours_saved'])} of wall-clock "
+                      "training (the method's own averaging and BatchNorm time counted against it)."]
+        else:
+            parts += ["", f"{base} reaches every level {head} reaches at the same epoch or earlier: no time saved."]
+        never = [r for r in headline_rows if r["base_epoch"] is None]
+        if never:
+            parts.append(f"{base} never reaches {metric} {never[0]['level']:.2f} "
+                         f"({head} does at epoch {never[0]['method_epoch']}).")
+    return "\n".join(parts)
+
+
+_EPILOG = "Example:\n\n\b\n  lawa report runs/quick\n  lawa report runs/repro --headline lawa_k10"
+
+
+@click.command("report", epilog=_EPILOG)
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--metric", default=None, help="The metric of the time-saved table (default: the run's, e.g. top1).")
+@click.option("--baseline", default=None, help="The method measured against (default: base).")
+@click.option("--headline", default=None, help="The method whose time saved is the headline (default: lawa_k6).")
+@click.option("--no-plots", is_flag=True, help="Write the tables only.")
+def report(run_dir: Path, metric: str | None, baseline: str | None, headline: str | None, no_plots: bool) -> None:
+    """Write RUN_DIR/report/ (CSV, JSON, PNG plots) from a run's metrics and print its tables."""
+    try:
+        info = write_report(run_dir, metric=metric, baseline=baseline, headline=headline, plots=not no_plots)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(info["text"])
+    click.echo("")
+    for path in info["files"].values():
+        click.echo(f"wrote {path}")
