@@ -5,9 +5,19 @@ parameters are copied into that slot and added to the sum. The sum is kept in fl
 float32/float64 parameters and in float32 for half-precision ones, and rebuilt exactly from
 the slots every ``8 * k`` snapshots, so it never drifts from the true sum of the ring.
 
+Layout (what makes a snapshot a few large operations): the parameters are grouped by (slot
+device, dtype); each group owns one ``[k, n]`` tensor holding its k slots as flat rows and one
+``[n]`` running sum. On the CPU the work runs block by block (``2**17`` elements) so that the
+slot, the sum and a small float64 scratch stay in cache between the subtract, the copy and the
+add, and the float32 -> float64 conversions are explicit vectorized copies (a mixed-dtype
+in-place op on the CPU takes a slow, unvectorized path). On other devices mixed-dtype ops are
+used directly. The scratch (one block) is the only temporary; nothing is allocated per snapshot.
+
 Slots live on the parameters' device or, with ``offload="cpu"``, in host memory (pinned, and
-filled by non-blocking copies on a side stream when the parameters are on CUDA; the copy is
-joined before anything reads the ring).
+filled by non-blocking copies on a side stream when the parameters are on CUDA: the side stream
+waits for the parameters' producer, the main stream waits for the copy before any later kernel
+can overwrite the parameters, and the copy is joined before anything reads the ring).
+:class:`lawa_optim.disk_store.DiskSnapshotRing` keeps the same layout in memory-mapped files.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ __all__ = ["SnapshotRing"]
 
 # How many full ring cycles pass between exact rebuilds of the running sum.
 _REBUILD_CYCLES = 8
+# Elements per block: CPU blocks keep slot + sum + scratch (~3 MiB) in cache; elsewhere large.
+_CPU_BLOCK = 1 << 17
+_DEVICE_BLOCK = 1 << 22
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -31,12 +44,91 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     raise TypeError(f"Invalid parameter dtype {dtype}: only floating-point parameters can be averaged")
 
 
-def _group(indices: Sequence[int], tensors: Sequence[Tensor]) -> list[list[int]]:
-    """Indices grouped by (device, dtype) so each foreach call sees one kind of tensor."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i in indices:
-        groups.setdefault((tensors[i].device, tensors[i].dtype), []).append(i)
-    return list(groups.values())
+def _copy_all(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> None:
+    """``dst[i].copy_(src[i])`` for all i: one foreach call when everything is on one device."""
+    if not dst:
+        return
+    devices = {t.device for t in dst} | {t.device for t in src}
+    if len(devices) == 1 and not non_blocking:
+        torch._foreach_copy_(dst, src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s, non_blocking=non_blocking)
+
+
+class _Piece:
+    """A stretch of one parameter inside a block: flat ``[a, b)`` of parameter ``index``."""
+
+    __slots__ = ("index", "a", "b", "whole", "shape", "col")
+
+    def __init__(self, index: int, a: int, b: int, whole: bool, shape: torch.Size, col: int) -> None:
+        self.index, self.a, self.b, self.whole, self.shape, self.col = index, a, b, whole, shape, col
+
+    def of(self, t: Tensor) -> Tensor:
+        """The same stretch of a tensor shaped like the parameter (``t`` itself when whole)."""
+        return t if self.whole else t.view(-1)[self.a : self.b]
+
+    def in_row(self, row: Tensor, start: int = 0) -> Tensor:
+        """The stretch inside a flat row (``start`` = where ``row`` begins in the group)."""
+        view = row[self.col - start : self.col - start + self.b - self.a]
+        return view.view(self.shape) if self.whole else view
+
+
+class _Group:
+    """The parameters of one (slot device, dtype): k flat slot rows, a running sum, blocks."""
+
+    def __init__(self, ring: SnapshotRing, indices: list[int], device: torch.device, pin: bool) -> None:
+        params = ring.params
+        self.indices = indices
+        self.device = device
+        self.dtype = params[indices[0]].dtype
+        self.acc = _acc_dtype(self.dtype)
+        self.columns: dict[int, int] = {}  # parameter index -> first column in the rows
+        n = 0
+        for i in indices:
+            self.columns[i] = n
+            n += params[i].numel()
+        self.n = n
+        self.rows = ring._alloc((ring.k, n), self.dtype, device, pin)
+        self.total = ring._alloc((n,), self.acc, device, pin, zero=True)
+        # CPU: explicit conversions through a scratch block; elsewhere mixed-dtype ops are fast.
+        self.convert = device.type == "cpu" and self.acc != self.dtype
+        self.blocks = self._make_blocks(params, _CPU_BLOCK if device.type == "cpu" else _DEVICE_BLOCK)
+        self.max_block = max((stop - start for start, stop, _ in self.blocks), default=0)
+
+    def _make_blocks(self, params: Sequence[Tensor], size: int) -> list[tuple[int, int, list[_Piece]]]:
+        blocks: list[tuple[int, int, list[_Piece]]] = []
+        start, pieces = 0, []
+
+        def close(stop: int) -> None:
+            nonlocal start, pieces
+            if pieces:
+                blocks.append((start, stop, pieces))
+            start, pieces = stop, []
+
+        for i in self.indices:
+            p, col = params[i], self.columns[i]
+            m = p.numel()
+            if m == 0 or not p.is_contiguous():  # kept whole: copy_ handles its strides
+                if pieces and col + m - start > size:
+                    close(col)
+                pieces.append(_Piece(i, 0, m, True, p.shape, col))
+                if col + m - start >= size:
+                    close(col + m)
+                continue
+            a = 0
+            while a < m:  # a large parameter is cut into block-sized stretches
+                b = min(m, a + size - (col + a - start))
+                pieces.append(_Piece(i, a, b, a == 0 and b == m, p.shape, col + a))
+                if col + b - start >= size:
+                    close(col + b)
+                a = b
+        close(self.n)
+        return blocks
+
+    def row_view(self, slot: int, i: int, shape: torch.Size) -> Tensor:
+        col = self.columns[i]
+        return self.rows[slot, col : col + shape.numel()].view(shape)
 
 
 class SnapshotRing:
@@ -53,49 +145,70 @@ class SnapshotRing:
         self.k = k
         self.offload = offload
         self.params: list[Tensor] = []
-        self.slots: list[Tensor] = []  # per parameter: [k, *shape]
-        self.sums: list[Tensor] = []  # per parameter: running sum of the filled slots
+        self.groups: list[_Group] = []
+        self._where: list[_Group] = []  # parameter index -> its group
         self.count = 0  # snapshots taken in total
         self.size = 0  # filled slots, min(count, k)
         self.head = 0  # slot the next snapshot goes into
         self._pending: tuple[object, int] | None = None  # (cuda event, slot) of an async copy
         self._stream = None
+        self._scratch: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
         self._add(list(params))
 
     # ----------------------------------------------------------------------------- layout
     def _slot_device(self, p: Tensor) -> torch.device:
-        return torch.device("cpu") if self.offload == "cpu" else p.device
+        return torch.device("cpu") if self.offload is not None else p.device
+
+    def _alloc(
+        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool, zero: bool = False
+    ) -> Tensor:
+        """Memory for slots and sums (overridden by the disk-backed ring)."""
+        make = torch.zeros if zero else torch.empty
+        return make(shape, dtype=dtype, device=device, pin_memory=pin)
 
     def _add(self, params: list[Tensor]) -> None:
-        for p in params:
+        first = len(self.params)
+        self.params.extend(params)
+        keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
+        for i in range(first, len(self.params)):
+            p = self.params[i]
+            _acc_dtype(p.dtype)  # refuse integer tensors before allocating anything
             dev = self._slot_device(p)
-            pin = dev.type == "cpu" and p.device.type == "cuda"
-            acc = _acc_dtype(p.dtype)
-            slot = torch.empty((self.k, *p.shape), dtype=p.dtype, device=dev, pin_memory=pin)
-            total = torch.zeros(p.shape, dtype=acc, device=dev, pin_memory=pin)
-            self.params.append(p)
-            self.slots.append(slot)
-            self.sums.append(total)
-        n = len(self.params)
-        # Precomputed views: a snapshot allocates nothing once the ring exists.
-        self._slot_views = [[s[i] for s in self.slots] for i in range(self.k)]
-        self._slot_groups = _group(range(n), self.slots)
+            pin = dev.type == "cpu" and p.device.type == "cuda" and self.offload == "cpu"
+            keyed.setdefault((dev, p.dtype, pin), []).append(i)
+        for (dev, _, pin), idx in keyed.items():
+            group = _Group(self, idx, dev, pin)
+            self.groups.append(group)
+            self._where.extend([group] * (len(self.params) - len(self._where)))  # placeholders
+            for i in idx:
+                self._where[i] = group
         self._async = (
             self.offload == "cpu"
-            and n > 0
+            and len(self.params) > 0
             and all(p.device.type == "cuda" for p in self.params)
             and len({p.device for p in self.params}) == 1
         )
+
+    def _scratch_for(self, g: _Group, which: int = 0) -> Tensor:
+        key = (g.device, g.acc, which)
+        t = self._scratch.get(key)
+        if t is None or t.numel() < g.max_block:
+            t = torch.empty(g.max_block, dtype=g.acc, device=g.device)
+            self._scratch[key] = t
+        return t
 
     def add_params(self, params: Sequence[Tensor]) -> None:
         """Extend the ring with new tensors; their history is their current value in every slot."""
         self.join()
         first = len(self.params)
         self._add(list(params))
-        for i in range(first, len(self.params)):
-            for slot in self.order():
-                self.slots[i][slot].copy_(self.params[i].detach())
-            self.sums[i].copy_(self.params[i].detach()).mul_(self.size)
+        with torch.no_grad():
+            for i in range(first, len(self.params)):
+                g, p = self._where[i], self.params[i].detach()
+                for slot in self.order():
+                    g.row_view(slot, i, p.shape).copy_(p)
+                col = g.columns[i]
+                g.total[col : col + p.numel()].view(p.shape).copy_(p).mul_(self.size)
 
     # ----------------------------------------------------------------------------- writes
     def order(self) -> list[int]:
@@ -104,12 +217,25 @@ class SnapshotRing:
         return [(start + i) % self.k for i in range(self.size)]
 
     def nonfinite_params(self) -> list[int]:
-        """Indices of the parameters holding NaN or Inf right now (one read of the parameters)."""
+        """Indices of the parameters holding NaN or Inf right now (one read of the parameters).
+
+        On the CPU each parameter is summed (a NaN or Inf anywhere makes the sum non-finite; a
+        sum that overflowed on finite values is confirmed element-wise), which reads at the
+        speed of memory; elsewhere the inf-norm of ``torch._foreach_norm`` is used.
+        """
         bad: list[int] = []
         with torch.no_grad():
-            for idx in _group(range(len(self.params)), self.params):
-                norms = torch._foreach_norm([self.params[i].detach() for i in idx], float("inf"))
-                finite = torch.stack(norms).isfinite().tolist()
+            by_device: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+            for i, p in enumerate(self.params):
+                if p.numel():  # the inf-norm of an empty tensor raises; it holds nothing anyway
+                    by_device.setdefault((p.device, p.dtype), []).append(i)
+            for (device, _), idx in by_device.items():
+                ps = [self.params[i].detach() for i in idx]
+                if device.type == "cpu":
+                    finite = torch.stack([p.sum() for p in ps]).isfinite().tolist()
+                    finite = [ok or bool(p.isfinite().all()) for ok, p in zip(finite, ps)]
+                else:
+                    finite = torch.stack(torch._foreach_norm(ps, float("inf"))).isfinite().tolist()
                 bad.extend(i for i, ok in zip(idx, finite) if not ok)
         return sorted(bad)
 
@@ -117,33 +243,69 @@ class SnapshotRing:
         """Copy the parameters into the oldest slot and update the running sum in O(P)."""
         self.join()
         slot = self.head
-        views = self._slot_views[slot]
+        full = self.size == self.k
         with torch.no_grad():
-            for idx in self._slot_groups:
-                sums = [self.sums[i] for i in idx]
-                if self.size == self.k:
-                    torch._foreach_sub_(sums, [views[i] for i in idx])
-                if self._async:
-                    continue
-                torch._foreach_copy_([views[i] for i in idx], [self.params[i].detach() for i in idx])
-                torch._foreach_add_(sums, [views[i] for i in idx])
             if self._async:
-                self._push_async(slot)
+                self._push_async(slot, full)
+            else:
+                for g in self.groups:
+                    self._push_group(g, slot, full)
         self.head = (self.head + 1) % self.k
         self.count += 1
         self.size = min(self.size + 1, self.k)
         if self.count % (_REBUILD_CYCLES * self.k) == 0:
             self.rebuild()
 
-    def _push_async(self, slot: int) -> None:
+    def _push_group(self, g: _Group, slot: int, full: bool) -> None:
+        params = self.params
+        t = self._scratch_for(g) if g.convert else None
+        for start, stop, pieces in g.blocks:
+            total = g.total[start:stop]
+            row = g.rows[slot, start:stop]
+            dst = [pc.in_row(row, start) for pc in pieces]
+            src = [pc.of(params[pc.index].detach()) for pc in pieces]
+            if t is None:
+                if full:
+                    total.sub_(row)
+                _copy_all(dst, src)
+                total.add_(row)
+            else:
+                scratch = t[: stop - start]
+                if full:
+                    scratch.copy_(row)  # exact float32 -> float64, vectorized
+                    total.sub_(scratch)
+                _copy_all(dst, src)
+                scratch.copy_(row)
+                total.add_(scratch)
+
+    def _fold(self, g: _Group, slot: int, sign: int) -> None:
+        """``total += sign * slot`` block by block."""
+        t = self._scratch_for(g) if g.convert else None
+        for start, stop, _ in g.blocks:
+            total, row = g.total[start:stop], g.rows[slot, start:stop]
+            if t is not None:
+                t[: stop - start].copy_(row)
+                row = t[: stop - start]
+            if sign > 0:
+                total.add_(row)
+            else:
+                total.sub_(row)
+
+    def _push_async(self, slot: int, full: bool) -> None:
         device = self.params[0].device
+        if full:  # the oldest slot leaves the sum before the copy overwrites it (host work)
+            for g in self.groups:
+                self._fold(g, slot, -1)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=device)
         main = torch.cuda.current_stream(device)
+        # The copy must see the parameters as the kernels queued so far leave them.
         self._stream.wait_stream(main)
         with torch.cuda.stream(self._stream):
-            for view, p in zip(self._slot_views[slot], self.params):
-                view.copy_(p.detach(), non_blocking=True)
+            for g in self.groups:
+                for i in g.indices:
+                    p = self.params[i].detach()
+                    g.row_view(slot, i, p.shape).copy_(p, non_blocking=True)
             event = torch.cuda.Event()
             event.record(self._stream)
         # The next optimizer step must not overwrite the parameters before they are copied.
@@ -157,27 +319,25 @@ class SnapshotRing:
         event, slot = self._pending
         self._pending = None
         event.synchronize()  # type: ignore[attr-defined]
-        views = self._slot_views[slot]
         with torch.no_grad():
-            for idx in self._slot_groups:
-                torch._foreach_add_([self.sums[i] for i in idx], [views[i] for i in idx])
+            for g in self.groups:
+                self._fold(g, slot, +1)
 
     def rebuild(self) -> None:
         """Recompute the running sum exactly from the slots, oldest first."""
         self.join()
         with torch.no_grad():
-            for idx in self._slot_groups:
-                sums = [self.sums[i] for i in idx]
-                torch._foreach_zero_(sums)
+            for g in self.groups:
+                g.total.zero_()
                 for slot in self.order():
-                    torch._foreach_add_(sums, [self._slot_views[slot][i] for i in idx])
+                    self._fold(g, slot, +1)
 
     def clear(self) -> None:
         self.join()
         self.count = self.size = self.head = 0
         with torch.no_grad():
-            for t in self.sums:
-                t.zero_()
+            for g in self.groups:
+                g.total.zero_()
 
     # ----------------------------------------------------------------------------- reads
     def write_average(self, dst: Sequence[Tensor], j: int, coeffs: Sequence[float] | None) -> None:
@@ -190,40 +350,62 @@ class SnapshotRing:
         if not 1 <= j <= self.size:
             raise ValueError(f"Invalid k={j}: the ring holds {self.size} snapshot(s)")
         newest_first = self.order()[::-1][:j]
+        from_total = coeffs is None and j == self.size
         with torch.no_grad():
-            for i, (out, total) in enumerate(zip(dst, self.sums)):
-                if coeffs is None and j == self.size:
-                    acc = total
-                else:
-                    acc = torch.zeros_like(total)
-                    for n, slot in enumerate(newest_first):
+            for g in self.groups:
+                acc = self._scratch_for(g, 0)
+                conv = self._scratch_for(g, 1) if (g.acc != g.dtype and not from_total) else None
+                for start, stop, pieces in g.blocks:
+                    n = stop - start
+                    out = acc[:n]
+                    if from_total:
+                        torch.div(g.total[start:stop], j, out=out)
+                    else:
+                        out.zero_()
+                        for pos, slot in enumerate(newest_first):
+                            row = g.rows[slot, start:stop]
+                            if conv is not None:
+                                conv[:n].copy_(row)
+                                row = conv[:n]
+                            if coeffs is None:
+                                out.add_(row)
+                            else:
+                                out.add_(row, alpha=coeffs[pos])
                         if coeffs is None:
-                            acc.add_(self.slots[i][slot])
-                        else:
-                            acc.add_(self.slots[i][slot], alpha=coeffs[n])
-                if coeffs is None and acc.device == out.device:
-                    torch.div(acc, j, out=out)  # computed in acc's precision, rounded once
-                elif coeffs is None:
-                    out.copy_(acc / j)
-                else:
-                    out.copy_(acc)
+                            out.div_(j)
+                    _copy_all([pc.of(dst[pc.index]) for pc in pieces], [pc.in_row(out, start) for pc in pieces])
 
     def snapshots(self, i: int) -> list[Tensor]:
         """The filled slots of parameter ``i``, oldest first (views, for tests and exports)."""
         self.join()
-        return [self.slots[i][s] for s in self.order()]
+        g, shape = self._where[i], self.params[i].shape
+        return [g.row_view(s, i, shape) for s in self.order()]
+
+    def sum_of(self, i: int) -> Tensor:
+        """The running sum of parameter ``i`` (a view)."""
+        g, p = self._where[i], self.params[i]
+        col = g.columns[i]
+        return g.total[col : col + p.numel()].view(p.shape)
 
     # ----------------------------------------------------------------------------- state
+    def _materialize(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Memory for a state-dict copy (the disk-backed ring keeps these on disk too)."""
+        return torch.empty(shape, dtype=dtype, device=device)
+
     def state_dict(self) -> dict:
         """``{"count", "ring": [Tensor[size, *shape] oldest first], "sums": [Tensor]}``, copies."""
         self.join()
         order = self.order()
-        index = torch.tensor(order, dtype=torch.long)
-        return {
-            "count": self.count,
-            "ring": [s.index_select(0, index.to(s.device)).clone() for s in self.slots],
-            "sums": [t.clone() for t in self.sums],
-        }
+        ring, sums = [], []
+        for i, p in enumerate(self.params):
+            g = self._where[i]
+            col, m = g.columns[i], p.numel()
+            index = torch.tensor(order, dtype=torch.long, device=g.device)
+            r = self._materialize((len(order), m), g.dtype, g.device)
+            torch.index_select(g.rows[:, col : col + m], 0, index, out=r)
+            ring.append(r.view(len(order), *p.shape))
+            sums.append(self.sum_of(i).clone())
+        return {"count": self.count, "ring": ring, "sums": sums}
 
     def check_state_dict(self, state: dict, where: str) -> None:
         """Raise ``ValueError`` naming what differs; change nothing."""
@@ -246,10 +428,11 @@ class SnapshotRing:
                     f"{(size, *p.shape)} (k={self.k}, {count} snapshots taken); was it saved with another "
                     "model or another k?"
                 )
-            if r.dtype != p.dtype or t.dtype != self.sums[i].dtype or tuple(t.shape) != tuple(p.shape):
+            acc = self._where[i].acc
+            if r.dtype != p.dtype or t.dtype != acc or tuple(t.shape) != tuple(p.shape):
                 raise ValueError(
                     f"Invalid state dict: parameter {i} snapshots are {r.dtype}/{t.dtype}, expected "
-                    f"{p.dtype}/{self.sums[i].dtype} of shape {tuple(p.shape)}"
+                    f"{p.dtype}/{acc} of shape {tuple(p.shape)}"
                 )
 
     def load_state_dict(self, state: dict) -> None:
@@ -259,7 +442,15 @@ class SnapshotRing:
         self.size = min(self.count, self.k)
         self.head = self.size % self.k
         with torch.no_grad():
-            for slot, total, r, t in zip(self.slots, self.sums, state["ring"], state["sums"]):
+            for i, (r, t) in enumerate(zip(state["ring"], state["sums"])):
+                g, p = self._where[i], self.params[i]
+                col, m = g.columns[i], p.numel()
                 if self.size:
-                    slot[: self.size].copy_(r)
-                total.copy_(t)
+                    g.rows[: self.size, col : col + m].copy_(r.reshape(self.size, m))
+                self.sum_of(i).copy_(t)
+
+    # ----------------------------------------------------------------------------- sizes
+    def nbytes(self) -> int:
+        """Bytes held by the slots and the running sums (the scratch block excluded)."""
+        return sum(g.rows.numel() * g.rows.element_size() + g.total.numel() * g.total.element_size()
+                   for g in self.groups)

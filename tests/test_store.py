@@ -1,0 +1,226 @@
+"""The snapshot ring against a slow, obviously-correct reference (a list of float64 clones)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lawa_optim import store
+from lawa_optim.store import SnapshotRing
+
+
+def make_params(block_split: bool = True) -> list[torch.Tensor]:
+    """Mixed dtypes interleaved, a channels_last (non-contiguous) weight, a scalar, an empty one."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.randn(4, 3, 3, 3, generator=g).to(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+    return [
+        torch.randn(37, 5, generator=g),  # larger than the patched block: cut into stretches
+        torch.randn(6, generator=g).to(torch.bfloat16),
+        conv,
+        torch.randn((), generator=g),
+        torch.empty(0, 3),
+        torch.randn(9, generator=g).double(),
+        torch.randn(11, generator=g).half(),
+        torch.randn(3, 2, generator=g),
+    ]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 16 elements so every code path (cut parameters, many blocks) runs on tiny tensors."""
+    monkeypatch.setattr(store, "_CPU_BLOCK", 16)
+
+
+def perturb(params: list[torch.Tensor], step: int) -> None:
+    g = torch.Generator().manual_seed(1000 + step)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.1)
+
+
+def reference(history: list[list[torch.Tensor]], j: int, coeffs=None) -> list[torch.Tensor]:
+    window = history[-j:]
+    out = []
+    for i in range(len(window[0])):
+        stack = torch.stack([snap[i].double() for snap in window])
+        if coeffs is None:
+            out.append(stack.mean(0))
+        else:
+            w = torch.tensor(coeffs[::-1], dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))
+            out.append((stack * w).sum(0))
+    return out
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    if dtype == torch.float32:
+        return {"rtol": 1e-6, "atol": 1e-7}
+    if dtype == torch.float64:
+        return {"rtol": 1e-12, "atol": 1e-14}
+    return {"rtol": 1e-2, "atol": 1e-2}  # bf16/fp16: within their own rounding
+
+
+def check_average(ring: SnapshotRing, params, history, j, coeffs=None) -> None:
+    dst = [torch.full_like(p, float("nan")) for p in params]
+    ring.write_average(dst, j, coeffs)
+    for d, e, p in zip(dst, reference(history, j, coeffs), params):
+        assert d.dtype == p.dtype and d.shape == p.shape
+        torch.testing.assert_close(d.double(), e, **tolerance(p.dtype))
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_average_matches_reference(small_blocks, k):
+    params = make_params()
+    ring = SnapshotRing(params, k)
+    assert len(ring.groups) == 4 and max(len(g.blocks) for g in ring.groups) > 3
+    history = []
+    for step in range(3 * k + 2):
+        perturb(params, step)
+        ring.push()
+        history.append([p.clone() for p in params])
+        assert ring.size == min(step + 1, k) and ring.count == step + 1
+        for i in range(len(params)):  # the slots hold exact copies, oldest first
+            for got, want in zip(ring.snapshots(i), [h[i] for h in history[-k:]]):
+                assert torch.equal(got, want)
+        check_average(ring, params, history, ring.size)
+    check_average(ring, params, history, 1)
+    coeffs = [0.5, 0.3, 0.2][: min(k, 3)]
+    coeffs = [c / sum(coeffs) for c in coeffs]
+    check_average(ring, params, history, len(coeffs), coeffs)
+
+
+def test_running_sum_does_not_drift(small_blocks):
+    """2,000 snapshots of values of very different magnitudes: still within 1e-6 of the reference."""
+    g = torch.Generator().manual_seed(3)
+    params = [torch.zeros(40), torch.zeros(3, 3).double()]
+    ring = SnapshotRing(params, 5)
+    history = []
+    for _ in range(2000):
+        with torch.no_grad():
+            scale = 10.0 ** float(torch.randint(-6, 7, (), generator=g))
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+        ring.push()
+        history.append([p.clone() for p in params])
+    for i in range(len(params)):
+        exact = torch.stack([h[i].double() for h in history[-5:]]).sum(0)
+        assert torch.equal(ring.sum_of(i), exact.to(ring.sum_of(i).dtype)) or torch.allclose(
+            ring.sum_of(i), exact, rtol=1e-12, atol=0
+        )
+    check_average(ring, params, history, 5)
+
+
+def test_rebuild_is_exact_and_keeps_the_average(small_blocks):
+    params = make_params()
+    ring = SnapshotRing(params, 4)
+    history = []
+    for step in range(6):
+        perturb(params, step)
+        ring.push()
+        history.append([p.clone() for p in params])
+    before = [ring.sum_of(i).clone() for i in range(len(params))]
+    ring.rebuild()
+    for i in range(len(params)):
+        slots = ring.snapshots(i)
+        if slots[0].numel():
+            acc = torch.zeros_like(before[i])
+            for s in slots:
+                acc += s.to(acc.dtype)
+            assert torch.equal(ring.sum_of(i), acc)
+        torch.testing.assert_close(ring.sum_of(i), before[i])
+    check_average(ring, params, history, 4)
+
+
+def test_state_dict_roundtrip_is_bit_exact(small_blocks):
+    params = make_params()
+    ring = SnapshotRing(params, 3)
+    for step in range(5):  # head is not 0: the saved ring must be rotated oldest first
+        perturb(params, step)
+        ring.push()
+    state = ring.state_dict()
+    assert state["count"] == 5 and [tuple(r.shape) for r in state["ring"]] == [(3, *p.shape) for p in params]
+    for i in range(len(params)):
+        for a, b in zip(state["ring"][i], ring.snapshots(i)):
+            assert torch.equal(a, b)
+    other = SnapshotRing([torch.zeros_like(p) for p in params], 3)
+    other.check_state_dict(state, "test")
+    other.load_state_dict(state)
+    for step in range(5, 9):  # both continue identically
+        perturb(params, step)
+        ring.push()
+        with torch.no_grad():
+            for q, p in zip(other.params, params):
+                q.copy_(p)
+        other.push()
+    for i in range(len(params)):
+        assert torch.equal(ring.sum_of(i), other.sum_of(i))
+        assert all(torch.equal(a, b) for a, b in zip(ring.snapshots(i), other.snapshots(i)))
+
+
+def test_check_state_dict_names_the_mismatch():
+    ring = SnapshotRing([torch.zeros(3)], 2)
+    ring.push()
+    state = ring.state_dict()
+    bad = dict(state, ring=[torch.zeros(1, 4)])
+    with pytest.raises(ValueError, match=r"shape \(1, 4\), expected \(1, 3\)"):
+        ring.check_state_dict(bad, "x")
+    with pytest.raises(ValueError, match="lacks 'sums'"):
+        ring.check_state_dict({"count": 1, "ring": state["ring"]}, "x")
+    with pytest.raises(ValueError, match="dtype|snapshots are"):
+        ring.check_state_dict(dict(state, sums=[torch.zeros(3)]), "x")
+
+
+def test_add_params_history_is_the_current_value(small_blocks):
+    params = [torch.randn(20)]
+    ring = SnapshotRing(params, 3)
+    history = []
+    for step in range(2):
+        perturb(params, step)
+        ring.push()
+        history.append([params[0].clone()])
+    new = torch.randn(30).double()
+    ring.add_params([new])
+    params.append(new)
+    for h in history:
+        h.append(new.clone())
+    for step in range(2, 5):
+        perturb(params, step)
+        ring.push()
+        history.append([p.clone() for p in params])
+        check_average(ring, params, history, ring.size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nonfinite_params_is_exact(dtype):
+    big = torch.finfo(dtype).max
+    params = [
+        torch.ones(10, dtype=dtype),
+        torch.full((4,), big, dtype=dtype),  # finite, but its sum overflows: not reported
+        torch.ones(5, dtype=dtype),
+        torch.empty(0, dtype=dtype),
+        torch.ones(3, dtype=dtype),
+    ]
+    ring = SnapshotRing(params, 2)
+    assert ring.nonfinite_params() == []
+    params[2][3] = float("nan")
+    params[4][0] = float("-inf")
+    assert ring.nonfinite_params() == [2, 4]
+
+
+def test_integer_parameters_are_refused():
+    with pytest.raises(TypeError, match="only floating-point"):
+        SnapshotRing([torch.zeros(3, dtype=torch.long)], 2)
+
+
+def test_no_allocation_per_snapshot_once_built(small_blocks):
+    """The ring's storages stay the same objects; the scratch is made once."""
+    params = make_params()
+    ring = SnapshotRing(params, 2)
+    ring.push()
+    ptrs = [(g.rows.data_ptr(), g.total.data_ptr()) for g in ring.groups]
+    scratch = {k: v.data_ptr() for k, v in ring._scratch.items()}
+    for step in range(5):
+        perturb(params, step)
+        ring.push()
+    assert ptrs == [(g.rows.data_ptr(), g.total.data_ptr()) for g in ring.groups]
+    assert scratch == {k: v.data_ptr() for k, v in ring._scratch.items()}
