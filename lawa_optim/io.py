@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+def safe_load(
+    path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False, allow: Sequence[Any] = ()
+) -> Any:
     """``torch.load(path, weights_only=True)`` with a :class:`CheckpointError` naming the file.
 
     A missing, empty or truncated file, or one whose pickle asks for anything beyond tensors and
@@ -111,6 +114,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool 
         mmap (bool, optional): memory-map the tensors of a zip-format file (``torch.save``'s
             default) so only the tensors actually used are read from disk; a legacy-format file
             is read normally (default: ``False``).
+        allow (sequence, optional): classes to accept besides tensors and plain containers, for
+            this call only (``torch.serialization.safe_globals``); only classes whose unpickling
+            just sets attributes, e.g. ``argparse.Namespace`` (default: none).
     """
     path = Path(path)
     if not path.is_file():
@@ -119,7 +125,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool 
         raise CheckpointError(f"Checkpoint {str(path)!r} is empty (an interrupted write?)")
     try:
         use_mmap = mmap and zipfile.is_zipfile(path)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as err:
         reason = _unpickler_reason(err)
         if "GLOBAL" not in reason:  # not a refused class or function: a damaged or foreign file
@@ -130,6 +137,6 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool 
             f"other than tensors and plain containers, which could run code when loaded ({reason}); "
             "nothing from it was executed"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # RuntimeError, EOFError, OSError, and on damaged bytes KeyError, IndexError, struct.error
         raise CheckpointError(f"Checkpoint {str(path)!r} could not be read; it is truncated or not a "
                               f"torch checkpoint ({type(err).__name__}: {err})") from err

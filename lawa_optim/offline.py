@@ -19,6 +19,7 @@ pickle needs more than tensors and plain containers is refused unless ``trust_pi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -37,6 +38,10 @@ from .io import CheckpointError, UnsafeCheckpointError, atomic_save, safe_load
 
 __all__ = ["AverageSummary", "average_checkpoints", "average_state_dicts", "natural_key", "write_average"]
 
+# Classes accepted when loading besides tensors and plain containers: fairseq-train stores a legacy
+# architecture's config (e.g. roberta_base) as an argparse.Namespace in cfg["model"]; unpickling one
+# only sets attributes, so it needs no trust_pickle.
+SAFE_CLASSES = (argparse.Namespace,)
 # Top-level entries of a fairseq checkpoint that hold optimizer state: dropped from the average
 # (they belong to the newest raw weights, not to the average, and are the bulk of the file).
 OPTIMIZER_KEYS = ("last_optimizer_state",)
@@ -282,7 +287,7 @@ def average_state_dicts(
 
 def _load(path: Path, trust_pickle: bool) -> Any:
     try:
-        return safe_load(path, mmap=True)
+        return safe_load(path, mmap=True, allow=SAFE_CLASSES)
     except UnsafeCheckpointError as err:
         if not trust_pickle:
             raise UnsafeCheckpointError(
