@@ -1,0 +1,82 @@
+"""ScheduleFreeAdapter against the schedulefree package's own train()/eval() on the same steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import require
+from test_zoo import _data, _eval_weights, _model, _train, _weights
+
+from lawa_optim import ScheduleFreeAdapter, create
+
+
+@pytest.fixture
+def sf():
+    return require("schedulefree", "schedule-free optimizers")
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adamw"])
+def test_matches_the_package_eval_bit_exactly(sf, variant):
+    data = _data()
+    model, ref_model = _model(), _model()
+    if variant == "sgd":
+        opt = create("schedulefree", torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4),
+                     warmup_steps=3)
+        ref = sf.SGDScheduleFree(ref_model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4, warmup_steps=3)
+    else:
+        opt = create("schedulefree", torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2),
+                     warmup_steps=3)
+        ref = sf.AdamWScheduleFree(ref_model.parameters(), lr=1e-2, weight_decay=1e-2, warmup_steps=3)
+    assert type(opt.optimizer) is type(ref)
+    ref.train()
+    for step in range(1, 9):
+        _train(model, opt, data, 1, start=step - 1)
+        _train(ref_model, ref, data, 1, start=step - 1)
+        assert all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(ref_model), strict=True))
+        got = _eval_weights(model, opt)
+        ref.eval()
+        assert all(torch.equal(a, b) for a, b in zip(got, _weights(ref_model), strict=True)), step
+        ref.train()  # the package's train() recomputes y with rounding: restore it as the adapter does
+        with torch.no_grad():
+            for p, w in zip(ref_model.parameters(), _weights(model), strict=True):
+                p.copy_(w)
+
+
+def test_wraps_a_schedule_free_optimizer_as_it_is(sf):
+    model = _model()
+    base = sf.AdamWScheduleFree(model.parameters(), lr=1e-3)
+    opt = ScheduleFreeAdapter(base)
+    assert opt.optimizer is base and all(g["train_mode"] for g in base.param_groups)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        ScheduleFreeAdapter(sf.AdamWScheduleFree(_model().parameters()), warmup_steps=5)
+
+
+def test_conversion_errors_name_the_fix(sf):
+    model = _model()
+    cases = [
+        (torch.optim.SGD(model.parameters(), lr=0.1), ValueError, "momentum"),
+        (torch.optim.Adam(model.parameters(), weight_decay=0.1), ValueError, "AdamW"),
+        (torch.optim.RMSprop(model.parameters()), TypeError, "RMSprop"),
+    ]
+    for base, err, match in cases:
+        with pytest.raises(err, match=match):
+            ScheduleFreeAdapter(base)
+    stepped = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train(model, stepped, _data(), 1)
+    with pytest.raises(ValueError, match="already stepped"):
+        ScheduleFreeAdapter(stepped)
+
+
+def test_eval_mode_is_refused_for_step_and_state(sf):
+    model = _model()
+    opt = create("schedulefree", torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    _train(model, opt, _data(), 2)
+    sd = opt.state_dict()
+    opt.optimizer.eval()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step()
+    bad = opt.state_dict()
+    opt.optimizer.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        opt.load_state_dict(bad)
+    opt.load_state_dict(sd)
