@@ -1,0 +1,7 @@
+"""Integrations with training frameworks.
+
+Each subpackage is the only place that imports its framework, and it does so lazily, so
+``import lawa_optim`` never pulls one in:
+
+- :mod:`lawa_optim.integrations.fairseq`: LAWA for ``fairseq-train`` as a ``--user-dir`` plugin.
+"""

@@ -1,0 +1,38 @@
+"""LAWA for fairseq: a ``--user-dir`` plugin, no fork of fairseq.
+
+The plugin registers the task ``masked_lm_lawa`` (fairseq's ``masked_lm`` plus LAWA) and the
+mixin :class:`~lawa_optim.integrations.fairseq.task.LAWATaskMixin` that adds LAWA to any other
+fairseq task. Use it with fairseq's own trainer::
+
+    fairseq-train DATA --user-dir "$(lawa fairseq-user-dir)" --task masked_lm_lawa \\
+        <the usual RoBERTa flags> --lawa-k 10
+
+LAWA flags: ``--lawa-k`` (snapshots averaged), ``--lawa-period-updates`` (0: one snapshot at
+the end of every epoch, the paper's choice; N: one every N updates), ``--lawa-weights``
+(``uniform`` or ``exp``), ``--lawa-alpha`` (EXP's decay), ``--lawa-offload`` (``none`` or
+``cpu``). Every validation then logs ``lawa_loss``/``lawa_ppl`` beside fairseq's
+``loss``/``ppl``, and every checkpoint save writes ``checkpoint_lawa.pt`` (and
+``checkpoint_lawa_best.pt``) into ``--save-dir``: plain ``masked_lm`` checkpoints that
+``fairseq-validate`` and ``RobertaModel.from_pretrained`` load without the plugin.
+
+Importing this package does not import fairseq; :mod:`.task` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["user_dir"]
+
+
+def user_dir() -> str:
+    """The folder to pass to ``fairseq-train --user-dir``.
+
+    fairseq imports a user dir under its folder name, which must be unique among top-level
+    modules, so the plugin is the small package ``lawa_fairseq`` that imports :mod:`.task`.
+
+    Example:
+        >>> import subprocess
+        >>> subprocess.run(["fairseq-train", "data-bin", "--user-dir", user_dir(), "--task", "masked_lm_lawa"])
+    """
+    return str(Path(__file__).resolve().parent / "user_dir" / "lawa_fairseq")
