@@ -19,6 +19,7 @@ Subclasses implement the method itself through a few hooks:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -81,15 +82,23 @@ class AveragingOptimizer(Optimizer):
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.optimizer = optimizer
         # Share, do not copy: schedulers and GradScaler see the base optimizer's groups and state.
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
-        self.defaults = optimizer.defaults
+        self._share()
+        # The base optimizer's load_state_dict replaces its param_groups and state objects; share
+        # the new ones, whoever calls it (else a scheduler would drive stale groups after resuming).
+        ref = weakref.ref(self)
+        optimizer.register_load_state_dict_post_hook(lambda _opt: ref() is not None and ref()._share())
         self.period = period
         self.num_steps = 0
         self._params = self._group_params()
         self._swap: dict[str, Any] | None = None
 
     # --------------------------------------------------------------------------- bookkeeping
+    def _share(self) -> None:
+        assert self.optimizer is not None
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.defaults = self.optimizer.defaults
+
     def _group_params(self) -> list[Tensor]:
         seen: dict[int, Tensor] = {}
         for group in self.param_groups:

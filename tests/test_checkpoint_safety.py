@@ -1,0 +1,347 @@
+"""Checkpoint safety (issue 7): nothing a checkpoint smuggles in runs, bad files get clear errors.
+
+- Every ``torch.load`` in the library and the benchmarks passes ``weights_only=True`` (an AST scan
+  of the sources), and :func:`lawa_optim.io.safe_load` refuses a pickle that would run code
+  without running it (a marker file the payload would create must not exist afterwards).
+- A missing, empty, truncated, garbage or text file gets a :class:`CheckpointError` naming it.
+- ``LAWAWrapper.load_state_dict`` with a state dict of another model, k, shape or method raises
+  and changes nothing: every tensor of the model, the ring and the optimizer state is compared.
+- After ``load_state_dict`` (the wrapper's or the base optimizer's), the wrapper still shares the
+  base optimizer's ``param_groups`` and ``state``: an LR scheduler keeps driving the real
+  learning rate and a group added after resuming is averaged.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import io
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lawa_optim import CheckpointError, LAWAWrapper, atomic_save, safe_load
+from lawa_optim.io import UnsafeCheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# torch.load calls allowed without weights_only=True, each an explicit opt-in by the user.
+ALLOWED_UNSAFE_LOADS = {
+    # `lawa average --trust-pickle`: only after safe_load refused the file and the user vouched for it.
+    ("lawa_optim/offline.py", "_load"),
+}
+
+
+class _Evil:
+    """Unpickling this runs code: it writes ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _make(k=3, width=4, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=k, period=2)
+    return model, opt
+
+
+def _train(model, opt, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(5, 3, generator=g)).pow(2).mean().backward()
+        opt.step()
+
+
+def _everything(model, opt) -> dict:
+    """Every tensor and counter a refused load must leave alone."""
+    return {
+        "model": {n: t.detach().clone() for n, t in model.state_dict().items()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "snapshots": [[s.clone() for s in opt.snapshots(i)] for i in range(len(list(model.parameters())))],
+        "num_steps": opt.num_steps,
+        "swapped_in": opt.swapped_in,
+    }
+
+
+def _assert_equal(a, b, where="state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# ----------------------------------------------------------------------------- torch.load audit
+class _TorchLoads(ast.NodeVisitor):
+    """Collects ``torch.load(...)`` calls lacking ``weights_only=True``, with the enclosing function."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = ["<module>"]
+        self.found: list[tuple[int, str]] = []
+
+    def visit_FunctionDef(self, node) -> None:
+        self.stack.append(node.name)
+        self.generic_visit(node)
+        self.stack.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Call(self, node: ast.Call) -> None:
+        f = node.func
+        is_torch = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "torch"
+        if is_torch and f.attr == "load":
+            safe = any(
+                kw.arg == "weights_only" and isinstance(kw.value, ast.Constant) and kw.value.value is True
+                for kw in node.keywords
+            )
+            if not safe:
+                self.found.append((node.lineno, self.stack[-1]))
+        self.generic_visit(node)
+
+
+def _unsafe_torch_loads() -> list[str]:
+    found = []
+    for folder in ("lawa_optim", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            visitor = _TorchLoads()
+            visitor.visit(ast.parse(path.read_text(), filename=rel))
+            found += [f"{rel}:{n} in {fn}()" for n, fn in visitor.found if (rel, fn) not in ALLOWED_UNSAFE_LOADS]
+    return found
+
+
+def test_every_torch_load_in_the_project_is_weights_only():
+    assert _unsafe_torch_loads() == [], "torch.load without weights_only=True; use lawa_optim.io.safe_load"
+
+
+# ----------------------------------------------------------------------------- crafted pickles
+@pytest.mark.parametrize("fmt", ["torch_zip", "torch_legacy", "raw_pickle"])
+def test_a_pickle_that_would_run_code_is_refused_and_not_run(tmp_path, fmt):
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    payload = {"model": {"w": torch.ones(2)}, "cfg": _Evil(marker)}
+    if fmt == "torch_zip":
+        torch.save(payload, evil)
+    elif fmt == "torch_legacy":
+        torch.save(payload, evil, _use_new_zipfile_serialization=False)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt.*refused by torch.load\(weights_only=True\)"):
+        safe_load(evil)
+    assert not marker.exists(), "the payload ran"
+    # The control: a plain full unpickle would have run it (so the test can fail).
+    if fmt == "raw_pickle":
+        pickle.loads(evil.read_bytes())
+        assert marker.exists()
+
+
+def test_a_wrapper_state_dict_holds_only_safe_types(tmp_path):
+    model, opt = _make()
+    _train(model, opt, 5)
+    with opt.averaged():
+        sd = opt.state_dict()  # saved while swapped in: holds the training weights too
+    atomic_save(sd, tmp_path / "opt.pt")
+    loaded = safe_load(tmp_path / "opt.pt")
+    _assert_equal(loaded["lawa"], sd["lawa"])
+
+
+# ----------------------------------------------------------------------------- broken files
+def _good_bytes(legacy=False) -> bytes:
+    buf = io.BytesIO()
+    _, opt = _make()
+    torch.save(opt.state_dict(), buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue()
+
+
+BROKEN = {
+    "missing": None,
+    "empty": lambda: b"",
+    "half": lambda: _good_bytes()[: len(_good_bytes()) // 2],
+    "first_bytes": lambda: _good_bytes()[:10],
+    "tail_cut": lambda: _good_bytes()[:-30],
+    "legacy_half": lambda: _good_bytes(True)[: len(_good_bytes(True)) // 2],
+    "zeros": lambda: b"\0" * 512,
+    "text": lambda: b"hello world, this is not a checkpoint\n",
+    "garbage": lambda: bytes(range(256)) * 4,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_a_broken_file_gets_a_clear_error_naming_it(tmp_path, kind):
+    path = tmp_path / f"broken_{kind}.pt"
+    if BROKEN[kind] is not None:
+        path.write_bytes(BROKEN[kind]())
+    with pytest.raises(CheckpointError) as info:
+        safe_load(path)
+    assert f"broken_{kind}.pt" in str(info.value)
+    # Corrupt bytes are not "unsafe": that error is kept for pickles that ask for code.
+    assert not isinstance(info.value, UnsafeCheckpointError), str(info.value)
+
+
+def test_atomic_save_that_fails_midway_keeps_the_old_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"w": torch.arange(3.0)}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 (torch.save of a lambda: pickling error)
+        atomic_save({"w": torch.zeros(3), "bad": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"], "a temporary file was left behind"
+    assert torch.equal(safe_load(path)["w"], torch.arange(3.0))
+
+
+# ----------------------------------------------------------------------------- wrong state dicts
+def _foreign_state_dicts():
+    """(name, state dict, expected error) for state dicts that must not load into _make()."""
+    out = []
+    model, opt = _make(k=3, width=4)
+    _train(model, opt, 7)
+    good = opt.state_dict()
+
+    m4, other_k = _make(k=4)
+    _train(m4, other_k, 7)
+    out.append(("other_k", other_k.state_dict(), "k=4"))
+
+    m5, other_shape = _make(width=5)
+    _train(m5, other_shape, 7)
+    out.append(("other_shape", other_shape.state_dict(), "shape"))
+
+    torch.manual_seed(0)
+    small = nn.Linear(3, 2)
+    other_model = LAWAWrapper(torch.optim.SGD(small.parameters(), lr=0.1, momentum=0.9), k=3, period=2)
+    other_model.snapshot()
+    out.append(("other_model", other_model.state_dict(), "parameters"))
+
+    other_method = copy.deepcopy(good)
+    other_method["lawa"]["method"] = "ema"
+    out.append(("other_method", other_method, "ema"))
+
+    plain = copy.deepcopy(good)
+    del plain["lawa"]
+    out.append(("plain_optimizer", plain, "lawa"))
+
+    wrong_dtype = copy.deepcopy(good)
+    wrong_dtype["lawa"]["ring"] = [r.double() for r in wrong_dtype["lawa"]["ring"]]
+    out.append(("ring_dtype", wrong_dtype, "float64"))
+
+    short_ring = copy.deepcopy(good)
+    short_ring["lawa"]["ring"] = short_ring["lawa"]["ring"][:-1]
+    out.append(("ring_length", short_ring, "parameters"))
+
+    bad_count = copy.deepcopy(good)
+    bad_count["lawa"]["count"] = -1
+    out.append(("negative_count", bad_count, "count"))
+
+    swapped = copy.deepcopy(good)
+    swapped["lawa"]["swapped_in"] = True
+    swapped["lawa"]["training_weights"] = [torch.zeros(1)]
+    out.append(("training_weights", swapped, "training weights"))
+
+    groups = copy.deepcopy(good)
+    groups["param_groups"].append(copy.deepcopy(groups["param_groups"][0]))
+    out.append(("param_groups", groups, "group"))
+    return out
+
+
+FOREIGN = ["other_k", "other_shape", "other_model", "other_method", "plain_optimizer", "ring_dtype",
+           "ring_length", "negative_count", "training_weights", "param_groups"]
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+def test_load_state_dict_from_something_else_raises_and_changes_nothing(name):
+    cases = {n: (sd, match) for n, sd, match in _foreign_state_dicts()}
+    assert sorted(cases) == sorted(FOREIGN)
+    sd, match = cases[name]
+    model, opt = _make(k=3, width=4)
+    _train(model, opt, 5, seed=3)
+    before = _everything(model, opt)
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.load_state_dict(sd)
+    _assert_equal(before, _everything(model, opt), name)
+    _train(model, opt, 1, seed=4)  # and it still trains and averages
+    with opt.averaged():
+        pass
+
+
+def test_load_state_dict_while_swapped_in_raises_and_changes_nothing():
+    model, opt = _make()
+    _train(model, opt, 6)
+    sd = copy.deepcopy(opt.state_dict())
+    _train(model, opt, 2)
+    with opt.averaged():
+        before = _everything(model, opt)
+        with pytest.raises(RuntimeError, match="swapped in"):
+            opt.load_state_dict(sd)
+        _assert_equal(before, _everything(model, opt))
+
+
+# ----------------------------------------------------------------------------- sharing after load
+@pytest.mark.parametrize("via", ["wrapper", "base_optimizer"])
+def test_scheduler_and_new_groups_still_reach_the_base_optimizer_after_load(via):
+    """Bug found by the property tests: torch's Optimizer.load_state_dict replaces the base's
+    ``param_groups``/``state`` objects, so the wrapper kept stale ones: a scheduler built on the
+    wrapper then changed a learning rate nobody used, and a group added after resuming was not
+    in the ring."""
+    model, opt = _make()
+    _train(model, opt, 4)
+    sd = copy.deepcopy(opt.state_dict())
+    model2, opt2 = _make()
+    if via == "wrapper":
+        opt2.load_state_dict(sd)
+    else:
+        opt2.optimizer.load_state_dict({k: v for k, v in sd.items() if k != "lawa"})
+    assert opt2.param_groups is opt2.optimizer.param_groups
+    assert opt2.state is opt2.optimizer.state
+    sched = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    _train(model2, opt2, 1)
+    sched.step()
+    assert opt2.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    extra = nn.Parameter(torch.full((2,), 7.0))
+    opt2.add_param_group({"params": [extra]})
+    opt2.snapshot()
+    assert opt2.num_snapshots >= 1
+    with opt2.averaged():
+        assert torch.equal(extra.detach(), torch.full((2,), 7.0))  # its history: its value in every slot
+    index = next(i for i, p in enumerate(p for g in opt2.param_groups for p in g["params"]) if p is extra)
+    assert all(torch.equal(s, torch.full((2,), 7.0)) for s in opt2.snapshots(index))
+
+
+@pytest.mark.slow
+def test_truncations_and_random_bytes_give_checkpoint_errors(tmp_path):
+    """Fuzz: a wrapper state dict cut at every 3rd length (legacy format) or every 13th (zip), and
+    200 random byte strings: each load ends in CheckpointError naming the file, never another
+    exception (before the fix, IndexError, KeyError and struct.error escaped) and never a load."""
+    import random
+    import warnings
+
+    _, opt = _make()
+    legacy, zipped = io.BytesIO(), io.BytesIO()
+    torch.save(opt.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    torch.save(opt.state_dict(), zipped)
+    rng = random.Random(0)
+    cases = [legacy.getvalue()[:n] for n in range(1, len(legacy.getvalue()), 3)]
+    cases += [zipped.getvalue()[:n] for n in range(1, len(zipped.getvalue()), 13)]
+    cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) for _ in range(200)]
+    assert len(cases) > 500
+    path = tmp_path / "fuzzed.pt"
+    for data in cases:
+        path.write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols
+            with pytest.raises(CheckpointError, match="fuzzed.pt"):
+                safe_load(path)
