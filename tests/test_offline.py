@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 import gc
 import math
 import weakref
@@ -201,14 +202,19 @@ def test_refuses_a_pickle_that_would_run_code(tmp_path):
     assert not marker.exists() and not out.exists()
 
 
-def test_trust_pickle_loads_old_style_checkpoints(tmp_path):
-    states, paths = save_states(tmp_path, 2)
-    old = tmp_path / "old.pt"  # a fairseq checkpoint from before Hydra keeps an argparse.Namespace
-    torch.save({"args": argparse.Namespace(arch="tiny"), "model": states[1]}, old)
-    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
-        average_checkpoints([old])
-    got = average_checkpoints([old], trust_pickle=True)
-    assert got["args"].arch == "tiny"
+def test_namespace_loads_safely_and_trust_pickle_loads_the_rest(tmp_path):
+    states, _ = save_states(tmp_path, 2)
+    legacy = tmp_path / "legacy.pt"  # fairseq-train keeps a legacy arch's config as an argparse.Namespace
+    torch.save({"cfg": {"model": argparse.Namespace(arch="roberta_base")}, "model": states[1]}, legacy)
+    got = average_checkpoints([legacy])
+    assert got["cfg"]["model"].arch == "roberta_base"
+    assert_state_equal(got["model"], states[1])
+    other = tmp_path / "other.pt"  # a class outside the allow-list: refused unless trusted
+    torch.save({"stats": fractions.Fraction(1, 3), "model": states[1]}, other)
+    with pytest.raises(UnsafeCheckpointError, match=r"other\.pt.*GLOBAL fractions\.Fraction"):
+        average_checkpoints([other])
+    got = average_checkpoints([other], trust_pickle=True)
+    assert got["stats"] == fractions.Fraction(1, 3)
     assert_state_equal(got["model"], states[1])
 
 
