@@ -157,11 +157,9 @@ def test_import_does_not_load_optional_packages():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [m for m in METHODS if get_method_info(m).requires])
 def test_missing_optional_package_names_the_extra(name, monkeypatch):
     module = get_method_info(name).requires
-    if module is None:
-        pytest.skip("needs no optional package")
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     monkeypatch.delitem(sys.modules, "lawa_optim.baselines.torch_optimizer_fix", raising=False)
     with pytest.raises(ImportError, match=r"pip install lawa-optim\[zoo\]"):
@@ -343,3 +341,19 @@ def test_wrappers_observing_one_base_optimizer_match_their_own_runs():
         _train(alone_model, alone, data, 9)
         assert _same(_weights(alone_model), _weights(model)), n
         assert _same(_eval_weights(alone_model, alone), _eval_weights(model, wrappers[n])), n
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_batchnorm_recompute_restores_buffers_too(name):
+    """``averaged(model=, bn_loader=)`` recomputes BN statistics for the evaluation weights, then restores all."""
+    _needs(name)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    opt = _make(name, model)
+    data = _data()
+    _train(model, opt, data, 5)
+    weights, buffers = _weights(model), [b.clone() for b in model.buffers()]
+    loader = [x for x, _ in data[:4]]
+    with opt.averaged(model=model, bn_loader=loader):
+        assert not torch.equal(model[1].running_mean, buffers[0])  # recomputed for the swapped-in weights
+    assert _same(_weights(model), weights) and _same(list(model.buffers()), buffers)
