@@ -80,7 +80,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 "lawa",
                 LAWAWrapper,
                 {"k": 6},
-                source="LAWA paper, Section 3 (k=6 default)",
+                source="LAWA paper, Section 2 and Figure 2 (k=6 default)",
                 description="uniform average of the k latest snapshots",
                 evaluates="mean of the k latest snapshots",
                 changes_trajectory=False,
