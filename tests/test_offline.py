@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import require
 
 from lawa_optim import offline
 from lawa_optim.io import CheckpointError, UnsafeCheckpointError
@@ -321,3 +322,64 @@ def test_out_must_not_be_an_input_unless_forced(tmp_path):
     summary = write_average(paths, paths[2], force=True)
     assert summary.out == str(paths[2]) and summary.files == tuple(map(str, paths))
     assert_state_equal(torch.load(paths[2], weights_only=True), reference_mean(states))
+
+
+@pytest.mark.fairseq
+def test_real_fairseq_checkpoints_average_and_load_in_fairseq(tmp_path):
+    """A tiny RoBERTa built by fairseq, saved as fairseq's Trainer does; the average loads back in fairseq."""
+    require("fairseq", "to build and load real fairseq checkpoints")
+    from fairseq import checkpoint_utils, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    data = tmp_path / "data-bin"
+    data.mkdir()
+    (data / "dict.txt").write_text("".join(f"w{i} {10 - i}\n" for i in range(8)))
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data), "--task", "masked_lm", "--criterion", "masked_lm", "--arch", "roberta_base", "--encoder-layers",
+        "1", "--encoder-embed-dim", "8", "--encoder-ffn-embed-dim", "16", "--encoder-attention-heads", "2",
+        "--max-positions", "16", "--tokens-per-sample", "16", "--optimizer", "adam", "--lr", "1e-3", "--cpu"])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    opt = torch.optim.Adam(model.parameters())
+    paths, states = [], []
+    for epoch in range(1, 5):
+        with torch.no_grad():  # stand-in for an epoch of training
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=0.1)
+        model.zero_grad()
+        sum(p.sum() for p in model.parameters()).backward()
+        opt.step()
+        state = {  # the layout of fairseq.trainer.Trainer.state_dict() + save_checkpoint's extra_state
+            "args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "model": model.state_dict(), "criterion": None,
+            "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
+                                   "lr_scheduler_state": {"best": 5.0 - epoch}, "num_updates": 10 * epoch}],
+            "task_state": {}, "extra_state": {"metrics": {}, "previous_training_time": 1.5 * epoch,
+                                              "train_iterator": {"epoch": epoch, "iterations_in_epoch": 0},
+                                              "val_loss": 5.0 - epoch, "best": 5.0 - epoch},
+            "last_optimizer_state": opt.state_dict(),
+        }
+        assert isinstance(state["cfg"]["model"], argparse.Namespace)  # what makes weights_only need an allow-list
+        path = tmp_path / f"checkpoint{epoch}.pt"
+        checkpoint_utils.torch_persistent_save(state, str(path))
+        paths.append(path)
+        states.append({k: v.clone() for k, v in state["model"].items()})
+
+    out = tmp_path / "checkpoint_lawa.pt"
+    summary = write_average(list(reversed(paths)), out, last=3, sort=True)
+    assert summary.files == tuple(map(str, paths[1:])) and summary.dropped == ("last_optimizer_state",)
+    assert out.stat().st_size < paths[-1].stat().st_size
+    want = reference_mean(states[1:])
+
+    with torch.serialization.safe_globals([argparse.Namespace]):  # fairseq's own torch.load is weights_only
+        loaded = checkpoint_utils.load_checkpoint_to_cpu(str(out))
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(out)])  # as fairseq-validate does
+    assert_state_equal(OrderedDict(loaded["model"]), want)
+    assert loaded["extra_state"]["train_iterator"]["epoch"] == 4
+    assert loaded["optimizer_history"][-1]["num_updates"] == 40
+    got = models[0].state_dict()
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
