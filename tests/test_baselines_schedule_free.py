@@ -20,12 +20,12 @@ def test_matches_the_package_eval_bit_exactly(sf, variant):
     data = _data()
     model, ref_model = _model(), _model()
     if variant == "sgd":
-        opt = create("schedulefree", torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4),
-                     warmup_steps=3)
+        opt = create(
+            "schedulefree", torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4), warmup_steps=3
+        )
         ref = sf.SGDScheduleFree(ref_model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4, warmup_steps=3)
     else:
-        opt = create("schedulefree", torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2),
-                     warmup_steps=3)
+        opt = create("schedulefree", torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2), warmup_steps=3)
         ref = sf.AdamWScheduleFree(ref_model.parameters(), lr=1e-2, weight_decay=1e-2, warmup_steps=3)
     assert type(opt.optimizer) is type(ref)
     ref.train()

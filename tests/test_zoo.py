@@ -173,8 +173,18 @@ def test_is_an_optimizer_with_the_protocol(name):
     opt = _make(name, _model())
     assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt, AveragingOptimizer)
     assert opt.method == name and not opt.swapped_in and opt.num_steps == 0
-    for attr in ("step", "zero_grad", "state_dict", "load_state_dict", "averaged", "swap_in", "swap_out",
-                 "snapshot", "observe_step", "num_snapshots"):
+    for attr in (
+        "step",
+        "zero_grad",
+        "state_dict",
+        "load_state_dict",
+        "averaged",
+        "swap_in",
+        "swap_out",
+        "snapshot",
+        "observe_step",
+        "num_snapshots",
+    ):
         assert hasattr(opt, attr), attr
     assert opt.state_dict()["lawa"]["method"] == name
 
