@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -10,12 +11,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .averaging import resolve_weights, window_coefficients
+from .disk_store import DiskSnapshotRing, check_offload_dir
 from .protocol import AveragingOptimizer
 from .store import SnapshotRing
 
 __all__ = ["LAWAWrapper"]
 
-OFFLOAD_CHOICES = (None, "cpu")
+OFFLOAD_CHOICES = (None, "cpu", "disk")
 NONFINITE_CHOICES = ("raise", "skip")
 
 
@@ -42,7 +44,10 @@ class LAWAWrapper(AveragingOptimizer):
             or k non-negative coefficients, newest first, normalized (default: ``"uniform"``).
         alpha (float, optional): EXP's decay, in (0, 1] (default: 0.9).
         offload (str, optional): ``None`` keeps snapshots on the parameters' device, ``"cpu"`` in
-            host memory, pinned and copied asynchronously on CUDA (default: None).
+            host memory, pinned and copied asynchronously on CUDA, ``"disk"`` in memory-mapped
+            files under ``offload_dir`` for models whose k copies do not fit in RAM (default: None).
+        offload_dir (str or os.PathLike, optional): an existing directory for ``offload="disk"``;
+            the files are unlinked at once, so nothing is left behind (default: None).
         nonfinite (str, optional): what a snapshot of weights holding NaN or Inf does:
             ``"raise"`` a ``RuntimeError``, or ``"skip"`` it with a warning; either way the ring is
             left unchanged, so a diverged step never enters the average (default: ``"raise"``).
@@ -67,6 +72,7 @@ class LAWAWrapper(AveragingOptimizer):
         weights: str | Sequence[float] = "uniform",
         alpha: float = 0.9,
         offload: str | None = None,
+        offload_dir: str | os.PathLike | None = None,
         nonfinite: str = "raise",
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int):
@@ -76,6 +82,12 @@ class LAWAWrapper(AveragingOptimizer):
         kind, coeffs = resolve_weights(weights, k, alpha)
         if offload not in OFFLOAD_CHOICES:
             raise ValueError(f"Invalid offload: {offload!r}; use one of {OFFLOAD_CHOICES}")
+        if offload == "disk":
+            offload_dir = check_offload_dir(offload_dir)
+        elif offload_dir is not None:
+            raise ValueError(
+                f"Invalid offload_dir: {offload_dir!r} is only used with offload='disk' (offload={offload!r})"
+            )
         if nonfinite not in NONFINITE_CHOICES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r}; use one of {NONFINITE_CHOICES}")
         super().__init__(optimizer, period)
@@ -86,7 +98,11 @@ class LAWAWrapper(AveragingOptimizer):
         self.offload = offload
         self.nonfinite = nonfinite
         self.skipped_snapshots = 0
-        self._ring = SnapshotRing(self._params, k, offload)
+        self.offload_dir = offload_dir
+        if offload == "disk":
+            self._ring: SnapshotRing = DiskSnapshotRing(self._params, k, offload_dir)
+        else:
+            self._ring = SnapshotRing(self._params, k, offload)
 
     def _describe(self) -> str:
         w = self.weights if self.coefficients is None else list(self.coefficients)

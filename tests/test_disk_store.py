@@ -1,0 +1,118 @@
+"""The disk-backed ring: the same numbers as the in-memory ring, files that leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lawa_optim import LAWAWrapper, store
+from lawa_optim.disk_store import DiskSnapshotRing
+from lawa_optim.store import SnapshotRing
+
+
+def make_params() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(37, 5, generator=g), torch.randn(6, generator=g).half(), torch.randn(3, generator=g).double()]
+
+
+def perturb(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype))
+
+
+def test_disk_ring_equals_memory_ring_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "_CPU_BLOCK", 16)
+    params = make_params()
+    mem = SnapshotRing(params, 3)
+    disk = DiskSnapshotRing(params, 3, tmp_path)
+    assert os.listdir(tmp_path) == []  # mapped, then unlinked at once
+    assert all(g.rows.untyped_storage().filename is not None for g in disk.groups)
+    for step in range(3 * 8 + 2):  # past one exact rebuild of the sums
+        perturb(params, step)
+        mem.push()
+        disk.push()
+    for i in range(len(params)):
+        assert torch.equal(mem.sum_of(i), disk.sum_of(i))
+        assert all(torch.equal(a, b) for a, b in zip(mem.snapshots(i), disk.snapshots(i)))
+    out_m = [torch.empty_like(p) for p in params]
+    out_d = [torch.empty_like(p) for p in params]
+    mem.write_average(out_m, 3, None)
+    disk.write_average(out_d, 3, None)
+    assert all(torch.equal(a, b) for a, b in zip(out_m, out_d))
+    mem.write_average(out_m, 2, [0.7, 0.3])
+    disk.write_average(out_d, 2, [0.7, 0.3])
+    assert all(torch.equal(a, b) for a, b in zip(out_m, out_d))
+    state = disk.state_dict()
+    assert os.listdir(tmp_path) == []
+    for a, b in zip(state["ring"], mem.state_dict()["ring"]):
+        assert torch.equal(a, b)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+
+
+def _train(model, opt, steps, start=0):
+    for s in range(start, start + steps):
+        g = torch.Generator().manual_seed(s)
+        opt.zero_grad()
+        model(torch.randn(8, 5, generator=g)).pow(2).mean().backward()
+        opt.step()
+
+
+def test_wrapper_disk_offload_average_and_lockstep_resume(tmp_path):
+    model = _model()
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=4, period=2,
+                      offload="disk", offload_dir=tmp_path)
+    history = []
+    for s in range(12):
+        _train(model, opt, 1, s)
+        if (s + 1) % 2 == 0:
+            history.append([p.detach().clone() for p in model.parameters()])
+    with opt.averaged():
+        for p, *snaps in zip(model.parameters(), *history[-4:]):
+            ref = torch.stack([x.double() for x in snaps]).mean(0)
+            torch.testing.assert_close(p.detach().double(), ref, rtol=1e-6, atol=1e-7)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
+    # a fresh disk-backed wrapper and an in-memory one both continue bit-identically
+    for offload, kwargs in (("disk", {"offload_dir": tmp_path}), (None, {})):
+        ckpt = torch.load(path, weights_only=True)  # loaded anew: the optimizer keeps its tensors
+        fresh = _model()
+        fresh.load_state_dict(ckpt["model"])
+        opt2 = LAWAWrapper(torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9), k=4, period=2,
+                           offload=offload, **kwargs)
+        opt2.load_state_dict(ckpt["opt"])
+        _train(fresh, opt2, 5, 12)
+        if offload == "disk":
+            _train(model, opt, 5, 12)
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+        with opt.averaged():
+            want = [p.detach().clone() for p in model.parameters()]
+        with opt2.averaged():
+            assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), want))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        ({"offload": "disk"}, TypeError, "offload_dir: None"),
+        ({"offload": "disk", "offload_dir": "/no/such/dir"}, ValueError, "offload_dir: '/no/such/dir'"),
+        ({"offload": "cpu", "offload_dir": "."}, ValueError, "offload_dir: '.' is only used with offload='disk'"),
+    ],
+)
+def test_bad_offload_dir(kwargs, err, match):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(err, match=match):
+        LAWAWrapper(base, k=3, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert base.state == {}
