@@ -152,11 +152,27 @@ def test_out_equal_to_an_input_needs_force(tmp_path):
 
 # A fork server: imports torch and the CLI once, then forks one `lawa average` process per request
 # (a fresh interpreter per kill would spend most of its life importing torch, not averaging).
+# torch.save is slowed down to a slow disk's pace (the same bytes to the same place, 64 KiB at a
+# time) so that kills land inside writes often, whatever way the command writes its output.
 _FORK_SERVER = """
-import json, os, sys
+import io, json, os, sys, time
 import torch, tqdm  # noqa: F401  (imported once, before any fork; no torch op runs in this process)
 import benchmarks.average_cli, lawa_optim.offline  # noqa: F401
 from benchmarks.cli import main
+
+_real_save = torch.save
+def _slow_save(obj, f, *args, **kwargs):
+    buf = io.BytesIO()
+    _real_save(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    fh = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+    for i in range(0, len(data), 1 << 16):
+        fh.write(data[i:i + (1 << 16)])
+        fh.flush()
+        time.sleep(0.002)
+    if fh is not f:
+        fh.close()
+torch.save = _slow_save
 for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
@@ -195,8 +211,9 @@ class ForkServer:
 def test_sigkill_never_leaves_a_truncated_file(tmp_path):
     """SIGKILL `lawa average` 10 times: --out is absent, the old file or the complete new one, never truncated.
 
-    Six kills come at random moments of a run, four while the output is being written (once the
-    temporary file beside it has appeared).
+    Six kills come at random moments of a run, four while the output is being written (once a file
+    appears beside --out or --out itself changes). The forked commands write through a slowed-down
+    torch.save so that kills land inside writes; a plain torch.save(result, out) fails this test.
     """
     paths = make_checkpoints(tmp_path, 3, size=1024)  # 4 MiB of weights per file
     out = tmp_path / "lawa.pt"
@@ -204,6 +221,11 @@ def test_sigkill_never_leaves_a_truncated_file(tmp_path):
     torch.save({"model": {"w": torch.zeros(3)}}, old)
     new = average_checkpoints(paths)
     args = [*map(str, paths), "--out", str(out)]
+
+    def signature():
+        st = out.stat() if out.exists() else None
+        return sorted(p.name for p in tmp_path.iterdir()), st and (st.st_ino, st.st_size, st.st_mtime_ns)
+
     server = ForkServer()
     try:
         for _ in range(2):  # uninterrupted runs (the first waits for the server's imports), to time the kills
@@ -223,11 +245,12 @@ def test_sigkill_never_leaves_a_truncated_file(tmp_path):
             pid = server.start(args)
             if i < 6:  # at a random moment of the run
                 time.sleep(rng.uniform(0.0, 1.1) * full)
-            else:  # in the middle of writing: once the temporary file has appeared (or the run has ended)
-                deadline = time.monotonic() + 20 * full
-                while not list(tmp_path.glob(".lawa.pt.*.tmp")) and time.monotonic() < deadline:
+            else:  # while writing: once a file appears beside --out or --out changes (or the run has ended)
+                before = signature()
+                deadline = time.monotonic() + 3 * full
+                while signature() == before and time.monotonic() < deadline:
                     time.sleep(0.0005)
-                time.sleep(rng.uniform(0.0, 0.01))
+                time.sleep(rng.uniform(0.0, 0.05))
             try:
                 os.kill(pid, signal.SIGKILL)  # our own child; it may have finished already
             except ProcessLookupError:
@@ -241,7 +264,10 @@ def test_sigkill_never_leaves_a_truncated_file(tmp_path):
                 assert i % 2 == 0, "the old file vanished"
                 outcomes.append(("absent", killed, len(stray)))
                 continue
-            got = torch.load(out, weights_only=True)  # a truncated file would raise here
+            try:
+                got = torch.load(out, weights_only=True)
+            except Exception as err:  # noqa: BLE001
+                pytest.fail(f"kill {i} ({'random' if i < 6 else 'while writing'}) left a damaged {out.name}: {err}")
             if torch.equal(got["model"]["w"], torch.zeros(3)):
                 assert i % 2 == 1, "an old file appeared from nowhere"
                 outcomes.append(("old", killed, len(stray)))
