@@ -101,6 +101,7 @@ class LawaConfig:
     enabled: bool = True
     k: list[int] = field(default_factory=lambda: [6])
     bncopy_k: list[int] = field(default_factory=lambda: [6])  # also reported with the model's BN statistics
+    # the wrapper keeps max(k + bncopy_k) snapshots
 
 
 @dataclass
@@ -120,7 +121,7 @@ class EmaConfig:
 @dataclass
 class SwaConfig:
     enabled: bool = True
-    start_epoch: int = 0  # the first epoch whose end-of-epoch weights enter the mean (0-based)
+    start_epoch: int | None = None  # first epoch (0-based) whose end weights enter the mean; None: epochs // 2
 
 
 @dataclass
@@ -246,7 +247,7 @@ def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
         if name in raw:
             before = len(errors)
             value = _convert(raw[name], hints[name], f"{where + '.' if where else ''}{name}", errors)
-            if len(errors) == before:
+            if len(errors) == before or dataclasses.is_dataclass(hints[name]):  # a section keeps its good keys
                 kwargs[name] = value
     return cls(**kwargs)
 
@@ -267,7 +268,7 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     need(cfg.device in DEVICES, "device", cfg.device, f"use one of {', '.join(DEVICES)}")
     positive("threads", cfg.threads, allow_none=True)
     need(d.dataset in DATASETS, "data.dataset", d.dataset, f"use one of {', '.join(DATASETS)}")
-    need(d.dataset == "fashion-mnist" or d.root is not None, "data.root", d.root,
+    need(d.dataset not in DATASETS or d.dataset == "fashion-mnist" or d.root is not None, "data.root", d.root,
          f"data.dataset={d.dataset!r} needs data.root (or --data-dir): the folder that holds it")
     for name in ("train_images", "val_images"):
         positive(f"data.{name}", getattr(d, name), allow_none=True)
@@ -288,14 +289,14 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
          "use epochs between 1 and train.epochs - 1")
     need(len(me.lawa.k) > 0 and all(isinstance(k, int) and k >= 1 for k in me.lawa.k), "methods.lawa.k",
          me.lawa.k, "use a non-empty list of positive ints, e.g. [2, 6, 10]")
-    need(all(k in me.lawa.k for k in me.lawa.bncopy_k), "methods.lawa.bncopy_k", me.lawa.bncopy_k,
-         f"every k here must also be in methods.lawa.k={me.lawa.k}")
+    need(all(isinstance(k, int) and k >= 1 for k in me.lawa.bncopy_k), "methods.lawa.bncopy_k",
+         me.lawa.bncopy_k, "use a list of positive ints (may be empty)")
     need(me.exp.k >= 1, "methods.exp.k", me.exp.k, "use a positive int")
     need(0 < me.exp.alpha <= 1, "methods.exp.alpha", me.exp.alpha, "use a value in (0, 1]")
     need(0 <= me.ema.decay < 1, "methods.ema.decay", me.ema.decay, "use a value in [0, 1)")
     need(me.ema.update_every >= 1, "methods.ema.update_every", me.ema.update_every, "use a positive int")
-    need(0 <= me.swa.start_epoch < t.epochs, "methods.swa.start_epoch", me.swa.start_epoch,
-         "use an epoch in [0, train.epochs)")
+    need(me.swa.start_epoch is None or 0 <= me.swa.start_epoch < t.epochs, "methods.swa.start_epoch",
+         me.swa.start_epoch, "use an epoch in [0, train.epochs), or null for half of train.epochs")
     need(me.lookahead.k >= 1, "methods.lookahead.k", me.lookahead.k, "use a positive int")
     need(0 < me.lookahead.alpha <= 1, "methods.lookahead.alpha", me.lookahead.alpha, "use a value in (0, 1]")
     positive("methods.schedulefree.lr", me.schedulefree.lr)

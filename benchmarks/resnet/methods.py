@@ -65,7 +65,7 @@ def plan_runs(cfg: Config, families: list[str] | None, steps_per_epoch: int) -> 
     base = RunPlan(run="base", driver=None)
     base.evals.append(EvalSpec("base", "base", None, None, "model", "SGD"))
     if "lawa" in families:
-        kmax = max(me.lawa.k)
+        kmax = max(me.lawa.k + me.lawa.bncopy_k)
         base.observers["lawa"] = ("lawa", {"k": kmax, "period": steps_per_epoch})
         for k in sorted(set(me.lawa.k)):
             base.evals.append(EvalSpec(f"lawa_k{k}", "lawa", "lawa", k, bn, f"LAWA k={k}"))
@@ -80,8 +80,9 @@ def plan_runs(cfg: Config, families: list[str] | None, steps_per_epoch: int) -> 
         base.observers["ema"] = ("ema", {"decay": me.ema.decay, "update_every": me.ema.update_every})
         base.evals.append(EvalSpec("ema", "ema", "ema", None, bn, f"EMA {me.ema.decay:g}"))
     if "swa" in families:
-        base.observers["swa"] = ("swa", {"period": steps_per_epoch, "swa_start": me.swa.start_epoch})
-        base.evals.append(EvalSpec("swa", "swa", "swa", None, bn, f"SWA from epoch {me.swa.start_epoch + 1}"))
+        start = cfg.train.epochs // 2 if me.swa.start_epoch is None else me.swa.start_epoch
+        base.observers["swa"] = ("swa", {"period": steps_per_epoch, "swa_start": start})
+        base.evals.append(EvalSpec("swa", "swa", "swa", None, bn, f"SWA from epoch {start + 1}"))
     plans = [base]
     if "lookahead" in families:
         plans.append(RunPlan(run="lookahead", driver="lookahead",
