@@ -44,16 +44,17 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     raise TypeError(f"Invalid parameter dtype {dtype}: only floating-point parameters can be averaged")
 
 
-def _copy_all(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> None:
+def _copy_all(dst: list[Tensor], src: list[Tensor], same_device: bool | None = None) -> None:
     """``dst[i].copy_(src[i])`` for all i: one foreach call when everything is on one device."""
     if not dst:
         return
-    devices = {t.device for t in dst} | {t.device for t in src}
-    if len(devices) == 1 and not non_blocking:
+    if same_device is None:
+        same_device = len({t.device for t in dst} | {t.device for t in src}) == 1
+    if same_device:
         torch._foreach_copy_(dst, src)
     else:
         for d, s in zip(dst, src):
-            d.copy_(s, non_blocking=non_blocking)
+            d.copy_(s)
 
 
 class _Piece:
@@ -95,6 +96,40 @@ class _Group:
         self.convert = device.type == "cpu" and self.acc != self.dtype
         self.blocks = self._make_blocks(params, _CPU_BLOCK if device.type == "cpu" else _DEVICE_BLOCK)
         self.max_block = max((stop - start for start, stop, _ in self.blocks), default=0)
+        self.same_device = all(params[i].device == device for i in indices)
+        self._dst: dict[int, list[list[Tensor]]] = {}  # slot -> per block, the pieces' views in the row
+        self._src: tuple[list[int], list[list[Tensor]]] | None = None  # (data_ptrs, per block views)
+        self._scratch_views: tuple[int, list[list[Tensor]]] | None = None
+
+    def dst_views(self, slot: int) -> list[list[Tensor]]:
+        """Per block, the views of the slot row the pieces go to (made once per slot)."""
+        views = self._dst.get(slot)
+        if views is None:
+            views = [[pc.in_row(self.rows[slot, start:stop], start) for pc in pieces]
+                     for start, stop, pieces in self.blocks]
+            self._dst[slot] = views
+        return views
+
+    def scratch_views(self, scratch: Tensor) -> list[list[Tensor]]:
+        """Per block, the pieces' views in a scratch block (made once per scratch tensor)."""
+        key = scratch.data_ptr()
+        if self._scratch_views is None or self._scratch_views[0] != key:
+            views = [
+                [pc.in_row(scratch[: stop - start], start) for pc in pieces] for start, stop, pieces in self.blocks
+            ]
+            self._scratch_views = (key, views)
+        return self._scratch_views[1]
+
+    def param_views(self, params: Sequence[Tensor]) -> list[list[Tensor]]:
+        """Per block, the views of the parameters' pieces; remade if a parameter got new storage.
+
+        A cached view keeps its storage alive, so an unchanged ``data_ptr`` means the same memory.
+        """
+        ptrs = [params[i].data_ptr() for i in self.indices]
+        if self._src is None or self._src[0] != ptrs:
+            views = [[pc.of(params[pc.index].detach()) for pc in pieces] for _, _, pieces in self.blocks]
+            self._src = (ptrs, views)
+        return self._src[1]
 
     def _make_blocks(self, params: Sequence[Tensor], size: int) -> list[tuple[int, int, list[_Piece]]]:
         blocks: list[tuple[int, int, list[_Piece]]] = []
@@ -219,9 +254,9 @@ class SnapshotRing:
     def nonfinite_params(self) -> list[int]:
         """Indices of the parameters holding NaN or Inf right now (one read of the parameters).
 
-        On the CPU each parameter is summed (a NaN or Inf anywhere makes the sum non-finite; a
-        sum that overflowed on finite values is confirmed element-wise), which reads at the
-        speed of memory; elsewhere the inf-norm of ``torch._foreach_norm`` is used.
+        On the CPU the 2-norm of ``torch._foreach_norm`` is used (a NaN or Inf anywhere makes it
+        non-finite; a norm that overflowed on finite values is confirmed element-wise), which
+        reads at the speed of memory; elsewhere the inf-norm, which cannot overflow.
         """
         bad: list[int] = []
         with torch.no_grad():
@@ -231,9 +266,9 @@ class SnapshotRing:
                     by_device.setdefault((p.device, p.dtype), []).append(i)
             for (device, _), idx in by_device.items():
                 ps = [self.params[i].detach() for i in idx]
-                if device.type == "cpu":
-                    finite = torch.stack([p.sum() for p in ps]).isfinite().tolist()
-                    finite = [ok or bool(p.isfinite().all()) for ok, p in zip(finite, ps)]
+                if device.type == "cpu":  # the 2-norm reads at memory speed; the inf-norm does not
+                    finite = torch.stack(torch._foreach_norm(ps, 2)).isfinite().tolist()
+                    finite = [ok or bool(p.isfinite().all()) for ok, p in zip(finite, ps)]  # overflow?
                 else:
                     finite = torch.stack(torch._foreach_norm(ps, float("inf"))).isfinite().tolist()
                 bad.extend(i for i, ok in zip(idx, finite) if not ok)
@@ -257,24 +292,21 @@ class SnapshotRing:
             self.rebuild()
 
     def _push_group(self, g: _Group, slot: int, full: bool) -> None:
-        params = self.params
         t = self._scratch_for(g) if g.convert else None
-        for start, stop, pieces in g.blocks:
+        for (start, stop, _), dst, src in zip(g.blocks, g.dst_views(slot), g.param_views(self.params)):
             total = g.total[start:stop]
             row = g.rows[slot, start:stop]
-            dst = [pc.in_row(row, start) for pc in pieces]
-            src = [pc.of(params[pc.index].detach()) for pc in pieces]
             if t is None:
                 if full:
                     total.sub_(row)
-                _copy_all(dst, src)
+                _copy_all(dst, src, same_device=g.same_device)
                 total.add_(row)
             else:
                 scratch = t[: stop - start]
                 if full:
                     scratch.copy_(row)  # exact float32 -> float64, vectorized
                     total.sub_(scratch)
-                _copy_all(dst, src)
+                _copy_all(dst, src, same_device=g.same_device)
                 scratch.copy_(row)
                 total.add_(scratch)
 
@@ -351,11 +383,14 @@ class SnapshotRing:
             raise ValueError(f"Invalid k={j}: the ring holds {self.size} snapshot(s)")
         newest_first = self.order()[::-1][:j]
         from_total = coeffs is None and j == self.size
+        own = len(dst) == len(self.params) and all(d is p for d, p in zip(dst, self.params))
         with torch.no_grad():
             for g in self.groups:
+                outs = g.param_views(self.params) if own else None
                 acc = self._scratch_for(g, 0)
+                sources = g.scratch_views(acc)
                 conv = self._scratch_for(g, 1) if (g.acc != g.dtype and not from_total) else None
-                for start, stop, pieces in g.blocks:
+                for b, (start, stop, pieces) in enumerate(g.blocks):
                     n = stop - start
                     out = acc[:n]
                     if from_total:
@@ -373,7 +408,8 @@ class SnapshotRing:
                                 out.add_(row, alpha=coeffs[pos])
                         if coeffs is None:
                             out.div_(j)
-                    _copy_all([pc.of(dst[pc.index]) for pc in pieces], [pc.in_row(out, start) for pc in pieces])
+                    targets = outs[b] if outs is not None else [pc.of(dst[pc.index]) for pc in pieces]
+                    _copy_all(targets, sources[b])
 
     def snapshots(self, i: int) -> list[Tensor]:
         """The filled slots of parameter ``i``, oldest first (views, for tests and exports)."""

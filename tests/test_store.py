@@ -224,3 +224,15 @@ def test_no_allocation_per_snapshot_once_built(small_blocks):
         ring.push()
     assert ptrs == [(g.rows.data_ptr(), g.total.data_ptr()) for g in ring.groups]
     assert scratch == {k: v.data_ptr() for k, v in ring._scratch.items()}
+
+
+def test_parameter_given_new_storage_is_snapshotted_from_it(small_blocks):
+    """Views of the parameters are cached; ``p.data = ...`` (e.g. module.to()) must not leave them stale."""
+    p = torch.nn.Parameter(torch.zeros(40))
+    ring = SnapshotRing([p], 2)
+    ring.push()
+    p.data = torch.full((40,), 3.0)
+    ring.push()
+    assert torch.equal(ring.snapshots(0)[-1], torch.full((40,), 3.0))
+    ring.write_average([p], 2, None)
+    assert torch.equal(p.detach(), torch.full((40,), 1.5))
