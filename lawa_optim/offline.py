@@ -100,6 +100,21 @@ def _is_averaged(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
 
 
+def _ties(sd: Mapping[str, Any]) -> dict[str, str]:
+    """Keys whose tensor is the very same view as an earlier key's (tied weights) -> that earlier key."""
+    first: dict[tuple, str] = {}
+    ties = {}
+    for key, value in sd.items():
+        if _is_averaged(value) and value.numel() > 0:
+            view = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape, value.stride(),
+                    value.dtype, value.device)
+            if view in first:
+                ties[key] = first[view]
+            else:
+                first[view] = key
+    return ties
+
+
 class _Accumulator:
     """Running weighted sums of the floating tensors of state dicts that all share one layout."""
 
@@ -107,6 +122,7 @@ class _Accumulator:
         self.layout: dict[str, str | None] | None = None  # key -> "shape dtype" or None (non-tensor)
         self.first_name = ""
         self.sums: dict[str, torch.Tensor] = {}
+        self.tied: dict[str, str] | None = None  # tied key -> key it shares one sum with, while all files tie them
         self.dtypes: dict[str, torch.dtype] = {}
         self.newest_rest: dict[str, Any] = {}
         self.newest_metadata: Any = None
@@ -152,8 +168,16 @@ class _Accumulator:
 
     def add(self, sd: Mapping[str, Any], coefficient: float | None) -> None:
         """Add ``coefficient * sd`` (or plain ``sd`` for uniform weights) to the sums; ``sd`` is the newest."""
+        ties = _ties(sd)
+        if self.tied is None:
+            self.tied = ties
+        for key, shared in list(self.tied.items()):
+            if ties.get(key) != shared:  # this file unties them: from now on two sums (equal so far)
+                self.sums[key] = self.sums[shared].clone()
+                self.dtypes[key] = self.dtypes[shared]
+                del self.tied[key]
         for key, value in sd.items():
-            if not _is_averaged(value):
+            if not _is_averaged(value) or key in self.tied:
                 continue
             acc = self.sums.get(key)
             if acc is None:
@@ -172,13 +196,16 @@ class _Accumulator:
     def result(self, uniform: bool, renormalize: bool) -> OrderedDict:
         """The average, in the stored dtypes and the key order of the state dicts."""
         assert self.layout is not None
-        scale = 1.0 / self.count if uniform else (1.0 / self.total if renormalize else None)
         out: OrderedDict = OrderedDict()
         for key in self.layout:
-            if key in self.sums:
+            if self.tied and key in self.tied:
+                out[key] = out[self.tied[key]]  # still one tensor: torch.save stores it once
+            elif key in self.sums:
                 acc = self.sums.pop(key)  # free each float64 sum as soon as it is cast back
-                if scale is not None:
-                    acc.div_(self.count) if uniform else acc.mul_(scale)
+                if uniform:
+                    acc.div_(self.count)
+                elif renormalize:
+                    acc.div_(self.total)
                 out[key] = acc.to(self.dtypes[key])
             else:
                 out[key] = self.newest_rest[key]
@@ -365,7 +392,7 @@ def _average_files(
     extract = _extractor(key)
     items = ((str(p), _load(p, trust_pickle)) for p in chosen)  # a generator: one file loaded at a time
     acc, newest, used, skipped, coeffs = _stream(items, coefficients, nonfinite, extract, progress)
-    averaged = tuple(acc.sums)
+    averaged = tuple(k for k in acc.layout if k in acc.sums or k in (acc.tied or {}))
     state = acc.result(uniform=coefficients is None, renormalize=bool(skipped))
     container = extract.chosen[0]  # type: ignore[attr-defined]
     dropped: tuple[str, ...] = ()

@@ -149,6 +149,27 @@ def test_state_dicts_in_memory_equal_files(tmp_path):
     torch.nn.BatchNorm1d(3).load_state_dict(avg)
 
 
+def _tied_state(seed: int, tie: bool) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(6, 4, generator=g)
+    return {"emb.weight": emb, "body": torch.randn(3, generator=g),
+            "head.weight": emb if tie else emb + torch.randn(6, 4, generator=g)}
+
+
+@pytest.mark.parametrize("ties", [(True, True, True), (True, False, True), (False, True, True)])
+def test_tied_weights_stay_tied_while_every_file_ties_them(tmp_path, ties):
+    states = [_tied_state(i, tie) for i, tie in enumerate(ties)]
+    paths = []
+    for i, sd in enumerate(states):
+        torch.save(sd, tmp_path / f"c{i}.pt")  # torch.save keeps the sharing; so does loading
+        paths.append(tmp_path / f"c{i}.pt")
+    write_average(paths, tmp_path / "avg.pt")
+    got = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert_state_equal(got, reference_mean(states))
+    shared = got["emb.weight"].data_ptr() == got["head.weight"].data_ptr()
+    assert shared == all(ties)  # one tensor in the file only when every input tied them
+
+
 def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
     states, paths = save_states(tmp_path, 3, wrap=True)
     got = average_checkpoints(paths)
@@ -325,6 +346,7 @@ def test_out_must_not_be_an_input_unless_forced(tmp_path):
 
 
 @pytest.mark.fairseq
+@pytest.mark.filterwarnings("ignore::UserWarning")  # hydra's deprecation notices on fairseq's configs
 def test_real_fairseq_checkpoints_average_and_load_in_fairseq(tmp_path):
     """A tiny RoBERTa built by fairseq, saved as fairseq's Trainer does; the average loads back in fairseq."""
     require("fairseq", "to build and load real fairseq checkpoints")
@@ -379,6 +401,8 @@ def test_real_fairseq_checkpoints_average_and_load_in_fairseq(tmp_path):
     assert_state_equal(OrderedDict(loaded["model"]), want)
     assert loaded["extra_state"]["train_iterator"]["epoch"] == 4
     assert loaded["optimizer_history"][-1]["num_updates"] == 40
+    tied = ("encoder.sentence_encoder.embed_tokens.weight", "encoder.lm_head.weight")  # RoBERTa ties them
+    assert loaded["model"][tied[0]].data_ptr() == loaded["model"][tied[1]].data_ptr()
     got = models[0].state_dict()
     assert list(got) == list(want)
     for key, value in want.items():
