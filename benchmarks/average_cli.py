@@ -40,13 +40,16 @@ without its optimizer state. The output is written atomically: a crash leaves th
 @click.option("--nonfinite", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="A checkpoint holding NaN/Inf stops with an error, or is left out with a warning.")
 @click.option("--keep-optimizer", is_flag=True, help="Keep the newest checkpoint's last_optimizer_state.")
+@click.option("--drop", multiple=True, metavar="ENTRY",
+              help="Leave this entry of the newest checkpoint out, as a dotted path (repeatable), "
+                   "e.g. --drop extra_state.ema.")
 @click.option("--trust-pickle", is_flag=True,
               help="Fully unpickle files that torch.load(weights_only=True) refuses. "
                    "ONLY for files you trust: a crafted checkpoint runs code.")
 @click.option("--force", is_flag=True, help="Allow --out to be one of the inputs (it is replaced atomically).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, trust_pickle, force,
-            quiet) -> None:
+def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, drop, trust_pickle,
+            force, quiet) -> None:
     """Average saved checkpoints CHECKPOINTS... (oldest first) into one file (offline LAWA)."""
     from tqdm import tqdm
 
@@ -58,7 +61,8 @@ def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_o
         try:
             summary = write_average(
                 list(checkpoints), out, last=last, weights=weights, alpha=alpha, force=force, sort=sort,
-                key=key, trust_pickle=trust_pickle, keep_optimizer=keep_optimizer, nonfinite=nonfinite,
+                key=key, trust_pickle=trust_pickle, keep_optimizer=keep_optimizer, drop=list(drop),
+                nonfinite=nonfinite,
                 progress=lambda i, path: bar.update(1),
             )
         except CheckpointError as err:
@@ -66,6 +70,7 @@ def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_o
             raise click.ClickException(msg.replace("nonfinite='skip' (--nonfinite skip)", "--nonfinite skip")) from err
         except (ValueError, TypeError) as err:
             msg = str(err).replace("Invalid last:", "Invalid --last:").replace("Invalid out:", "Invalid --out:")
+            msg = msg.replace("Invalid drop:", "Invalid --drop:")
             raise click.UsageError(msg.replace("force=True", "--force")) from err
     if quiet:
         return

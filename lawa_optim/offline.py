@@ -327,8 +327,52 @@ def _load(path: Path, trust_pickle: bool) -> Any:
         raise CheckpointError(f"Checkpoint {str(path)!r} could not be unpickled ({type(err).__name__}: {err})") from err
 
 
-def _extractor(key: str | None) -> Callable[[Any, str], Mapping[str, Any]]:
-    """``extract(obj, name)``: the state dict inside a loaded checkpoint; fixes the format on first use."""
+def _find(obj: Any, path: str) -> tuple[Mapping | None, str]:
+    """The mapping holding the dotted ``path`` (``"extra_state.ema"``) in ``obj`` and its last part."""
+    *parents, last = path.split(".")
+    for part in parents:
+        if not isinstance(obj, Mapping) or part not in obj:
+            return None, last
+        obj = obj[part]
+    return (obj, last) if isinstance(obj, Mapping) and last in obj else (None, last)
+
+
+def _without(obj: Mapping, path: str) -> dict:
+    """A copy of ``obj`` without the dotted ``path`` (the mappings along the path are copied, not changed)."""
+    head, _, rest = path.partition(".")
+    out = dict(obj)
+    if head in out:
+        if not rest:
+            del out[head]
+        elif isinstance(out[head], Mapping):
+            out[head] = _without(out[head], rest)
+    return out
+
+
+def _check_drop(drop: Sequence[str], container: str | None, obj: Any, name: str) -> None:
+    if not drop:
+        return
+    if container is None:
+        raise ValueError(f"Invalid drop: {list(drop)!r}; {name} is a plain state dict, and drop only removes "
+                         "entries around the weights of a checkpoint dict such as fairseq's")
+    for path in drop:
+        if path == container:
+            raise ValueError(f"Invalid drop: {path!r} holds the weights being averaged; drop other entries")
+        if _find(obj, path)[0] is None:
+            parent = path.rpartition(".")[0]
+            holder = obj
+            for part in parent.split(".") if parent else ():
+                holder = holder.get(part) if isinstance(holder, Mapping) else None
+            keys = f"; {parent or 'its top level'} holds {_listing(map(str, holder))}" if isinstance(
+                holder, Mapping) else ""
+            raise ValueError(f"Invalid drop: {path!r} is not in {name}{keys}")
+
+
+def _extractor(key: str | None, drop: Sequence[str] = ()) -> Callable[[Any, str], Mapping[str, Any]]:
+    """``extract(obj, name)``: the state dict inside a loaded checkpoint; fixes the format on first use.
+
+    On the first file it also checks that the entries to ``drop`` exist (an error before any averaging).
+    """
     chosen: list[str | None] = []
 
     def detect(obj: Any, name: str) -> str | None:
@@ -345,6 +389,7 @@ def _extractor(key: str | None) -> Callable[[Any, str], Mapping[str, Any]]:
     def extract(obj: Any, name: str) -> Mapping[str, Any]:
         found = detect(obj, name)
         if not chosen:
+            _check_drop(drop, found, obj, name)
             chosen.append(found)
         elif found != chosen[0]:
             raise CheckpointError(
@@ -384,12 +429,14 @@ def _select(paths: Sequence[str | os.PathLike], last: int | None, sort: bool) ->
 
 
 def _average_files(
-    paths, last, sort, weights, alpha, key, trust_pickle, keep_optimizer, nonfinite, progress
+    paths, *, last, sort, weights, alpha, key, trust_pickle, keep_optimizer, drop, nonfinite, progress
 ) -> tuple[Any, AverageSummary]:
     _check_nonfinite_arg(nonfinite)
+    if isinstance(drop, str) or any(not isinstance(d, str) or not d for d in drop):
+        raise TypeError(f"Invalid drop: {drop!r}; give a list of entry names such as ['extra_state.ema']")
     chosen = _select(paths, last, sort)
     coefficients = _coefficients(weights, alpha, len(chosen))
-    extract = _extractor(key)
+    extract = _extractor(key, drop)
     items = ((str(p), _load(p, trust_pickle)) for p in chosen)  # a generator: one file loaded at a time
     acc, newest, used, skipped, coeffs = _stream(items, coefficients, nonfinite, extract, progress)
     averaged = tuple(k for k in acc.layout if k in acc.sums or k in (acc.tied or {}))
@@ -401,6 +448,10 @@ def _average_files(
     else:
         result = {k: v for k, v in newest.items() if keep_optimizer or k not in OPTIMIZER_KEYS}
         dropped = tuple(k for k in newest if k not in result)
+        for path in drop:
+            if _find(result, path)[0] is not None:
+                result = _without(result, path)
+                dropped += (path,)
         result[container] = state
     summary = AverageSummary(
         files=tuple(used), coefficients=tuple(coeffs), skipped=tuple(skipped), key=container,
@@ -419,6 +470,7 @@ def average_checkpoints(
     key: str | None = None,
     trust_pickle: bool = False,
     keep_optimizer: bool = False,
+    drop: Sequence[str] = (),
     nonfinite: str = "raise",
     progress: Callable[[int, str], None] | None = None,
 ) -> Any:
@@ -440,6 +492,9 @@ def average_checkpoints(
             refuses. Only for files you trust: a crafted pickle runs code (default: ``False``).
         keep_optimizer (bool, optional): keep the newest checkpoint's ``last_optimizer_state``
             (fairseq) instead of dropping it (default: ``False``).
+        drop (sequence of str, optional): more entries of the newest checkpoint to leave out, as
+            dotted paths, e.g. ``["extra_state.ema"]`` (a training-time copy of a model that the
+            averaged file does not need); checked on the first file (default: none).
         nonfinite (str, optional): ``"raise"`` on a file holding NaN/Inf, or ``"skip"`` it with
             a warning and renormalize the others' coefficients (default: ``"raise"``).
         progress (callable, optional): called as ``progress(i, path)`` after each file.
@@ -457,7 +512,10 @@ def average_checkpoints(
         >>> avg = average_checkpoints([f"checkpoint{e}.pt" for e in range(1, 21)], last=6)  # doctest: +SKIP
         >>> torch.save(avg, "checkpoint_lawa.pt")  # doctest: +SKIP
     """
-    return _average_files(paths, last, sort, weights, alpha, key, trust_pickle, keep_optimizer, nonfinite, progress)[0]
+    return _average_files(
+        paths, last=last, sort=sort, weights=weights, alpha=alpha, key=key, trust_pickle=trust_pickle,
+        keep_optimizer=keep_optimizer, drop=drop, nonfinite=nonfinite, progress=progress,
+    )[0]
 
 
 def write_average(
@@ -472,6 +530,7 @@ def write_average(
     key: str | None = None,
     trust_pickle: bool = False,
     keep_optimizer: bool = False,
+    drop: Sequence[str] = (),
     nonfinite: str = "raise",
     progress: Callable[[int, str], None] | None = None,
 ) -> AverageSummary:
@@ -499,7 +558,8 @@ def write_average(
                 raise ValueError(f"Invalid out: {str(out)!r} is also an input ({str(p)!r}); writing there would "
                                  "replace a checkpoint of the trajectory. Pick another file, or pass force=True")
     result, summary = _average_files(
-        paths, last, sort, weights, alpha, key, trust_pickle, keep_optimizer, nonfinite, progress
+        paths, last=last, sort=sort, weights=weights, alpha=alpha, key=key, trust_pickle=trust_pickle,
+        keep_optimizer=keep_optimizer, drop=drop, nonfinite=nonfinite, progress=progress,
     )
     atomic_save(result, out)
     return dataclasses.replace(summary, out=str(out))

@@ -58,6 +58,12 @@ def test_average_writes_the_mean_and_reports(tmp_path):
     assert got["model"]["bn.num_batches_tracked"].item() == 110
     assert got["extra_state"] == {"epoch": 11} and "last_optimizer_state" not in got
 
+    result = invoke(*paths[-2:], "--drop", "extra_state.epoch", "--drop", "cfg", "--keep-optimizer", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "dropped extra_state.epoch, cfg" in result.output
+    slim = torch.load(out, weights_only=True)
+    assert list(slim) == ["model", "extra_state", "last_optimizer_state"] and slim["extra_state"] == {}
+
     result = invoke(*paths[-4:], "--weights", "exp", "--alpha", "0.5", "--out", out, "-q")
     assert result.exit_code == 0 and result.output == ""
     exp = torch.load(out, weights_only=True)["model"]
@@ -80,6 +86,7 @@ def test_help_has_an_example():
         (["--weights", "mean"], 2, "Invalid value for '--weights'"),
         (["--nonfinite", "ignore"], 2, "Invalid value for '--nonfinite'"),
         (["--key", "state_dict"], 1, "has no entry 'state_dict'"),
+        (["--drop", "extra_state.ema"], 2, "Invalid --drop: 'extra_state.ema' is not in"),
     ],
 )
 def test_argument_errors(tmp_path, args, code, message):

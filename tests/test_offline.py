@@ -115,7 +115,7 @@ def test_exp_weights_match_the_formula(tmp_path):
     coeffs = [c / math.fsum(raw) for c in reversed(raw)]  # oldest first
     got = average_checkpoints(paths, weights="exp", alpha=alpha)
     assert_state_equal(got, reference_mean(states, coeffs), exact=False)
-    _, summary = offline._average_files(paths, None, False, "exp", alpha, None, False, False, "raise", None)
+    summary = write_average(paths, tmp_path / "avg.pt", weights="exp", alpha=alpha)
     assert summary.coefficients == pytest.approx(coeffs, rel=1e-15)
     assert max(summary.coefficients) == summary.coefficients[-1]  # newest weighted most
     # alpha=1: only the newest counts
@@ -179,6 +179,16 @@ def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
     assert got["optimizer_history"][-1]["num_updates"] == 20
     kept = average_checkpoints(paths, keep_optimizer=True)
     assert torch.equal(kept["last_optimizer_state"]["state"][0]["exp_avg"], torch.ones(1000))
+    # more entries left out on request, as dotted paths; the newest file's own dicts are not changed
+    slim = average_checkpoints(paths, drop=["extra_state.epoch", "task_state"])
+    assert slim["extra_state"] == {} and "task_state" not in slim
+    with pytest.raises(ValueError, match=r"Invalid drop: 'extra_state\.ema' is not in .*checkpoint1\.pt; "
+                                         r"extra_state holds 'epoch'"):
+        average_checkpoints(paths, drop=["extra_state.ema"])
+    with pytest.raises(ValueError, match="Invalid drop: 'model' holds the weights"):
+        average_checkpoints(paths, drop=["model"])
+    with pytest.raises(TypeError, match="Invalid drop: 'task_state'"):
+        average_checkpoints(paths, drop="task_state")
     # another key (Lightning's "state_dict")
     lightning = tmp_path / "l.pt"
     torch.save({"state_dict": states[0], "epoch": 3}, lightning)
@@ -346,7 +356,7 @@ def test_out_must_not_be_an_input_unless_forced(tmp_path):
 
 
 @pytest.mark.fairseq
-@pytest.mark.filterwarnings("ignore::UserWarning")  # hydra's deprecation notices on fairseq's configs
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")  # hydra, torch.jit notices
 def test_real_fairseq_checkpoints_average_and_load_in_fairseq(tmp_path):
     """A tiny RoBERTa built by fairseq, saved as fairseq's Trainer does; the average loads back in fairseq."""
     require("fairseq", "to build and load real fairseq checkpoints")
