@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -62,6 +63,8 @@ def resnet(config_path: Path | None, methods: str | None, seeds: int | None, out
 
     families = _families(methods)
     extra = list(overrides) + ([f"seeds={seeds}"] if seeds is not None else [])
+    if data_dir is not None:  # a JSON string is a YAML string: any path survives
+        extra.append(f"data.root={json.dumps(str(data_dir))}")
     try:
         cfg = load_config(config_path, extra)
     except ConfigError as err:
@@ -71,7 +74,7 @@ def resnet(config_path: Path | None, methods: str | None, seeds: int | None, out
     from .runner import ResumeError, run
 
     try:
-        result = run(cfg, out_dir, families=families, data_dir=data_dir, progress=not no_progress, fresh=fresh)
+        result = run(cfg, out_dir, families=families, progress=not no_progress, fresh=fresh)
     except DataMissingError as err:
         raise click.ClickException(str(err)) from err
     except ResumeError as err:
