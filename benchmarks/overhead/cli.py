@@ -1,0 +1,77 @@
+"""The click command ``lawa bench overhead``: parses options and calls :func:`~benchmarks.overhead.run.run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["overhead"]
+
+_EPILOG = """\b
+Examples:
+  lawa bench overhead --out runs/overhead
+  lawa bench overhead --sizes 1e5,1e6 --repeats 5 --no-models --out runs/overhead-quick
+  lawa bench overhead --device cuda --sizes 1e6,1e7,1e8 --epoch-model resnet50 --image-size 224 --out runs/gpu
+"""
+
+
+def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(float(v)) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < minimum for v in values):
+        raise click.BadParameter(
+            f"{text!r}: give a comma-separated list of integers >= {minimum} (1e6 notation is fine)", param_hint=param
+        )
+    return values
+
+
+@click.command("overhead", epilog=_EPILOG)
+@click.option("--sizes", default="1e5,1e6,1e7,1e8", show_default=True, help="Parameter counts, comma-separated.")
+@click.option("--k", "ks", default="2,6,16", show_default=True,
+              help="Ring sizes: the middle one for the main figures, largest vs smallest for k-independence.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=11, show_default=True,
+              help="Interleaved pairs per figure (sizes >= 3e7 use --large-repeats).")
+@click.option("--large-repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch intra-op threads on the CPU (1: the clock is the thread's CPU time).")
+@click.option("--max-gib", type=click.FloatRange(min=0, min_open=True), default=6.0, show_default=True,
+              help="Skip figures whose tensors need more memory than this.")
+@click.option("--models/--no-models", default=True, show_default=True,
+              help="Also measure step() (tiny MLP, ResNet-18) and a whole epoch.")
+@click.option("--epoch-model", default="resnet18", show_default=True, help="torchvision model of the epoch figure.")
+@click.option("--epoch-batches", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--epoch-repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--disk/--no-disk", default=True, show_default=True, help="Also measure the disk-backed ring.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for overhead.json, overhead.md and overhead.png.")
+@click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
+def overhead(sizes: str, ks: str, device: str, repeats: int, large_repeats: int, threads: int, max_gib: float,
+             models: bool, epoch_model: str, epoch_batches: int, batch_size: int, image_size: int,
+             epoch_repeats: int, disk: bool, out_dir: Path, no_progress: bool) -> None:
+    """Measure what LAWA costs, each figure as a ratio to a reference timed beside it.
+
+    One snapshot and averaged() vs a plain copy of the parameters, a snapshot at the largest vs
+    the smallest k, one LAWA update vs the paper's Algorithm 1 (time and temporary memory), the
+    zoo's EMA vs torch's AveragedModel, the disk-backed ring, a non-snapshot step() and a whole
+    epoch vs the bare optimizer. Prints a markdown table; writes JSON, the table and a PNG plot.
+    """
+    from .run import OverheadConfig, run
+
+    try:
+        cfg = OverheadConfig(
+            out=out_dir, sizes=_int_list(sizes, "--sizes", 1000), ks=_int_list(ks, "--k", 1), device=device,
+            repeats=repeats, large_repeats=large_repeats, threads=threads, max_gib=max_gib, models=models,
+            epoch_model=epoch_model, epoch_batches=epoch_batches, batch_size=batch_size, image_size=image_size,
+            epoch_repeats=epoch_repeats, disk=disk,
+        )
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    results = run(cfg, progress=not no_progress)
+    click.echo(results["table"])
+    click.echo(f"\nWrote {out_dir / 'overhead.json'}, overhead.md and overhead.png")

@@ -1,0 +1,286 @@
+"""The figures of ``lawa bench overhead``: what is timed against what, and each design's floor.
+
+Each ``figure_*`` function returns a dict with the figure's ``name``, its ``reference``, the
+measured ``ratio`` (median of interleaved pairs, see :mod:`.measure`), the ``target`` of issue 6
+and the ``floor``: the bytes the design must move divided by the bytes of the reference (or 1
+where both sides do the same work). ``b`` is the parameters' element size, ``a`` the running
+sum's (float64 for float32 parameters); a plain copy moves ``2b`` per element.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lawa_optim import LAWAWrapper
+from lawa_optim.store import _acc_dtype
+
+from .measure import Clock, median_time, peak_temporary_bytes, time_pair
+
+__all__ = [
+    "PaperAlgorithm1",
+    "floors",
+    "make_params",
+    "lawa_update",
+]
+
+
+def floors(dtype: torch.dtype, k: int) -> dict[str, float]:
+    """Bytes moved per element by each design, divided by the bytes of a plain copy (``2b``).
+
+    snapshot: the non-finite read of the parameters (b), then read params (b), read the oldest
+    slot (b), write the slot (b), read and write the running sum (2a). averaged enter + exit:
+    back up the parameters (2b), read the sum and write the parameters (a + b), restore (2b).
+    The LAWA update is a snapshot plus writing the average out (a + b); the paper's Algorithm 1
+    clones the parameters (2b), stacks k copies (2kb), reads the stack for the mean and writes it
+    (kb + b), and copies it into the LAWA model (2b).
+    """
+    b = torch.empty((), dtype=dtype).element_size()
+    a = torch.empty((), dtype=_acc_dtype(dtype)).element_size()
+    copy_bytes = 2 * b
+    lawa_update = 4 * b + 2 * a + a + b
+    alg1 = 2 * b + 2 * k * b + k * b + b + 2 * b
+    return {
+        "snapshot": (4 * b + 2 * a) / copy_bytes,
+        "snapshot_k": 1.0,
+        "averaged": (5 * b + a) / copy_bytes,
+        "lawa_vs_alg1": lawa_update / alg1,
+        "ema": 1.0,
+    }
+
+
+def make_params(numel: int, device: torch.device, dtype: torch.dtype = torch.float32, seed: int = 0) -> list[Tensor]:
+    """About ``numel`` parameters shaped like a network: 48 weight matrices and 48 small vectors."""
+    g = torch.Generator().manual_seed(seed)
+    small = min(256, max(1, numel // 1000))
+    weights = 48
+    rest = numel - weights * small
+    sizes = [rest // weights] * weights
+    sizes[-1] += rest - sum(sizes)
+    out = []
+    for w in sizes:
+        out.append(nn.Parameter(torch.randn(w, generator=g).to(device=device, dtype=dtype)))
+        out.append(nn.Parameter(torch.randn(small, generator=g).to(device=device, dtype=dtype)))
+    return out
+
+
+class PaperAlgorithm1:
+    """The paper's Algorithm 1: a queue of k parameter copies, averaged by ``torch.stack(...).mean(0)``.
+
+    ``update(params)`` appends a copy of the parameters (``get_params``) and, once k are queued,
+    writes their mean into :attr:`lawa` per tensor (``update_lawa_model``) and drops the oldest.
+    """
+
+    def __init__(self, params: Sequence[Tensor], k: int) -> None:
+        self.k = k
+        self.ckpts: deque[list[Tensor]] = deque()
+        self.lawa = [torch.empty_like(p) for p in params]
+
+    @torch.no_grad()
+    def update(self, params: Sequence[Tensor]) -> None:
+        self.ckpts.append([p.detach().clone() for p in params])
+        if len(self.ckpts) >= self.k:
+            for avg_p, snaps in zip(self.lawa, zip(*self.ckpts)):
+                avg_p.copy_(torch.stack(snaps).mean(0))
+            self.ckpts.popleft()
+
+
+def lawa_update(opt: LAWAWrapper, out: Sequence[Tensor]) -> None:
+    """LAWA's counterpart of Algorithm 1's update: one snapshot, then the average written into ``out``."""
+    opt.snapshot()
+    opt._ring.write_average(out, opt._ring.size, None)
+
+
+def _filled(params: list[Tensor], k: int, **kwargs) -> LAWAWrapper:
+    opt = LAWAWrapper(torch.optim.SGD(params, lr=0.0), k=k, **kwargs)
+    for _ in range(k):
+        opt.snapshot()  # a full ring: every later snapshot also subtracts the oldest
+    return opt
+
+
+def _row(name: str, reference: str, summary: dict, floor: float | None, target: float | None, **extra) -> dict:
+    row = {"figure": name, "reference": reference, **summary, "floor": floor, "target": target}
+    row["met"] = None if target is None else bool(summary["ratio"] <= target)
+    row.update(extra)
+    return row
+
+
+def size_figures(
+    params: list[Tensor], k: int, ks: tuple[int, int], clock: Clock, repeats: int, fits: Callable[[float], bool],
+    disk: bool = True,
+) -> list[dict]:
+    """The per-size figures on ``params`` (skipped, with the reason, when ``fits`` refuses their memory)."""
+    p0 = params[0]
+    numel = sum(p.numel() for p in params)
+    b = p0.element_size()
+    a = torch.empty((), dtype=_acc_dtype(p0.dtype)).element_size()
+    fl = floors(p0.dtype, k)
+    dst = [torch.empty_like(p) for p in params]
+    detached = [p.detach() for p in params]
+
+    def plain_copy() -> None:
+        torch._foreach_copy_(dst, detached)
+
+    rows: list[dict] = []
+
+    def skipped(name: str, need: float) -> None:
+        rows.append({"figure": name, "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"})
+
+    # one snapshot vs a plain copy; averaged() enter + exit vs the copy
+    need = (k + 3) * numel * b + numel * a
+    if fits(need):
+        opt = _filled(params, k)
+        pair = time_pair(opt.snapshot, plain_copy, clock, repeats)
+        rows.append(_row("snapshot", "foreach_copy", pair.summary(), fl["snapshot"], 1.5, k=k))
+
+        def enter_exit() -> None:
+            with opt.averaged():
+                pass
+
+        pair = time_pair(enter_exit, plain_copy, clock, repeats)
+        rows.append(_row("averaged", "foreach_copy", pair.summary(), fl["averaged"], 3.0, k=k))
+        del opt
+    else:
+        skipped("snapshot", need)
+        skipped("averaged", need)
+
+    # the same snapshot at the largest vs the smallest k
+    small, large = ks
+    need = (small + large + 1) * numel * b + 2 * numel * a
+    if fits(need):
+        opt_s, opt_l = _filled(params, small), _filled(params, large)
+        pair = time_pair(opt_l.snapshot, opt_s.snapshot, clock, repeats)
+        rows.append(_row(f"snapshot_k{large}_vs_k{small}", f"snapshot_k{small}", pair.summary(), 1.0, 1.2))
+        del opt_s, opt_l
+    else:
+        skipped(f"snapshot_k{large}_vs_k{small}", need)
+
+    # one LAWA update vs the paper's Algorithm 1, time and temporary memory
+    need = (3 * k + 4) * numel * b + numel * a
+    if fits(need):
+        opt = _filled(params, k)
+        out = [torch.empty_like(p) for p in params]
+        alg = PaperAlgorithm1(params, k)
+        for _ in range(k - 1):
+            alg.update(params)
+        pair = time_pair(lambda: lawa_update(opt, out), lambda: alg.update(params), clock, repeats)
+        device = p0.device
+        mem_lawa = peak_temporary_bytes(lambda: lawa_update(opt, out), device)
+        mem_alg = peak_temporary_bytes(lambda: alg.update(params), device)
+        rows.append(_row(
+            f"lawa_update_k{k}", "paper_algorithm1", pair.summary(), fl["lawa_vs_alg1"], 1.0, k=k,
+            temp_bytes=mem_lawa, reference_temp_bytes=mem_alg,
+            temp_in_P=mem_lawa / (numel * b), reference_temp_in_P=mem_alg / (numel * b),
+        ))
+        del opt, out, alg
+    else:
+        skipped(f"lawa_update_k{k}", need)
+
+    # the zoo's EMA vs torch's AveragedModel with get_ema_multi_avg_fn
+    need = 4 * numel * b
+    if fits(need):
+        rows.append(_ema_row(params, clock, repeats))
+    else:
+        skipped("ema_update", need)
+
+    if disk:
+        need = 3 * numel * b
+        if fits(need):
+            with tempfile.TemporaryDirectory(prefix="lawa-bench-") as tmp:
+                opt = _filled(params, k, offload="disk", offload_dir=tmp)
+                pair = time_pair(opt.snapshot, plain_copy, clock, repeats)
+                rows.append(_row("disk_snapshot", "foreach_copy", pair.summary(), fl["snapshot"], None, k=k,
+                                 note="memory-mapped files; page-cache speed while the ring fits in RAM"))
+                del opt
+        else:
+            skipped("disk_snapshot", need)
+    for row in rows:
+        row["size"] = numel
+    return rows
+
+
+def _ema_row(params: list[Tensor], clock: Clock, repeats: int) -> dict:
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from lawa_optim.baselines.ema import EMAWrapper
+
+    holder = nn.ParameterList(params)
+    ema = EMAWrapper(torch.optim.SGD(params, lr=0.0), decay=0.999)
+    ema.observe_step()  # the first update copies; later ones average
+    swa = AveragedModel(holder, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=False)
+    swa.update_parameters(holder)
+    pair = time_pair(ema.observe_step, lambda: swa.update_parameters(holder), clock, repeats)
+    return _row("ema_update", "AveragedModel.update_parameters", pair.summary(), 1.0, 1.1)
+
+
+# --------------------------------------------------------------------------------------- models
+def tiny_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def resnet(name: str, num_classes: int = 10) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(num_classes=num_classes)
+
+
+def _with_grads(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return model
+
+
+def step_figure(name: str, model: nn.Module, clock: Clock, repeats: int, inner: int, target: float) -> dict:
+    """A non-snapshot ``step()`` of the wrapper vs the bare optimizer's, on identical copies."""
+    bare_model, lawa_model = _with_grads(model), _with_grads(copy.deepcopy(model))
+    bare = torch.optim.SGD(bare_model.parameters(), lr=1e-3, momentum=0.9)
+    lawa = LAWAWrapper(torch.optim.SGD(lawa_model.parameters(), lr=1e-3, momentum=0.9), k=6, period=10**9)
+    pair = time_pair(lawa.step, bare.step, clock, repeats, inner=inner)
+    numel = sum(p.numel() for p in bare_model.parameters())
+    return _row(name, "bare_optimizer_step", pair.summary(), 1.0, target, size=numel, inner=inner)
+
+
+def epoch_figure(
+    model_name: str, device: torch.device, clock: Clock, repeats: int, batches: int, batch_size: int,
+    image_size: int, k: int = 6,
+) -> dict:
+    """A training epoch with ``period=len(loader)`` (one snapshot at its end) vs the bare optimizer's."""
+    g = torch.Generator().manual_seed(0)
+    data = [
+        (torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device),
+         torch.randint(0, 10, (batch_size,), generator=g).to(device))
+        for _ in range(batches)
+    ]
+    m_bare = resnet(model_name).to(device)
+    m_lawa = copy.deepcopy(m_bare)
+    bare = torch.optim.SGD(m_bare.parameters(), lr=1e-3, momentum=0.9)
+    lawa = LAWAWrapper(torch.optim.SGD(m_lawa.parameters(), lr=1e-3, momentum=0.9), k=k, period=len(data))
+    for _ in range(k):
+        lawa.snapshot()  # full ring: the epoch's snapshot also subtracts the oldest
+
+    def epoch(model: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def run() -> None:
+            model.train()
+            for x, y in data:
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        return run
+
+    pair = time_pair(epoch(m_lawa, lawa), epoch(m_bare, bare), clock, repeats, warmup=1)
+    numel = sum(p.numel() for p in m_bare.parameters())
+    snap = median_time(lawa.snapshot, clock, max(3, repeats))
+    summary = pair.summary()
+    return _row(
+        f"epoch_{model_name}", "bare_optimizer_epoch", summary, 1.0, 1.01, size=numel, batches=batches,
+        batch_size=batch_size, image_size=image_size,
+        predicted=1.0 + snap / summary["reference_s"], snapshot_s=snap,
+        note=f"{batches} batches per epoch; the snapshot's share falls as 1/len(loader)",
+    )

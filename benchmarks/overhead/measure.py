@@ -1,0 +1,159 @@
+"""How ``lawa bench overhead`` measures: interleaved pairs timed on one clock, and temporary bytes.
+
+Every figure is the median over repeats of the ratio ``time(figure) / time(reference)`` of a
+pair measured back to back (the order alternating between repeats), so drifts of the machine
+(other processes, clock boost, thermal) cancel within each pair. On the CPU with one intra-op
+thread the clock is the thread's CPU time (``time.thread_time``), which time-slicing by other
+processes does not inflate; otherwise it is wall time, with ``torch.cuda.synchronize()`` around
+each call on CUDA.
+
+Temporary memory: on CUDA the rise of ``torch.cuda.max_memory_allocated`` over what was
+allocated before the call; on the CPU a ``TorchDispatchMode`` that adds up the bytes of every
+storage an aten op creates during the call (outputs whose storage is not one of the op's
+inputs) and subtracts them when their tensor is freed; its peak is what the call needed beyond
+what existed before. ``tracemalloc`` does not see torch's allocator and RSS deltas are blurred by
+the allocator's caching, which is why neither is used.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["Clock", "Pair", "TensorBytes", "median_time", "peak_temporary_bytes", "time_pair"]
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A clock for one device: ``name`` is recorded in the results."""
+
+    name: str
+    device: torch.device
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Clock:
+        if device.type == "cpu" and torch.get_num_threads() == 1:
+            return cls("thread_time", device)
+        return cls("cuda_sync_wall" if device.type == "cuda" else "wall", device)
+
+    def time(self, fn: Callable[[], object], inner: int = 1) -> float:
+        """Seconds per call of ``fn``, over ``inner`` calls in a row."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.thread_time if self.name == "thread_time" else time.perf_counter
+        start = now()
+        for _ in range(inner):
+            fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (now() - start) / inner
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The result of :func:`time_pair`: per-call times of both sides and their per-pair ratios."""
+
+    figure_s: list[float]
+    reference_s: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [f / r for f, r in zip(self.figure_s, self.reference_s)]
+
+    def summary(self) -> dict[str, float]:
+        ratios = sorted(self.ratios)
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+        return {
+            "ratio": statistics.median(ratios),
+            "ratio_q1": q[0],
+            "ratio_q3": q[2],
+            "figure_s": statistics.median(self.figure_s),
+            "reference_s": statistics.median(self.reference_s),
+            "repeats": len(ratios),
+        }
+
+
+def time_pair(
+    figure: Callable[[], object],
+    reference: Callable[[], object],
+    clock: Clock,
+    repeats: int,
+    inner: int = 1,
+    warmup: int = 1,
+) -> Pair:
+    """Time ``figure`` and ``reference`` back to back ``repeats`` times, alternating which goes first."""
+    for _ in range(warmup):
+        reference()
+        figure()
+    fig_s, ref_s = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            ref_s.append(clock.time(reference, inner))
+            fig_s.append(clock.time(figure, inner))
+        else:
+            fig_s.append(clock.time(figure, inner))
+            ref_s.append(clock.time(reference, inner))
+    return Pair(fig_s, ref_s)
+
+
+def median_time(fn: Callable[[], object], clock: Clock, repeats: int) -> float:
+    """Median seconds per call of ``fn`` alone (for derived figures, never a headline)."""
+    fn()
+    return statistics.median(clock.time(fn) for _ in range(repeats))
+
+
+class TensorBytes(TorchDispatchMode):
+    """Live and peak bytes of the storages that aten ops create while the mode is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.created = 0
+        self._tracked: dict[int, int] = {}
+
+    def _free(self, ptr: int) -> None:
+        self.live -= self._tracked.pop(ptr, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu"
+        }
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or ptr in inputs or ptr in self._tracked:
+                continue
+            self._tracked[ptr] = nbytes
+            self.live += nbytes
+            self.created += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._free, ptr)
+        return out
+
+
+def peak_temporary_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes ``fn`` needs beyond what is allocated before it runs (see the module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    with TensorBytes() as counter:
+        fn()
+    return counter.peak
