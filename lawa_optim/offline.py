@@ -10,11 +10,18 @@ dict:
   whatever their stored dtype, and cast back to the stored dtype once, at the end;
 - integer and bool tensors (``num_batches_tracked``, masks, step counters) and non-tensor
   entries are copied from the newest checkpoint, never divided;
+- tied weights (one tensor under two keys, e.g. RoBERTa's embedding and LM head) share one sum
+  and stay one tensor in the output, as long as every file ties them;
 - files whose keys, shapes or dtypes differ are refused, naming the file and the keys.
 
+For a checkpoint dict the other entries (config, ``extra_state``, ...) are the newest file's,
+without ``last_optimizer_state`` and without the entries named in ``drop``.
+
 Files are read with ``torch.load(weights_only=True)`` (memory-mapped where the format allows, so a
-checkpoint's optimizer state is never read from disk) and only one is held at a time. A file whose
-pickle needs more than tensors and plain containers is refused unless ``trust_pickle=True``.
+checkpoint's optimizer state is never read from disk) and only one is held at a time, beside the
+float64 sums. ``argparse.Namespace`` (fairseq-train's config of a legacy architecture) is the one
+class accepted beyond tensors and plain containers; a file that needs anything else is refused
+unless ``trust_pickle=True``.
 """
 
 from __future__ import annotations
