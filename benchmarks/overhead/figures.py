@@ -188,6 +188,23 @@ def size_figures(
     else:
         skipped("ema_update", need)
 
+    if p0.device.type == "cuda":  # the ring in pinned host memory, filled on a side stream
+        need = (k + 2) * numel * b + numel * a
+        if fits(need):
+            pinned = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in params]
+
+            def host_copy() -> None:
+                for d, p in zip(pinned, detached):
+                    d.copy_(p, non_blocking=True)
+
+            opt = _filled(params, k, offload="cpu")
+            pair = time_pair(opt.snapshot, host_copy, clock, repeats)
+            rows.append(_row("offload_snapshot", "pinned_host_copy", pair.summary(), None, None, k=k,
+                             note="host float64 sum update + async copy; the sum update runs on the CPU"))
+            del opt, pinned
+        else:
+            skipped("offload_snapshot", need)
+
     if disk:
         need = 3 * numel * b
         if fits(need):
@@ -249,7 +266,7 @@ def step_figure(name: str, model: nn.Module, clock: Clock, repeats: int, inner: 
 
 def epoch_figure(
     model_name: str, device: torch.device, clock: Clock, repeats: int, batches: int, batch_size: int,
-    image_size: int, k: int = 6,
+    image_size: int, k: int = 6, offload: str | None = None,
 ) -> dict:
     """A training epoch with ``period=len(loader)`` (one snapshot at its end) vs the bare optimizer's."""
     g = torch.Generator().manual_seed(0)
@@ -261,7 +278,8 @@ def epoch_figure(
     m_bare = resnet(model_name).to(device)
     m_lawa = copy.deepcopy(m_bare)
     bare = torch.optim.SGD(m_bare.parameters(), lr=1e-3, momentum=0.9)
-    lawa = LAWAWrapper(torch.optim.SGD(m_lawa.parameters(), lr=1e-3, momentum=0.9), k=k, period=len(data))
+    lawa = LAWAWrapper(torch.optim.SGD(m_lawa.parameters(), lr=1e-3, momentum=0.9), k=k, period=len(data),
+                       offload=offload)
     for _ in range(k):
         lawa.snapshot()  # full ring: the epoch's snapshot also subtracts the oldest
 
@@ -279,7 +297,8 @@ def epoch_figure(
     snap = median_time(lawa.snapshot, clock, max(3, repeats))
     summary = pair.summary()
     return _row(
-        f"epoch_{model_name}", "bare_optimizer_epoch", summary, 1.0, 1.01, size=numel, batches=batches,
+        f"epoch_{model_name}" + (f"_offload_{offload}" if offload else ""), "bare_optimizer_epoch", summary, 1.0,
+        1.01, size=numel, batches=batches,
         batch_size=batch_size, image_size=image_size,
         predicted=1.0 + snap / summary["reference_s"], snapshot_s=snap,
         note=f"{batches} batches per epoch; the snapshot's share falls as 1/len(loader)",

@@ -126,6 +126,8 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
     ks = (min(cfg.ks), max(cfg.ks))
     figures: list[dict] = []
     steps = list(cfg.sizes) + (["mlp", "resnet18", "epoch"] if cfg.models else [])
+    if cfg.models and device.type == "cuda":
+        steps.append("epoch_offload")
     bar = tqdm(steps, desc="overhead", disable=not progress)
     for item in bar:
         bar.set_postfix_str(str(item))
@@ -141,7 +143,7 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
         else:
             figures.append(epoch_figure(
                 cfg.epoch_model, device, clock, cfg.epoch_repeats, cfg.epoch_batches, cfg.batch_size,
-                cfg.image_size, k=k,
+                cfg.image_size, k=k, offload="cpu" if item == "epoch_offload" else None,
             ))
     results = {
         "config": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in asdict(cfg).items()},

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# LAWA's overhead on one GPU, in under 5 minutes: `lawa bench overhead --device cuda` over 1e6..3e8
+# parameters (on-device ring, pinned host ring on a side stream, disk ring), a non-snapshot
+# step() for a tiny MLP and ResNet-18, and a ResNet-50 epoch (224x224 synthetic images) with
+# period=len(loader) vs the bare optimizer, with the ring on the GPU and offloaded to pinned memory.
+#
+# Usage:
+#   benchmarks/gpu_check.sh [OUT_DIR]            # OUT_DIR defaults to $OUT, else runs/gpu_check
+#   benchmarks/gpu_check.sh OUT_DIR --smoke      # the same script on the CPU with tiny sizes (a test)
+# Results: OUT_DIR/overhead/{overhead.json,overhead.md,overhead.png} and OUT_DIR/gpu_check.log.
+set -euo pipefail
+
+OUT_DIR="${1:-${OUT:-runs/gpu_check}}"
+MODE="${2:-gpu}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"; else PY=python3; fi
+fi
+mkdir -p "$OUT_DIR"
+cd "$HERE"
+
+if [ "$MODE" = "--smoke" ]; then
+  ARGS=(--device cpu --sizes 1e4,1e5 --repeats 2 --large-repeats 1 --epoch-model resnet18 --image-size 32
+        --batch-size 2 --epoch-batches 2 --epoch-repeats 1)
+else
+  "$PY" - <<'PYEOF'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_check.sh: torch.cuda.is_available() is False; run with --smoke to test the script on the CPU")
+print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
+PYEOF
+  ARGS=(--device cuda --sizes 1e6,1e7,1e8,3e8 --repeats 11 --large-repeats 5 --max-gib 60
+        --epoch-model resnet50 --image-size 224 --batch-size 64 --epoch-batches 40 --epoch-repeats 3)
+fi
+
+start=$(date +%s)
+timeout 290 "$PY" -m benchmarks.cli bench overhead "${ARGS[@]}" --no-progress --out "$OUT_DIR/overhead" \
+  2>&1 | tee "$OUT_DIR/gpu_check.log"
+echo "gpu_check.sh: done in $(( $(date +%s) - start )) s; results in $OUT_DIR/overhead" | tee -a "$OUT_DIR/gpu_check.log"
