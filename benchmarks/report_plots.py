@@ -88,10 +88,11 @@ def plot_curves(path: Path, summary: list[dict[str, Any]], methods: list[str], b
             _zoom(ax, summary, shown, col)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=9, frameon=False)
     n = max((s["n_seeds"] for s in summary), default=1)
     fig.suptitle(f"every method per epoch (mean ± std over {n} seed{'s' if n > 1 else ''})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 if len(labels) > 5 else 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
@@ -163,8 +164,8 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
         text = f"~{lead['epochs_saved']} epoch{'s' if lead['epochs_saved'] != 1 else ''}"
         if hours is not None:
             text += f"\n~{hours * 60:.1f} min" if hours < 1 else f"\n~{hours:.1f} h"
-        a.text((lead["base_epoch"] + lead["method_epoch"]) / 2, lead["level"], text, color="tab:red",
-               ha="center", va="bottom", fontsize=9)
+        a.annotate(text, xy=((lead["base_epoch"] + lead["method_epoch"]) / 2, lead["level"]), xytext=(0, 6),
+                   textcoords="offset points", color="tab:red", ha="center", va="bottom", fontsize=9)
     a.set_xlabel("epoch")
     a.set_title(f"{_label(headline, info)} against {_label(baseline, info)}")
     a.grid(alpha=0.3)

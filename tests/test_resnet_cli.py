@@ -93,7 +93,7 @@ def test_lawa_k1_with_copied_bn_is_the_base_model(full_run):
 def test_observing_methods_share_the_base_trajectory_and_others_do_not(full_run):
     rows = _rows(full_run[0])
     by = {(r["method"], r["seed"], r["epoch"]): r for r in rows}
-    for (method, seed, epoch), r in by.items():
+    for (_method, seed, epoch), r in by.items():
         if r["run"] == "base":
             base = by[("base", seed, epoch)]
             assert r["train_time_s"] == base["train_time_s"] and r["train_loss_running"] == base["train_loss_running"]
