@@ -19,6 +19,7 @@ Subclasses implement the method itself through a few hooks:
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -46,6 +47,17 @@ class _Swap:
 
     def __exit__(self, *exc: object) -> None:
         self._undo()
+
+
+def _reshard(model: nn.Module | None) -> None:
+    """Release FSDP2's unsharded copies of the weights (kept after some forward passes, e.g. the
+    root module's under ``no_grad``): a forward pass would read them instead of the swapped shards."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # loaded if the model uses FSDP2
+    if model is None or fsdp is None or not hasattr(fsdp, "FSDPModule"):
+        return
+    for m in model.modules():
+        if isinstance(m, fsdp.FSDPModule):
+            m.reshard()
 
 
 def _check_period(period: Any) -> None:
@@ -194,6 +206,12 @@ class AveragingOptimizer(Optimizer):
         if bn_loader is not None and not isinstance(model, nn.Module):
             raise ValueError("Invalid model: bn_loader needs model=<the nn.Module whose BatchNorm to recompute>")
         params = self._params
+        if model is None and any(hasattr(p, "to_local") for p in params):
+            raise ValueError(
+                "Invalid model: None, but the parameters are sharded (FSDP2 DTensors); pass model=<the "
+                "fully_shard-ed module> so its unsharded copies are released around the swap"
+            )
+        _reshard(model)
         with torch.no_grad():
             backup = [p.detach().clone() for p in params]
             buffers = list(model.buffers()) if bn_loader is not None else []
@@ -228,6 +246,7 @@ class AveragingOptimizer(Optimizer):
         if self._swap is None:
             raise RuntimeError("swap_out() without swap_in(): the training weights are already in place")
         swap, self._swap = self._swap, None
+        _reshard(swap["args"].get("model"))
         self._restore(self._params, swap["backup"], swap["buffers"], swap["saved_buffers"])
         args = swap["args"]
         return _Swap(lambda: self.swap_in(**args))

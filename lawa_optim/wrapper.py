@@ -21,6 +21,11 @@ OFFLOAD_CHOICES = (None, "cpu", "disk")
 NONFINITE_CHOICES = ("raise", "skip")
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's (FSDP2) local shard, aliasing its storage; other tensors as they are."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class LAWAWrapper(AveragingOptimizer):
     r"""Keep the k latest snapshots of the weights and evaluate their average.
 
@@ -99,10 +104,12 @@ class LAWAWrapper(AveragingOptimizer):
         self.nonfinite = nonfinite
         self.skipped_snapshots = 0
         self.offload_dir = offload_dir
+        # FSDP2: each rank keeps the ring of its own shards, so the average is sharded like the weights.
+        local = [_local(p) for p in self._params]
         if offload == "disk":
-            self._ring: SnapshotRing = DiskSnapshotRing(self._params, k, offload_dir)
+            self._ring: SnapshotRing = DiskSnapshotRing(local, k, offload_dir)
         else:
-            self._ring = SnapshotRing(self._params, k, offload)
+            self._ring = SnapshotRing(local, k, offload)
 
     def _describe(self) -> str:
         w = self.weights if self.coefficients is None else list(self.coefficients)
@@ -150,10 +157,10 @@ class LAWAWrapper(AveragingOptimizer):
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
         j = min(k or self.k, self._ring.size)
         coeffs = window_coefficients(self.weights, self.coefficients, self.alpha, j)
-        self._ring.write_average(params, j, coeffs)
+        self._ring.write_average([_local(p) for p in params], j, coeffs)
 
     def _on_new_params(self, params: list[Tensor]) -> None:
-        self._ring.add_params(params)
+        self._ring.add_params([_local(p) for p in params])
 
     def _method_state(self) -> dict[str, Any]:
         return {"k": self.k, **self._ring.state_dict()}
