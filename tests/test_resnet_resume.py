@@ -93,14 +93,19 @@ def test_sigkilled_process_resumes_to_the_same_numbers(tmp_path, uninterrupted):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # the same command again, in this process (saves an interpreter start)
+    from click.testing import CliRunner
+
+    from benchmarks.resnet.cli import resnet
+
+    res = CliRunner().invoke(resnet, cmd[5:], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
     import json
 
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
     expected = [r for r in uninterrupted if r["method"] in ("base", "lawa_k2", "lawa_k2_bncopy")]
     assert len(rows) == 9 and _numbers(rows) == _numbers(expected)
-    assert "Time saved" in res.stdout
+    assert "Time saved" in res.output
 
 
 def test_resume_refuses_another_config_and_fresh_starts_over(tmp_path, uninterrupted):
