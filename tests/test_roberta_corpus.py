@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import require
 
-from benchmarks.roberta.corpus import bible_split, clean_verse, prepare_corpus
+from benchmarks.roberta.corpus import bible_split, bible_verses, clean_verse, prepare_corpus
 
 
 def test_footnotes_are_stripped():
@@ -29,8 +29,12 @@ def test_bible_corpus(tmp_path):
     assert text.startswith("In the beginning God created the heavens and the earth.\n")
     assert "In the beginning was the Word" in (tmp_path / "test.txt").read_text()  # John is a test book
     assert "In the beginning was the Word" not in text
-    small = prepare_corpus(tmp_path / "small", "bible", max_train_lines=100)
-    assert small["train"] == 100 and small["valid"] == lines["valid"]
+    small = prepare_corpus(tmp_path / "small", "bible", max_train_lines=1000, max_eval_lines=200)
+    assert 900 < small["train"] <= 1000 and 150 < small["valid"] <= 200 and 150 < small["test"] <= 200
+    train_verses = [text for book, _, text in bible_verses() if bible_split(book) == "train"]
+    kept = train_verses[:: -(-len(train_verses) // 1000)]  # every m-th verse, spanning Genesis to Revelation
+    assert (tmp_path / "small" / "train.txt").read_text().split("\n\n")[-1].splitlines()[-1] == kept[-1]
+    assert kept[-1] in train_verses[-40:]
 
 
 def test_wikitext_missing_files_are_named(tmp_path):
@@ -44,4 +48,5 @@ def test_wikitext_files_are_used(tmp_path):
         (tmp_path / f"wiki.{split}.raw").write_text(f" = {split} = \n\n line one \n")
     lines = prepare_corpus(tmp_path / "out", "wikitext103", tmp_path, max_train_lines=2)
     assert lines == {"train": 2, "valid": 3, "test": 3}
+    assert (tmp_path / "out" / "train.txt").read_text() == "= train =\nline one\n"  # every 2nd line
     assert (tmp_path / "out" / "valid.txt").read_text() == "= valid =\n\nline one\n"

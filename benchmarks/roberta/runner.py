@@ -61,7 +61,8 @@ def prepare_data(cfg: RobertaBenchConfig, out: Path, log=_logger.info) -> Path:
 
     corpus, spm_prefix, tok, data_bin = out / "corpus", out / "spm" / "spm", out / "tok", out / "data-bin"
     if not (corpus / "DONE").exists():
-        lines = prepare_corpus(corpus, cfg.corpus.source, cfg.corpus.path, cfg.corpus.max_train_lines)
+        lines = prepare_corpus(corpus, cfg.corpus.source, cfg.corpus.path, cfg.corpus.max_train_lines,
+                               cfg.corpus.max_eval_lines)
         (corpus / "DONE").write_text(json.dumps(lines))
         log(f"corpus: {lines}")
     model = spm_prefix.with_suffix(".model")
@@ -81,7 +82,8 @@ def prepare_data(cfg: RobertaBenchConfig, out: Path, log=_logger.info) -> Path:
                "--validpref", str(tok / "valid.txt"), "--testpref", str(tok / "test.txt"),
                "--destdir", str(data_bin), "--workers", str(min(4, os.cpu_count() or 1))]
         log("$ " + shlex.join(cmd))
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=_plugin_env())
+        with open(out / "preprocess.log", "w") as flog:
+            subprocess.run(cmd, check=True, stdout=flog, stderr=subprocess.STDOUT, env=_plugin_env())
         (data_bin / "DONE").write_text("ok")
     return data_bin
 

@@ -1,0 +1,1 @@
+"""RoBERTa masked-LM pre-training with fairseq and the LAWA plugin: corpus, tokenizer, runner, results."""
