@@ -83,7 +83,8 @@ def data_bin(tmp_path_factory) -> Path:
     adjs = "big small red blue old young fast slow".split()
 
     def sentence() -> str:
-        return f"the {rng.choice(adjs)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(adjs)} {rng.choice(nouns)} ."
+        subject, obj = f"{rng.choice(adjs)} {rng.choice(nouns)}", f"{rng.choice(adjs)} {rng.choice(nouns)}"
+        return f"the {subject} {rng.choice(verbs)} the {obj} ."
 
     for split, n in (("train", 600), ("valid", 80)):
         (root / f"{split}.txt").write_text("".join(" ".join(sentence() for _ in range(rng.randint(1, 3))) + "\n"
@@ -172,8 +173,9 @@ def test_fairseq_validate_accepts_checkpoint_lawa(full_run, data_bin):
 
 def test_from_pretrained_loads_checkpoint_lawa(full_run, data_bin):
     require("fairseq")
-    import lawa_optim.integrations.fairseq.task  # noqa: F401  (allows fairseq's Namespace under torch >= 2.6)
     from fairseq.models.roberta import RobertaModel
+
+    import lawa_optim.integrations.fairseq.task  # noqa: F401  (allows fairseq's Namespace under torch >= 2.6)
 
     save, _ = full_run
     hub = RobertaModel.from_pretrained(str(save), checkpoint_file="checkpoint_lawa.pt",
