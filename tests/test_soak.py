@@ -1,0 +1,42 @@
+"""The soak benchmark, short (issue 7): many snapshots, the average exact, memory flat, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.soak import SoakConfig, run
+
+SHORT = dict(steps=1500, period=3, k=4, width=16, check_every=25, rss_every=50)
+
+
+@pytest.mark.slow
+def test_short_soak_is_exact_and_flat_and_resumes_to_the_same_numbers(tmp_path):
+    straight = run(SoakConfig(**SHORT, checkpoint_every=0), tmp_path / "straight")
+    assert straight["snapshots"] == 500 and straight["num_snapshots_held"] == 4
+    assert straight["checks"] == 21  # every 25 snapshots, and at the end
+    assert straight["exact"] and straight["max_rel_error"] <= 1e-6
+    assert straight["memory_flat"], straight
+    written = json.loads((tmp_path / "straight" / "soak.json").read_text())
+    assert written["max_rel_error"] == straight["max_rel_error"]
+    assert (tmp_path / "straight" / "soak_rss.csv").read_text().startswith("step,rss_bytes\n")
+    # Interrupted at step 850 (last checkpoint: 750), then run again in the same folder.
+    cfg = SoakConfig(**SHORT, checkpoint_every=250)
+    assert run(SoakConfig(**SHORT, checkpoint_every=250, stop_after=850), tmp_path / "resumed") == {
+        "finished": False, "step": 850}
+    resumed = run(cfg, tmp_path / "resumed")
+    assert resumed["resumed_at_steps"] == [750]
+    assert resumed["final_average_sum"] == straight["final_average_sum"]  # bit-identical average
+    assert resumed["snapshots"] == straight["snapshots"] and resumed["exact"]
+
+
+def test_bad_config_lists_every_error():
+    with pytest.raises(ValueError, match=r"steps=0.*period=-1"):
+        run(SoakConfig(steps=0, period=-1), "unused")
+
+
+def test_a_folder_holding_another_soak_is_refused(tmp_path):
+    run(SoakConfig(**SHORT | {"steps": 300}, checkpoint_every=100), tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        run(SoakConfig(**SHORT | {"steps": 300, "k": 3}, checkpoint_every=100), tmp_path)
