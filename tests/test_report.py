@@ -97,6 +97,8 @@ def test_write_report_files_hold_the_numbers(tmp_path):
     assert float(table[0]["hours_saved"]) == pytest.approx((200 - 101) / 3600)
     doc = json.loads((out / "time_saved.json").read_text())
     assert doc["headline_lead"]["epochs_saved"] == 1 and doc["baseline"] == "base"
+    # each seed alone: the curves shifted by -1 / +1 keep the one-epoch lead
+    assert [(p["seed"], p["epochs_saved"]) for p in doc["headline_lead_per_seed"]] == [(0, 1), (1, 1)]
     final = {r["method"]: r for r in info["final"]}
     assert final["lawa_k4"]["top1_mean"] == pytest.approx(91.0)
     assert final["lawa_k4"]["top1_std"] == pytest.approx(statistics.stdev([90.0, 92.0]))
