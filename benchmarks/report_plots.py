@@ -118,7 +118,7 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
     fig, (a, b) = plt.subplots(1, 2, figsize=(12.4, 4.4))
     _band(a, summary, baseline, metric, info, baseline)
     for i, (_k, m) in enumerate(ks):
-        _band(a, summary, m, metric, info, baseline, color=cmap(i / max(len(ks) - 1, 1)))
+        _band(a, summary, m, metric, info, baseline, color=cmap(0.85 * i / max(len(ks) - 1, 1)))
     a.set_xlabel("epoch")
     a.set_title(f"LAWA for each k: {_TITLES.get(metric, metric)}")
     a.grid(alpha=0.3)
@@ -140,6 +140,7 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
         b.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color, label=f"epoch {ep}")
         if base and f"{metric}_mean" in base:
             b.axhline(base[f"{metric}_mean"], color=color, ls=":", lw=1)
+    b.set_xticks([k for k, _ in ks])
     b.set_xlabel("k (snapshots averaged)")
     b.set_title(f"{_TITLES.get(metric, metric)} against k (dotted: {_label(baseline, info)})")
     b.grid(alpha=0.3)
