@@ -8,6 +8,7 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]            # OUT_DIR defaults to $OUT, else runs/gpu_check
 #   benchmarks/gpu_check.sh OUT_DIR --smoke      # the same script on the CPU with tiny sizes (a test)
 # Results: OUT_DIR/overhead/{overhead.json,overhead.md,overhead.png} and OUT_DIR/gpu_check.log.
+# GPU_CHECK_TIMEOUT (seconds, default 290) bounds the run; a run stopped early prints what it measured.
 set -euo pipefail
 
 OUT_DIR="${1:-${OUT:-runs/gpu_check}}"
@@ -35,6 +36,15 @@ PYEOF
 fi
 
 start=$(date +%s)
-timeout 290 "$PY" -m benchmarks.cli bench overhead "${ARGS[@]}" --no-progress --out "$OUT_DIR/overhead" \
-  2>&1 | tee "$OUT_DIR/gpu_check.log"
-echo "gpu_check.sh: done in $(( $(date +%s) - start )) s; results in $OUT_DIR/overhead" | tee -a "$OUT_DIR/gpu_check.log"
+status=0
+timeout "${GPU_CHECK_TIMEOUT:-290}" "$PY" -m benchmarks.cli bench overhead "${ARGS[@]}" --no-progress --out "$OUT_DIR/overhead" \
+  2>&1 | tee "$OUT_DIR/gpu_check.log" || status=$?
+if [ "$status" -ne 0 ] && [ -f "$OUT_DIR/overhead/overhead.json" ]; then
+  # killed or failed part-way: the figures measured so far are in overhead.json; print them
+  "$PY" -c 'import json, sys; from benchmarks.overhead.report import markdown_table
+print(markdown_table(json.load(open(sys.argv[1]))))' "$OUT_DIR/overhead/overhead.json" \
+    | tee "$OUT_DIR/overhead/overhead.md" | tee -a "$OUT_DIR/gpu_check.log"
+  echo "gpu_check.sh: the benchmark stopped early (exit $status); the table above is partial" | tee -a "$OUT_DIR/gpu_check.log"
+fi
+echo "gpu_check.sh: finished in $(( $(date +%s) - start )) s; results in $OUT_DIR/overhead" | tee -a "$OUT_DIR/gpu_check.log"
+exit "$status"

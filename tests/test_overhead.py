@@ -107,7 +107,7 @@ def test_run_writes_json_table_and_plot(tmp_path):
     cfg = run.OverheadConfig(out=tmp_path, sizes=(2000, 4000), ks=(2, 3, 5), repeats=2, models=False)
     results = run.run(cfg, progress=False)
     data = json.loads((tmp_path / "overhead.json").read_text())
-    assert set(data) == {"config", "clock", "machine", "figures"}
+    assert set(data) == {"config", "clock", "machine", "complete", "figures"} and data["complete"] is True
     assert data["clock"] == "thread_time" and data["config"]["sizes"] == [2000, 4000]
     names = [(f["figure"], f["size"]) for f in data["figures"]]
     for size in (2000, 4000):
@@ -164,3 +164,24 @@ def test_cli_runs_and_rejects_bad_sizes(tmp_path):
     assert "| snapshot | 2e3 | foreach_copy |" in res.output and (tmp_path / "overhead.json").exists()
     res = runner.invoke(main, ["bench", "overhead", "--sizes", "abc", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--sizes" in res.output
+
+
+@pytest.mark.slow
+def test_gpu_check_script_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --smoke runs the same script on the CPU with tiny sizes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _bench()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    res = subprocess.run(
+        ["bash", str(script), str(tmp_path), "--smoke"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    data = json.loads((tmp_path / "overhead" / "overhead.json").read_text())
+    assert data["complete"] and data["config"]["device"] == "cpu"
+    assert {f["figure"] for f in data["figures"]} >= {"snapshot", "averaged", "epoch_resnet18", "step_resnet18"}
+    assert (tmp_path / "overhead" / "overhead.png").exists() and "finished in" in res.stdout

@@ -128,8 +128,16 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
     steps = list(cfg.sizes) + (["mlp", "resnet18", "epoch"] if cfg.models else [])
     if cfg.models and device.type == "cuda":
         steps.append("epoch_offload")
+    results = {
+        "config": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in asdict(cfg).items()},
+        "clock": clock.name,
+        "machine": _machine(device),
+        "complete": False,
+        "figures": figures,
+    }
     bar = tqdm(steps, desc="overhead", disable=not progress)
     for item in bar:
+        (out / "overhead.json").write_text(json.dumps(results, indent=1))  # partial results survive a kill
         bar.set_postfix_str(str(item))
         if isinstance(item, int):
             repeats = cfg.large_repeats if item >= cfg.large_size else cfg.repeats
@@ -145,12 +153,7 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
                 cfg.epoch_model, device, clock, cfg.epoch_repeats, cfg.epoch_batches, cfg.batch_size,
                 cfg.image_size, k=k, offload="cpu" if item == "epoch_offload" else None,
             ))
-    results = {
-        "config": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in asdict(cfg).items()},
-        "clock": clock.name,
-        "machine": _machine(device),
-        "figures": figures,
-    }
+    results["complete"] = True
     (out / "overhead.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(results)
     (out / "overhead.md").write_text(table + "\n")
