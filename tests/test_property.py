@@ -27,10 +27,10 @@ import math
 
 import pytest
 import torch
-from conftest import IN_CI
+from conftest import IN_CI, require
 from torch import nn
 
-from lawa_optim import LAWAWrapper, exp_coefficients
+from lawa_optim import LAWAWrapper, create, exp_coefficients, get_method_info, list_methods
 
 if not IN_CI:  # outside CI a missing hypothesis skips this module; under CI the import fails loudly
     pytest.importorskip("hypothesis", reason="property tests need hypothesis; `make test` installs it")
@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule  # noqa: E402
 
-MAX_EXAMPLES = 120  # state machines (random model + optimizer + wrapper) per run
+MAX_EXAMPLES = 100  # state machines (random model + optimizer + wrapper) per run
 STEPS_PER_EXAMPLE = 30  # operations per sequence
 COUNTS = {"sequences": 0, "operations": 0, "invalid": 0}
 
@@ -372,6 +372,180 @@ WrapperMachine.TestCase.settings = settings(
     phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure prints its whole sequence at once
 )
 TestWrapperSequences = WrapperMachine.TestCase
+
+
+# ----------------------------------------------------------------------------- every method of the zoo
+ZOO_EXAMPLES = 42  # 6 per method on average
+ZOO_KWARGS = {
+    "lawa": {"k": 3, "period": 2},
+    "exp": {"k": 3, "period": 2, "alpha": 0.5},
+    "swa": {"period": 2, "swa_start": 1},
+    "ema": {"decay": 0.8},
+    "lookahead": {"k": 3},
+}
+
+
+class ZooMachine(RuleBasedStateMachine):
+    """Every registered method: swaps, saves, loads and refused operations are transparent.
+
+    Beside the wrapper under test runs a *clean* twin of the same method that only ever sees the
+    training operations (step, snapshot, add_param_group), rebuilt by replaying the operation log
+    when a checkpoint is loaded. Whenever the average is not swapped in, the two models and
+    optimizer states must be bit-identical, and the swapped-in weights must be bit-identical to
+    the clean twin's.
+    """
+
+    @initialize(name=st.sampled_from(list_methods()), width=st.integers(1, 3), seed=st.integers(0, 2**16))
+    def setup(self, name, width, seed):
+        module = get_method_info(name).requires
+        if module is not None:
+            require(module, f"the {name!r} method")
+        COUNTS["zoo_sequences"] = COUNTS.get("zoo_sequences", 0) + 1
+        self.name, self.width, self.seed = name, width, seed
+        self.log: list[tuple] = []
+        self.model, self.opt = self._build()
+        self.clean_model, self.clean = self._build()
+        self.swapped = False
+        self.bank: list[dict] = []
+
+    def _build(self):
+        torch.manual_seed(self.seed)
+        model = Net([(2, self.width, torch.float32), (3, 1, torch.float32)], frozen_bias=False, dead=False)
+        base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, create(self.name, base, **ZOO_KWARGS.get(self.name, {}))
+
+    @staticmethod
+    def _apply(model, opt, op) -> None:
+        if op[0] == "step":
+            opt.zero_grad()
+            model.loss(op[1]).backward()
+            opt.step()
+        elif op[0] == "snapshot":
+            opt.snapshot()
+        else:
+            new = nn.Parameter(op[1].clone())
+            opt.add_param_group({"params": [new], "lr": 0.03})
+            model.extras.append(new)
+
+    def _train_op(self, op) -> None:
+        COUNTS["operations"] += 1
+        if self.swapped:
+            self._must_raise(RuntimeError, lambda: self._apply(self.model, self.opt, op))
+            return
+        self._apply(self.model, self.opt, op)
+        self._apply(self.clean_model, self.clean, op)
+        self.log.append(op)
+
+    def _full_state(self) -> dict:
+        return {
+            "params": _clone_params(self.model),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "num_steps": self.opt.num_steps,
+            "swapped": self.opt.swapped_in,
+        }
+
+    _must_raise = WrapperMachine._must_raise
+
+    @rule()
+    def step(self):
+        self._train_op(("step", len(self.log) + self.seed))
+
+    @rule()
+    def snapshot(self):
+        self._train_op(("snapshot",))
+
+    @rule(shape=st.sampled_from([(2,), ()]))
+    def add_param_group(self, shape):
+        self._train_op(("add", torch.randn(shape)))
+
+    def _can_average(self) -> bool:
+        """Probe both (a swap may create lazy optimizer state, e.g. schedule-free's ``z``)."""
+        answers = []
+        for opt in (self.opt, self.clean):
+            try:
+                with opt.averaged():
+                    answers.append(True)
+            except RuntimeError:
+                answers.append(False)
+        assert answers[0] == answers[1], f"{self.name}: only one of the two can average"
+        return answers[0]
+
+    @rule()
+    def swap_in(self):
+        COUNTS["operations"] += 1
+        if self.swapped or not self._can_average():  # (_can_average only runs when not swapped)
+            self._must_raise(RuntimeError, self.opt.swap_in)
+            return
+        self.opt.swap_in()
+        self.swapped = True
+
+    @rule()
+    def swap_out(self):
+        COUNTS["operations"] += 1
+        if not self.swapped:
+            self._must_raise(RuntimeError, self.opt.swap_out)
+            return
+        self.opt.swap_out()
+        self.swapped = False
+
+    @rule()
+    def save(self):
+        COUNTS["operations"] += 1
+        buf = io.BytesIO()
+        torch.save({"opt": self.opt.state_dict(), "model": self.model.state_dict()}, buf)
+        buf.seek(0)
+        self.bank.append({"ckpt": torch.load(buf, weights_only=True), "log": list(self.log), "swapped": self.swapped})
+
+    @rule(data=st.data())
+    def load(self, data):
+        COUNTS["operations"] += 1
+        if not self.bank:
+            return
+        saved = data.draw(st.sampled_from(self.bank))
+        adds = sum(op[0] == "add" for op in saved["log"])
+        if self.swapped:
+            self._must_raise(RuntimeError, lambda: self.opt.load_state_dict(copy.deepcopy(saved["ckpt"]["opt"])))
+            return
+        if adds != len(self.model.extras):
+            self._must_raise(ValueError, lambda: self.opt.load_state_dict(copy.deepcopy(saved["ckpt"]["opt"])))
+            return
+        self.model.load_state_dict(saved["ckpt"]["model"])
+        self.opt.load_state_dict(copy.deepcopy(saved["ckpt"]["opt"]))
+        self.swapped = saved["swapped"]
+        self.log = list(saved["log"])
+        self.clean_model, self.clean = self._build()
+        for op in self.log:
+            self._apply(self.clean_model, self.clean, op)
+
+    @invariant()
+    def transparent(self):
+        if not hasattr(self, "opt"):
+            return
+        assert self.opt.swapped_in == self.swapped
+        assert self.opt.num_steps == self.clean.num_steps
+        params, clean = _in_group_order(self.opt), _in_group_order(self.clean)
+        assert len(params) == len(clean)
+        if self.swapped:
+            with self.clean.averaged():
+                for p, q in zip(params, clean):
+                    assert torch.equal(p.detach(), q.detach()), f"{self.name}: swapped-in weights differ"
+            return
+        for p, q in zip(params, clean):
+            assert torch.equal(p.detach(), q.detach()), f"{self.name}: training weights differ"
+        _assert_same(self.opt.state_dict(), self.clean.state_dict(), "state_dict")  # optimizer and method
+        self._can_average()  # both swap in and out: the next check compares what they restored
+
+
+ZooMachine.TestCase.settings = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=ZOO_EXAMPLES,
+    stateful_step_count=25,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
+TestZooSequences = ZooMachine.TestCase
 
 
 def test_counts_are_reported():
