@@ -40,3 +40,44 @@ def test_a_folder_holding_another_soak_is_refused(tmp_path):
     run(SoakConfig(**SHORT | {"steps": 300}, checkpoint_every=100), tmp_path)
     with pytest.raises(ValueError, match="another config"):
         run(SoakConfig(**SHORT | {"steps": 300, "k": 3}, checkpoint_every=100), tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
+    """Up to six SIGKILLs of a forked soak at random moments (checkpoints written every 50 steps, so some
+    land mid-write): the checkpoint is always absent or whole, and the run resumed after the last
+    kill ends with the uninterrupted run's average, bit for bit."""
+    import multiprocessing
+    import os
+    import random
+    import signal
+    import time
+
+    from lawa_optim import safe_load
+
+    cfg = SoakConfig(**SHORT, checkpoint_every=50)
+    straight = run(cfg, tmp_path / "straight")
+    out = tmp_path / "killed"
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    steps_seen, kills = [], 0
+    while kills < 6:
+        child = ctx.Process(target=run, args=(cfg, out))
+        child.start()
+        time.sleep(rng.uniform(0.2, 1.0))
+        os.kill(child.pid, signal.SIGKILL)  # our own child, by its pid
+        child.join()
+        if child.exitcode != -signal.SIGKILL:
+            break  # it finished before the kill: the run is complete
+        kills += 1
+        ckpt = out / "soak_ckpt.pt"
+        if ckpt.exists():  # never truncated: it loads, and holds a step at a checkpoint boundary
+            step = safe_load(ckpt)["state"]["step"]
+            assert step % 50 == 0
+            steps_seen.append(step)
+    assert kills >= 3, f"only {kills} kills landed before the run finished"
+    assert steps_seen == sorted(steps_seen)  # progress is never lost
+    resumed = run(cfg, out)
+    assert resumed["final_average_sum"] == straight["final_average_sum"]
+    assert resumed["snapshots"] == 500 and resumed["exact"]
+    print(f"\nsoak kills: {kills}, checkpoint steps after each kill: {steps_seen}")
