@@ -1,8 +1,8 @@
 """The fairseq plugin under a real ``fairseq-train`` (tiny RoBERTa, CPU): metrics, checkpoint_lawa.pt, resume.
 
 One uninterrupted 4-epoch run (k=3, every epoch checkpoint kept) is shared by the tests; a second
-run stops after 2 epochs and resumes to 4. Each fairseq process takes ~20-40 s on a loaded
-2-core machine, mostly importing fairseq; the whole module runs 4 of them.
+run stops after 2 epochs and resumes to 4; a third trains with 2 processes. Each fairseq process
+takes ~20-60 s on a loaded 2-core machine, mostly importing fairseq.
 """
 
 from __future__ import annotations
@@ -115,11 +115,11 @@ def test_lawa_metrics_in_fairseqs_log(full_run):
     assert float(recs[EPOCHS]["valid_lawa_best_loss"]) == best
 
 
-def test_checkpoint_lawa_is_the_mean_of_the_epoch_checkpoints(full_run):
-    save, _ = full_run
+def assert_mean_of_epochs(save: Path, last: int) -> dict:
+    """checkpoint_lawa.pt holds the float64 mean of the K latest epoch checkpoints fairseq saved."""
     lawa = load(save / "checkpoint_lawa.pt")
-    epochs = [load(save / f"checkpoint{e}.pt") for e in range(EPOCHS - K + 1, EPOCHS + 1)]
-    assert lawa["extra_state"]["lawa"]["snapshots"] == list(range(EPOCHS - K + 1, EPOCHS + 1))
+    epochs = [load(save / f"checkpoint{e}.pt") for e in range(last - K + 1, last + 1)]
+    assert lawa["extra_state"]["lawa"]["snapshots"] == list(range(last - K + 1, last + 1))
     assert set(lawa["model"]) == set(epochs[-1]["model"])
     n_float = 0
     for name, value in lawa["model"].items():
@@ -130,6 +130,12 @@ def test_checkpoint_lawa_is_the_mean_of_the_epoch_checkpoints(full_run):
         else:
             assert torch.equal(value, epochs[-1]["model"][name]), name
     assert n_float > 10
+    return lawa
+
+
+def test_checkpoint_lawa_is_the_mean_of_the_epoch_checkpoints(full_run):
+    save, _ = full_run
+    lawa = assert_mean_of_epochs(save, EPOCHS)
     # a plain masked_lm checkpoint: no plugin task, no user dir, no optimizer state
     assert lawa["cfg"]["task"]["_name"] == "masked_lm"
     assert not any(key.startswith("lawa_") for key in lawa["cfg"]["task"])
@@ -161,14 +167,46 @@ def test_resume_equals_uninterrupted(full_run, data_bin, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(ring_a, ring_b))
 
 
+def fairseq_validate(data_bin: Path, path: Path) -> float:
+    out = _run([str(BIN / "fairseq-validate"), str(data_bin), "--user-dir", _user_dir(), "--path", str(path),
+                "--task", "masked_lm", "--criterion", "masked_lm", *DATA_ARGS])
+    line = next(x for x in out.splitlines() if "valid on 'valid' subset" in x and "| loss " in x)
+    return float(line.split("| loss ")[1].split()[0])
+
+
 def test_fairseq_validate_accepts_checkpoint_lawa(full_run, data_bin):
     save, log = full_run
-    out = _run([str(BIN / "fairseq-validate"), str(data_bin), "--user-dir", _user_dir(), "--path",
-                str(save / "checkpoint_lawa.pt"), "--task", "masked_lm", "--criterion", "masked_lm", *DATA_ARGS])
-    line = next(x for x in out.splitlines() if "valid on 'valid' subset" in x and "| loss " in x)
-    loss = float(line.split("| loss ")[1].split()[0])
     # the same masked validation set: fairseq-validate of the file == the LAWA loss logged in training
+    loss = fairseq_validate(data_bin, save / "checkpoint_lawa.pt")
     assert loss == float(valid_records(log)[EPOCHS]["valid_lawa_loss"])
+
+
+@pytest.mark.distributed
+def test_two_process_distributed_training(data_bin, tmp_path):
+    """fairseq's own data-parallel training, 2 processes, gloo on CPU (``legacy_ddp``: fairseq's
+    ``pytorch_ddp`` passes CUDA device ids and needs GPUs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    save, epochs = tmp_path / "ckpt", 3
+    cmd = [str(BIN / "fairseq-train"), str(data_bin), "--user-dir", _user_dir(), "--task", "masked_lm_lawa",
+           "--criterion", "masked_lm", *TINY, *DATA_ARGS, "--optimizer", "adam", "--lr", "1e-3", "--max-epoch",
+           str(epochs), "--seed", "1", "--save-dir", str(save), "--log-format", "json", "--lawa-k", str(K),
+           "--distributed-world-size", "2", "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+           "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+    procs = [subprocess.Popen(cmd + ["--distributed-rank", str(rank)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=_env()) for rank in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "distributed init (rank 1)" in logs[1]
+    assert_mean_of_epochs(save, epochs)
+    # each rank validated half the set with its own ring; the sum over both ranks equals a
+    # single-process validation of checkpoint_lawa.pt only if both rings hold the same average
+    logged = float(valid_records(logs[0])[epochs]["valid_lawa_loss"])
+    assert logged != float(valid_records(logs[0])[epochs]["valid_loss"])
+    assert fairseq_validate(data_bin, save / "checkpoint_lawa.pt") == logged
 
 
 def test_from_pretrained_loads_checkpoint_lawa(full_run, data_bin):
