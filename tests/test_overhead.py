@@ -96,6 +96,8 @@ def test_temporary_bytes_algorithm1_vs_lawa():
     cpu = torch.device("cpu")
     # one clone kept (3 x 4000 B), then per tensor a k-stack (24000 B) and its mean (4000 B)
     assert measure.peak_temporary_bytes(lambda: alg.update(params), cpu) == 3 * 4000 + 24000 + 4000
+    # in total it allocates (k + 2) P: the clone, the k-stacks and the means of all tensors
+    assert measure.temporary_bytes(lambda: alg.update(params), cpu) == (3 * 4000 + 24000 + 4000, (k + 2) * 12000)
     opt = figures._filled(params, k)
     out = [torch.empty_like(p) for p in params]
     figures.lawa_update(opt, out)  # the scratch block is made once, here
@@ -122,6 +124,7 @@ def test_run_writes_json_table_and_plot(tmp_path):
     upd = next(f for f in data["figures"] if f["figure"] == "lawa_update_k3")
     # LAWA: a few scalars per tensor (the non-finite check), nothing of the parameters' size
     assert upd["temp_bytes"] <= 16 * 96 and upd["reference_temp_bytes"] > 4 * upd["size"]
+    assert upd["allocated_in_P"] < 0.2 and upd["reference_allocated_in_P"] == pytest.approx(3 + 2)  # k=3
     assert (tmp_path / "overhead.png").stat().st_size > 1000
     table = (tmp_path / "overhead.md").read_text()
     assert table.startswith("| figure |") and "snapshot_k5_vs_k2" in table and table == results["table"] + "\n"

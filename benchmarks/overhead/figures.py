@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from lawa_optim import LAWAWrapper
 from lawa_optim.store import _acc_dtype
 
-from .measure import Clock, median_time, peak_temporary_bytes, time_pair
+from .measure import Clock, median_time, temporary_bytes, time_pair
 
 __all__ = [
     "PaperAlgorithm1",
@@ -169,12 +169,13 @@ def size_figures(
             alg.update(params)
         pair = time_pair(lambda: lawa_update(opt, out), lambda: alg.update(params), clock, repeats)
         device = p0.device
-        mem_lawa = peak_temporary_bytes(lambda: lawa_update(opt, out), device)
-        mem_alg = peak_temporary_bytes(lambda: alg.update(params), device)
+        mem_lawa, new_lawa = temporary_bytes(lambda: lawa_update(opt, out), device)
+        mem_alg, new_alg = temporary_bytes(lambda: alg.update(params), device)
+        pb = numel * b
         rows.append(_row(
             f"lawa_update_k{k}", "paper_algorithm1", pair.summary(), fl["lawa_vs_alg1"], 1.0, k=k,
-            temp_bytes=mem_lawa, reference_temp_bytes=mem_alg,
-            temp_in_P=mem_lawa / (numel * b), reference_temp_in_P=mem_alg / (numel * b),
+            temp_bytes=mem_lawa, reference_temp_bytes=mem_alg, temp_in_P=mem_lawa / pb,
+            reference_temp_in_P=mem_alg / pb, allocated_in_P=new_lawa / pb, reference_allocated_in_P=new_alg / pb,
         ))
         del opt, out, alg
     else:

@@ -27,7 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Clock", "Pair", "TensorBytes", "median_time", "peak_temporary_bytes", "time_pair"]
+__all__ = ["Clock", "Pair", "TensorBytes", "median_time", "peak_temporary_bytes", "temporary_bytes", "time_pair"]
 
 
 @dataclass(frozen=True)
@@ -145,15 +145,23 @@ class TensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_temporary_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Bytes ``fn`` needs beyond what is allocated before it runs (see the module docstring)."""
+def temporary_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, int]:
+    """``(peak, allocated)``: the most bytes ``fn`` holds at once beyond what existed before it
+    ran, and the bytes it allocates in total (see the module docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
+        allocated = torch.cuda.memory_stats(device).get("allocated_bytes.all.allocated", 0)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - before)
+        total = torch.cuda.memory_stats(device).get("allocated_bytes.all.allocated", 0) - allocated
+        return max(0, torch.cuda.max_memory_allocated(device) - before), total
     with TensorBytes() as counter:
         fn()
-    return counter.peak
+    return counter.peak, counter.created
+
+
+def peak_temporary_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes ``fn`` needs beyond what is allocated before it runs (see the module docstring)."""
+    return temporary_bytes(fn, device)[0]

@@ -30,7 +30,10 @@ def markdown_table(results: dict) -> str:
         ratio = f"{f['ratio']:.3f} [{f['ratio_q1']:.3f}, {f['ratio_q3']:.3f}]"
         extra = []
         if "temp_in_P" in f:
-            extra.append(f"temp {f['temp_in_P']:.2f}P vs {f['reference_temp_in_P']:.2f}P")
+            extra.append(
+                f"peak temp {f['temp_in_P']:.2f}P vs {f['reference_temp_in_P']:.2f}P, allocated "
+                f"{f['allocated_in_P']:.2f}P vs {f['reference_allocated_in_P']:.2f}P"
+            )
         if "predicted" in f:
             extra.append(f"1 + snapshot/epoch = {f['predicted']:.3f}")
         if extra:
