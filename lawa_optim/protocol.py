@@ -105,6 +105,27 @@ class AveragingOptimizer(Optimizer):
         self._swap: dict[str, Any] | None = None
 
     # --------------------------------------------------------------------------- bookkeeping
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer.__getstate__ keeps only defaults/state/param_groups: a deepcopy or pickle of a
+        # wrapper would lose its base optimizer and snapshots. Keep everything instead.
+        if getattr(self, "offload", None) == "disk":
+            raise TypeError(
+                "Cannot copy or pickle a wrapper with offload='disk' (the copy would share its files); "
+                "save opt.state_dict() and load it into a new wrapper"
+            )
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.join()  # no copy in flight
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:  # a plain Optimizer state (torch's own format)
+            super().__setstate__(state)
+            return
+        self.__dict__.update(state)
+        ref = weakref.ref(self)
+        self.optimizer.register_load_state_dict_post_hook(lambda _opt: ref() is not None and ref()._share())
+
     def _share(self) -> None:
         assert self.optimizer is not None
         self.param_groups = self.optimizer.param_groups

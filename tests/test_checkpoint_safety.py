@@ -345,3 +345,44 @@ def test_truncations_and_random_bytes_give_checkpoint_errors(tmp_path):
             warnings.simplefilter("ignore")  # torch warns about odd pickle protocols
             with pytest.raises(CheckpointError, match="fuzzed.pt"):
                 safe_load(path)
+
+
+# ----------------------------------------------------------------------------- copies
+@pytest.mark.parametrize("name", ["lawa", "exp", "ema", "swa", "base"])
+def test_deepcopy_gives_an_independent_working_wrapper(name):
+    """Bug found here: Optimizer.__getstate__ keeps only defaults/state/param_groups, so a deepcopy
+    (or pickle) of a wrapper silently lost its base optimizer and ring (AttributeError on use)."""
+    from lawa_optim import create
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    kwargs = {"period": 1} if name in ("lawa", "exp", "swa") else {}
+    opt = create(name, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **kwargs)
+    _train_on(model, opt, 3)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert opt2.optimizer is not opt.optimizer and opt2.param_groups is opt2.optimizer.param_groups
+    assert all(p is q for p, q in zip(opt2.param_groups[0]["params"], model2.parameters()))
+    _train_on(model, opt, 2)
+    _train_on(model2, opt2, 2)
+    with opt.averaged(), opt2.averaged():
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+    if name == "lawa":
+        model3, opt3 = pickle.loads(pickle.dumps((model, opt)))
+        with opt.averaged(), opt3.averaged():
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model3.parameters()))
+
+
+def _train_on(model, opt, steps):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 3, generator=g)).pow(2).sum().backward()
+        opt.step()
+
+
+def test_a_disk_offloaded_wrapper_refuses_to_be_copied(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=2, offload="disk", offload_dir=tmp_path)
+    opt.snapshot()
+    with pytest.raises(TypeError, match="offload='disk'.*state_dict"):
+        copy.deepcopy(opt)
