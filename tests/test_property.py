@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import io
 import math
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -123,14 +125,19 @@ class WrapperMachine(RuleBasedStateMachine):
             st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=4, max_size=4),
         ),
         seed=st.integers(0, 2**16),
+        offload=st.sampled_from([None, None, "cpu", "disk"]),
     )
-    def setup(self, sizes, frozen_bias, dead, opt_name, foreach, two_groups, k, period, weights, seed):
+    def setup(self, sizes, frozen_bias, dead, opt_name, foreach, two_groups, k, period, weights, seed, offload):
         COUNTS["sequences"] += 1
+        COUNTS[f"offload={offload}"] = COUNTS.get(f"offload={offload}", 0) + 1
         torch.manual_seed(seed)
         self.model = Net(sizes, frozen_bias, dead)
         self.twin = copy.deepcopy(self.model)
         self.make_opt = lambda ps: OPTIMIZERS[opt_name](ps, foreach)
-        self.opt_args = {"k": k, "period": period}
+        self.opt_args = {"k": k, "period": period, "offload": offload}
+        if offload == "disk":
+            self.tmp = tempfile.mkdtemp(prefix="lawa-property-")
+            self.opt_args["offload_dir"] = self.tmp
         if isinstance(weights, tuple):
             self.opt_args.update(weights="exp", alpha=weights[1])
         elif isinstance(weights, list):
@@ -153,6 +160,11 @@ class WrapperMachine(RuleBasedStateMachine):
         if not two or len(params) < 2:
             return params
         return [{"params": params[::2]}, {"params": params[1::2], "lr": 0.02}]
+
+    def teardown(self):
+        if getattr(self, "tmp", None):
+            del self.opt  # close the ring's files before removing them
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------------- reference
     def _expected_average(self, j: int | None) -> list[torch.Tensor]:
