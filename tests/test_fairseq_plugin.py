@@ -223,3 +223,15 @@ def test_from_pretrained_loads_checkpoint_lawa(full_run, data_bin):
     assert all(torch.equal(state[key], lawa[key]) for key in lawa)
     tokens = hub.task.source_dictionary.encode_line("the big cat sees the small dog .", append_eos=True).long()
     assert hub.model(tokens[None])[0].shape[-1] == len(hub.task.source_dictionary)
+
+
+def test_updates_per_epoch_matches_fairseq(full_run, data_bin):
+    from lawa_optim.integrations.fairseq.data import masked_lm_updates_per_epoch
+
+    _, log = full_run
+    recs = valid_records(log)
+    per_epoch = int(recs[1]["valid_num_updates"])
+    assert int(recs[EPOCHS]["valid_num_updates"]) == EPOCHS * per_epoch
+    assert masked_lm_updates_per_epoch(data_bin, tokens_per_sample=32, batch_size=16) == per_epoch
+    assert masked_lm_updates_per_epoch(data_bin, tokens_per_sample=32, batch_size=16, update_freq=2,
+                                       world_size=2) == math.ceil(math.ceil(per_epoch / 2) / 2)

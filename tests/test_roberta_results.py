@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
+
+import pytest
 
 from benchmarks.roberta.results import epochs_saved, parse_log, saved_curve, write_results
 
@@ -69,9 +70,25 @@ def test_saved_curve_per_target():
 
 
 def test_write_results_files(tmp_path):
+    from benchmarks.report import load_metrics, write_report
+
     summary = write_results(parse_log(_log()), tmp_path, {"name": "t", "lawa_k": 3})
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    lawa_ppl = [float(r["value"]) for r in rows if r["method"] == "lawa" and r["metric"] == "ppl"]
-    assert lawa_ppl == [v for v in LAWA if v is not None]
+    rows, meta = load_metrics(tmp_path)
+    assert [r["val_ppl"] for r in rows if r["method"] == "lawa_k3"] == [v for v in LAWA if v is not None]
+    assert [r["val_ppl"] for r in rows if r["method"] == "adam"] == ADAM
+    assert meta["baseline"] == "adam" and meta["metric"] == "val_ppl" and meta["higher_is_better"] is False
     assert json.load(open(tmp_path / "results.json"))["ppl"]["epochs_saved"] == summary["ppl"]["epochs_saved"] == 1
     assert (tmp_path / "epochs.csv").read_text().startswith("epoch,")
+    report = write_report(tmp_path, plots=False)  # the shared report reads what the runner wrote
+    assert report["headline"] == "lawa_k3" and report["baseline"] == "adam"
+    # LAWA's 70 (epoch 2) Adam reaches at epoch 3 (60): one epoch saved, as the shared report counts it
+    assert {r["level"]: r["epochs_saved"] for r in report["time_saved"]}[70] == 1
+
+
+def test_plot_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.roberta.plot import plot_results
+
+    summary = write_results(parse_log(_log()), tmp_path, {"name": "t", "lawa_k": 3})
+    path = plot_results(summary, tmp_path / "p.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"

@@ -117,22 +117,34 @@ def saved_curve(records: list[dict[str, Any]], metric: str = "ppl") -> list[dict
     return out
 
 
+def metrics_rows(records: list[dict[str, Any]], k: int, seed: int = 1) -> tuple[list[dict], dict]:
+    """Rows and meta in :mod:`benchmarks.report`'s schema: methods ``adam`` and ``lawa_k{k}``."""
+    lawa = f"lawa_k{k}"
+    rows = []
+    for r in records:
+        common = {"seed": seed, "epoch": r["epoch"], "steps": r["num_updates"], "train_time_s": r["cum_wall"]}
+        rows.append({"method": "adam", **common, "val_loss": r["adam_loss"], "val_ppl": r["adam_ppl"],
+                     "train_loss": r["train_loss"]})
+        if r["lawa_ppl"] is not None:
+            rows.append({"method": lawa, **common, "val_loss": r["lawa_loss"], "val_ppl": r["lawa_ppl"]})
+    meta = {"baseline": "adam", "headline": lawa, "metric": "val_ppl", "higher_is_better": False,
+            "methods": {"adam": {"label": "Adam (raw weights)", "family": "base"},
+                        lawa: {"label": f"LAWA (k={k})", "family": "lawa", "k": k}}}
+    return rows, meta
+
+
 def write_results(records: list[dict[str, Any]], out: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.csv`` (long format), ``epochs.csv``, ``results.json``; return the summary."""
+    """Write ``metrics.csv``/``metrics.json`` (the shared report schema), ``epochs.csv``, ``results.json``.
+
+    ``meta`` needs ``lawa_k``; the summary returned (and written to ``results.json``) holds it,
+    the paper's epochs saved for perplexity and loss, the per-epoch curve and the records.
+    """
+    from benchmarks.report import write_metrics
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "method", "split", "metric", "epoch", "step", "value"])
-        for r in records:
-            for method in ("adam", "lawa"):
-                for metric in ("loss", "ppl"):
-                    v = r[f"{method}_{metric}"]
-                    if v is not None:
-                        w.writerow([meta.get("name", ""), method, "valid", metric, r["epoch"], r["num_updates"], v])
-            if r["train_loss"] is not None:
-                w.writerow([meta.get("name", ""), "adam", "train", "loss", r["epoch"], r["num_updates"],
-                            r["train_loss"]])
+    rows, report_meta = metrics_rows(records, int(meta["lawa_k"]), seed=int(meta.get("seed", 1)))
+    write_metrics(out, rows, {**report_meta, "name": meta.get("name", "")})
     with open(out / "epochs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["epoch"])
         w.writeheader()

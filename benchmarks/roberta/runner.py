@@ -9,8 +9,9 @@ Layout of ``OUT``::
 
     corpus/{train,valid,test}.txt   spm/spm.model   tok/{train,valid,test}.txt   data-bin/
     checkpoints/ (checkpoint_last.pt, checkpoint_lawa.pt, checkpoint_lawa_best.pt, ...)
-    train.log (fairseq's JSON log, appended on resume)   command.txt
-    metrics.csv  epochs.csv  results.json  roberta_ppl.png
+    train.log (fairseq's JSON log, appended on resume)   command.txt   preprocess.log
+    metrics.csv/json (the shared report schema)  epochs.csv  results.json  roberta_ppl.png
+    report/ (``lawa report``'s tables and plots: time_saved, curves)
 """
 
 from __future__ import annotations
@@ -202,10 +203,14 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, log=_lo
               if a["num_updates"] is not None and b["num_updates"] is not None]
     if logged and any(n != per_epoch for n in logged):
         log(f"note: fairseq ran {sorted(set(logged))} updates per epoch, planned {per_epoch}")
-    summary = write_results(records, out, meta)
+    summary = write_results(records, out, {**meta, "seed": t.seed})
+    from benchmarks.report import write_report
+
     from .plot import plot_results
 
     plot_results(summary, out / "roberta_ppl.png")
+    if records:
+        summary["report"] = write_report(out)["files"]  # lawa report's tables and plots in OUT/report/
     ppl = summary["ppl"]
     log(f"Adam best ppl {ppl['adam_best']} at epoch {ppl['adam_best_epoch']}; LAWA reaches it at epoch "
         f"{ppl['lawa_epoch']} ({ppl['epochs_saved']} epochs saved); final Adam {ppl['adam_final']}, "
