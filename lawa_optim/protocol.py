@@ -328,6 +328,11 @@ class AveragingOptimizer(Optimizer):
                 "wrapper; a plain optimizer state dict goes to wrapper.optimizer.load_state_dict()"
             )
         mine = state_dict[STATE_KEY]
+        if not isinstance(mine, dict):
+            raise ValueError(f"Invalid state_dict: its {STATE_KEY!r} entry is a {type(mine).__name__}, not a dict")
+        steps = mine.get("num_steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"Invalid state_dict: {STATE_KEY!r}['num_steps'] = {steps!r}; it must be an int >= 0")
         if mine.get("format") != STATE_FORMAT or mine.get("method") != self.method:
             raise ValueError(
                 f"Invalid state_dict: saved by method {mine.get('method')!r} (format {mine.get('format')!r}); "

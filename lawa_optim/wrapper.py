@@ -172,6 +172,15 @@ class LAWAWrapper(AveragingOptimizer):
                 "create the wrapper with the same k"
             )
         self._ring.check_state_dict(state, "state_dict['lawa']")
+        for i, (ring, total) in enumerate(zip(state["ring"], state["sums"])):
+            # The running sum must be the sum of the snapshots (up to its rounding): a corrupted
+            # one (NaN, flipped bits) would silently skew every average until the next rebuild.
+            exact = ring.to(total.dtype)
+            if not bool(((total - exact.sum(0)).abs() <= 1e-3 * exact.abs().sum(0) + 1e-30).all()):
+                raise ValueError(
+                    f"Invalid state_dict: the running sum of parameter {i} does not match its snapshots "
+                    "(a corrupted checkpoint?); nothing was loaded"
+                )
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self._ring.load_state_dict(state)

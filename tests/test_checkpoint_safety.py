@@ -255,11 +255,31 @@ def _foreign_state_dicts():
     groups = copy.deepcopy(good)
     groups["param_groups"].append(copy.deepcopy(groups["param_groups"][0]))
     out.append(("param_groups", groups, "group"))
+
+    # Found here: num_steps was read after the base optimizer had loaded (a partial load).
+    no_steps = copy.deepcopy(good)
+    del no_steps["lawa"]["num_steps"]
+    out.append(("num_steps_missing", no_steps, "num_steps"))
+    bad_steps = copy.deepcopy(good)
+    bad_steps["lawa"]["num_steps"] = "7"
+    out.append(("num_steps_str", bad_steps, "num_steps"))
+    not_dict = copy.deepcopy(good)
+    not_dict["lawa"] = [1, 2]
+    out.append(("lawa_not_dict", not_dict, "not a dict"))
+
+    # Found here: a running sum that disagrees with the snapshots was loaded silently.
+    nan_sums = copy.deepcopy(good)
+    nan_sums["lawa"]["sums"][0].view(-1)[0] = float("nan")
+    out.append(("sums_nan", nan_sums, "running sum of parameter 0"))
+    skewed = copy.deepcopy(good)
+    skewed["lawa"]["sums"][2].add_(1.0)
+    out.append(("sums_skewed", skewed, "running sum of parameter 2"))
     return out
 
 
 FOREIGN = ["other_k", "other_shape", "other_model", "other_method", "plain_optimizer", "ring_dtype",
-           "ring_length", "negative_count", "training_weights", "param_groups"]
+           "ring_length", "negative_count", "training_weights", "param_groups", "num_steps_missing",
+           "num_steps_str", "lawa_not_dict", "sums_nan", "sums_skewed"]
 
 
 @pytest.mark.parametrize("name", FOREIGN)
