@@ -19,6 +19,7 @@ _PANELS = ("top1", "val_loss", "train_loss", "top5", "val_ppl", "ppl", "train_to
 _TITLES = {"top1": "validation top-1 (%)", "top5": "validation top-5 (%)", "val_loss": "validation loss",
            "train_loss": "training loss", "ppl": "validation perplexity", "val_ppl": "validation perplexity",
            "train_top1": "training top-1 (%)"}
+_DPI = 90
 _FAMILY_COLORS = {"base": "black", "lawa": "tab:blue", "exp": "tab:orange", "ema": "tab:green",
                   "swa": "tab:purple", "lookahead": "tab:brown", "schedulefree": "tab:red"}
 
@@ -56,6 +57,13 @@ def _label(method: str, info: dict[str, Any]) -> str:
     return info.get(method, {}).get("label", method)
 
 
+def _epochs_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _band(ax, summary, method, col, info, baseline, **extra):
     e, m, s = _curve(summary, method, col)
     if not e:
@@ -79,7 +87,7 @@ def plot_curves(path: Path, summary: list[dict[str, Any]], methods: list[str], b
     for ax, col in zip(axes.flat, panels):
         for m in shown:
             _band(ax, summary, m, col, info, baseline)
-        ax.set_xlabel("epoch")
+        _epochs_axis(ax)
         ax.set_title(_TITLES.get(col, col))
         ax.grid(alpha=0.3)
         if "loss" in col or "ppl" in col:
@@ -93,7 +101,7 @@ def plot_curves(path: Path, summary: list[dict[str, Any]], methods: list[str], b
     n = max((s["n_seeds"] for s in summary), default=1)
     fig.suptitle(f"every method per epoch (mean ± std over {n} seed{'s' if n > 1 else ''})")
     fig.tight_layout(rect=(0, 0.07 if len(labels) > 5 else 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return str(path)
 
@@ -119,7 +127,7 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
     _band(a, summary, baseline, metric, info, baseline)
     for i, (_k, m) in enumerate(ks):
         _band(a, summary, m, metric, info, baseline, color=cmap(0.85 * i / max(len(ks) - 1, 1)))
-    a.set_xlabel("epoch")
+    _epochs_axis(a)
     a.set_title(f"LAWA for each k: {_TITLES.get(metric, metric)}")
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
@@ -146,7 +154,7 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
     b.grid(alpha=0.3)
     b.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return str(path)
 
@@ -167,12 +175,14 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
             text += f"\n~{hours * 60:.1f} min" if hours < 1 else f"\n~{hours:.1f} h"
         a.annotate(text, xy=((lead["base_epoch"] + lead["method_epoch"]) / 2, lead["level"]), xytext=(0, 6),
                    textcoords="offset points", color="tab:red", ha="center", va="bottom", fontsize=9)
-    a.set_xlabel("epoch")
+    _epochs_axis(a)
     a.set_title(f"{_label(headline, info)} against {_label(baseline, info)}")
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
     if "loss" not in metric and "ppl" not in metric:
         _zoom(a, summary, [baseline, headline], metric)
+        lo, hi = a.get_ylim()
+        a.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the annotation
     reached = [r for r in rows if r["epochs_saved"] is not None]
     b.bar(range(len(reached)), [r["epochs_saved"] for r in reached], color="tab:blue")
     b.set_xticks(range(len(reached)))
@@ -183,6 +193,6 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
     b.set_title(f"epochs {_label(baseline, info)} needs beyond {_label(headline, info)} to reach each level")
     b.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return str(path)
