@@ -187,6 +187,26 @@ def test_checkpoint_dict_round_trip_resumes_the_ring_exactly():
         assert all(torch.equal(a, b) for a, b in zip(weights(fresh_model), avg))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_ring_round_trips_in_its_dtype(dtype):
+    """Under --fp16/--bf16 the model's weights are half precision; the saved ring must stay so."""
+    task, model = make_task(lawa_k=2)
+    model.to(dtype)
+    itr, opt = Itr(), Opt(model)
+    task._lawa_train_itr = itr
+    train(task, model, itr, opt, epochs=3, updates_per_epoch=1)
+    task._lawa_write_checkpoints = lambda wrapper: None
+    state = task.get_checkpoint_dict()["MaskedLMLAWATask"]
+    assert {t.dtype for t in state["wrapper"]["lawa"]["ring"]} == {dtype}
+    fresh, fresh_model = make_task(lawa_k=2)
+    fresh_model.to(dtype).load_state_dict(model.state_dict())
+    fresh.set_checkpoint_dict(state)
+    with task.lawa_wrapper().averaged():
+        avg = weights(model)
+    with fresh.lawa_wrapper().averaged():
+        assert all(torch.equal(a, b) for a, b in zip(weights(fresh_model), avg))
+
+
 def test_resume_refuses_another_k_and_format():
     task, model = make_task(lawa_k=3)
     task.lawa_wrapper().snapshot()

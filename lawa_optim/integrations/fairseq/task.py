@@ -109,6 +109,17 @@ class _Observed(torch.optim.Optimizer):
         raise RuntimeError("the LAWA observer never steps: fairseq's optimizer updates the parameters")
 
 
+def _cpu(obj: Any) -> Any:
+    """Tensors moved to the CPU in their own dtype (fairseq's ``move_to_cpu`` upcasts fp16/bf16)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: _cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(value) for value in obj)
+    return obj
+
+
 def _amp_scale(optimizer: Any) -> float | None:
     scaler = getattr(optimizer, "_grad_scaler", None)  # fairseq's AMPOptimizer
     return None if scaler is None else float(scaler.get_scale())
@@ -272,7 +283,7 @@ class LAWATaskMixin:
             "num_updates": self._lawa_num_updates,
         }
         if wrapper is not None:
-            state["wrapper"] = utils.move_to_cpu(wrapper.state_dict())
+            state["wrapper"] = _cpu(wrapper.state_dict())  # the ring keeps the parameters' dtype
         elif self._lawa_pending is not None:
             state["wrapper"] = self._lawa_pending["wrapper"]
         return {type(self).__name__: state}
