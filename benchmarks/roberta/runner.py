@@ -167,13 +167,16 @@ def _train(cmd: list[str], out: Path, epochs: int, env: dict[str, str], log) -> 
         raise RuntimeError(f"fairseq-train failed with exit code {rc}; see {logfile} (rerun the command to resume)")
 
 
-def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, log=_logger.info) -> dict[str, Any]:
+def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_only: bool = False,
+        log=_logger.info) -> dict[str, Any]:
     """Run (or resume) the benchmark of ``cfg`` in ``out``; return the summary written to results.json.
 
     Args:
         cfg (RobertaBenchConfig): the validated config.
         out (str or Path): the run folder.
         dry_run (bool): prepare the data and return the fairseq-train command without training
+            (default: False).
+        report_only (bool): write the results of the epochs logged so far without training
             (default: False).
         log (callable): where progress messages go (default: this module's logger).
     """
@@ -195,7 +198,10 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, log=_lo
     if t.threads:
         env.update(OMP_NUM_THREADS=str(t.threads), MKL_NUM_THREADS=str(t.threads))
     start = time.time()
-    _train(cmd, out, t.epochs, env, log)
+    if not report_only:
+        _train(cmd, out, t.epochs, env, log)
+    elif not (out / "train.log").exists():
+        raise FileNotFoundError(f"no train.log in {str(out)!r}: nothing to report; run without --report-only first")
     records = parse_log((out / "train.log").read_text().splitlines())
     meta["session_seconds"] = round(time.time() - start, 1)
     meta["train_seconds"] = records[-1]["cum_wall"] if records else None
