@@ -116,3 +116,21 @@ def test_default_resnets_are_torchvisions_own():
         ours = build_model(ModelConfig(arch=arch), num_classes=7)
         ref = getattr(torchvision.models, arch)(num_classes=7)
         assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+
+
+def test_imagefolder_tree_with_standard_transforms(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 36), (40 * i, 100, 200 if cls == "dog" else 0)).save(folder / f"{i}.png")
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=32, train_eval_images=2, bn_images=4,
+                     batch_size=2)
+    data = load_data(cfg)
+    assert (data.num_classes, data.in_channels, len(data.train), len(data.val)) == (2, 3, 6, 6)
+    x, y = next(iter(train_loader(data, cfg, 0, 0)))
+    assert x.shape == (2, 3, 32, 32) and y.dtype == torch.long
+    assert data.val[0][0].shape == (3, 32, 32) and len(data.bn) == 4
