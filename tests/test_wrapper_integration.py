@@ -147,3 +147,23 @@ def test_ddp_two_ranks_hold_the_single_process_average(tmp_path):
     for a, b, e in zip(ranks[0], ranks[1], expected):
         assert torch.equal(a, b)
         torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-6)
+
+
+def test_step_hooks_run_once_per_step():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model = _model()
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=2, period=1)
+    seen: list[str] = []
+    handles = [
+        register_optimizer_step_post_hook(lambda o, a, k: seen.append(f"global:{type(o).__name__}")),
+        opt.register_step_pre_hook(lambda o, a, k: seen.append("pre")),
+        opt.register_step_post_hook(lambda o, a, k: seen.append(f"post:{o.num_steps}")),
+    ]
+    try:
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == ["pre", "global:SGD", "post:1"]
