@@ -202,7 +202,12 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
         _train(cmd, out, t.epochs, env, log)
     elif not (out / "train.log").exists():
         raise FileNotFoundError(f"no train.log in {str(out)!r}: nothing to report; run without --report-only first")
-    records = parse_log((out / "train.log").read_text().splitlines())
+    lines = (out / "train.log").read_text().splitlines()
+    records = parse_log(lines)
+    skipped = sorted({line.split("WARNING | ")[-1] for line in lines if "samples have invalid sizes" in line})
+    if skipped:
+        meta["skipped_samples"] = skipped
+        log("note: fairseq skipped samples longer than tokens_per_sample: " + "; ".join(s[:90] for s in skipped))
     meta["session_seconds"] = round(time.time() - start, 1)
     meta["train_seconds"] = records[-1]["cum_wall"] if records else None
     logged = [b["num_updates"] - a["num_updates"] for a, b in zip(records, records[1:])

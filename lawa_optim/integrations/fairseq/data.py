@@ -24,8 +24,9 @@ def masked_lm_updates_per_epoch(
 ) -> int:
     """Updates per epoch of ``fairseq-train --task masked_lm`` (or ``masked_lm_lawa``).
 
-    Assumes ``--batch-size batch_size --required-batch-size-multiple 1`` and no ``--max-tokens``,
-    so every batch but the last holds exactly ``batch_size`` blocks.
+    Assumes ``--batch-size batch_size --required-batch-size-multiple 1``, no ``--max-tokens`` and a
+    model accepting ``tokens_per_sample`` positions, so every batch but the last holds exactly
+    ``batch_size`` of the blocks fairseq keeps.
 
     Args:
         data_dir (str or Path): the ``fairseq-preprocess --only-source`` output (``dict.txt``, ``train.bin``).
@@ -51,6 +52,9 @@ def masked_lm_updates_per_epoch(
         eos=dictionary.eos(),
         break_mode=sample_break_mode,
     )
-    batches = math.ceil(len(blocks) / batch_size)
+    # the trainer drops training samples longer than --tokens-per-sample (a sentence longer than a
+    # block in "complete" mode is a block of its own); <s> adds one token to every block
+    kept = int(((blocks.sizes + 1) <= tokens_per_sample).sum())
+    batches = math.ceil(kept / batch_size)
     per_rank = math.ceil(batches / world_size)
     return math.ceil(per_rank / update_freq)
