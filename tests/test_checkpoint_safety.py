@@ -406,3 +406,37 @@ def test_a_disk_offloaded_wrapper_refuses_to_be_copied(tmp_path):
     opt.snapshot()
     with pytest.raises(TypeError, match="offload='disk'.*state_dict"):
         copy.deepcopy(opt)
+
+
+# ----------------------------------------------------------------------------- across offload modes
+@pytest.mark.parametrize("saved_with", [None, "cpu", "disk"])
+@pytest.mark.parametrize("loaded_into", [None, "cpu", "disk"])
+def test_a_state_dict_resumes_bit_exactly_across_offload_modes(tmp_path, saved_with, loaded_into):
+    def make(offload, folder):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        kwargs = {"offload": offload}
+        if offload == "disk":
+            folder.mkdir()
+            kwargs["offload_dir"] = folder
+        return model, LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=3, period=1, **kwargs)
+
+    def train(model, opt, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            opt.zero_grad()
+            model(torch.randn(2, 3, generator=g)).sum().backward()
+            opt.step()
+
+    model, opt = make(saved_with, tmp_path / "a")
+    train(model, opt, 5, 0)
+    atomic_save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    train(model, opt, 4, 1)
+    model2, opt2 = make(loaded_into, tmp_path / "b")
+    state = safe_load(tmp_path / "ckpt.pt")
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    train(model2, opt2, 4, 1)
+    for j in (1, 2, 3):
+        with opt.averaged(k=j), opt2.averaged(k=j):
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
