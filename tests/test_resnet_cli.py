@@ -165,3 +165,19 @@ def test_help_shows_examples():
     assert res.exit_code == 0
     assert "lawa bench resnet --config configs/quick.yaml --out runs/quick" in res.output
     assert "torchrun --nproc_per_node 2" in res.output and "--methods" in res.output
+
+
+def test_fresh_restarts_a_folder_of_another_config_with_progress_bars(full_run, tmp_path):
+    out, _ = full_run
+    target = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, target)
+    one = [a for a in TINY if not a.startswith(("train.epochs", "methods.swa"))] + ["train.epochs=1", "train.lr=0.05"]
+    res = CliRunner().invoke(resnet, ["--config", QUICK, "--methods", "lawa", "--out", str(target), *one])
+    assert res.exit_code == 2 and "another configuration" in res.output and "--fresh" in res.output
+    res = CliRunner().invoke(resnet, ["--config", QUICK, "--methods", "lawa", "--out", str(target), "--fresh", *one])
+    assert res.exit_code == 0, res.output
+    rows = _rows(target)
+    assert {r["epoch"] for r in rows} == {1} and {r["seed"] for r in rows} == {0}
+    assert "base seed 0" in res.output  # the tqdm bar (stderr is part of the output)
