@@ -288,9 +288,13 @@ def write_report(
     if not rows:
         raise ValueError(f"Invalid run folder {str(run_dir)!r}: its metrics hold no rows yet")
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    metric = metric or meta.get("metric") or "top1"
+    if metric is None:  # the run's own, else the first known metric its rows hold
+        present = [m for m in ("top1", "val_ppl", "ppl", "val_loss") if any(r.get(m) is not None for r in rows)]
+        metric = meta.get("metric") or (present[0] if present else "top1")
     if not any(r.get(metric) is not None for r in rows):
-        raise ValueError(f"Invalid metric {metric!r}: no row of {str(run_dir)!r} has it")
+        cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in KEYS})
+        raise ValueError(f"Invalid metric {metric!r}: no row of {str(run_dir)!r} has it; its numeric columns are "
+                         f"{cols} (pass one with --metric; the schema is in benchmarks/report.py)")
     hib = higher_is_better if higher_is_better is not None else meta.get(
         "higher_is_better", not any(w in metric for w in ("loss", "ppl")))
     baseline = baseline or meta.get("baseline") or ("base" if "base" in methods else methods[0])
@@ -397,7 +401,7 @@ def _report_text(metric, baseline, headline, label, final, leads, headline_rows,
             parts += ["", f"Longest lead: {head} reaches {metric} {lead['level']:.2f} at epoch "
                       f"{lead['method_epoch']}, {base} at epoch {lead['base_epoch']}: "
                       f"{lead['epochs_saved']} epoch(s) saved, {_duration(lead['hours_saved'])} of wall-clock "
-                      "training (the method's own averaging and BatchNorm time counted against it)."]
+                      "training (the method's own averaging time, avg_time_s, counted against it)."]
         else:
             parts += ["", f"{base} reaches every level {head} reaches at the same epoch or earlier: no time saved."]
         if len(per_seed) > 1:
