@@ -34,6 +34,8 @@ __all__ = ["STATE_KEY", "AveragingOptimizer"]
 
 STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
 STATE_FORMAT = 1
+# Per-parameter states of torch's optimizers that always have the parameter's shape.
+_PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 class _Swap:
@@ -367,6 +369,7 @@ class AveragingOptimizer(Optimizer):
             ):
                 raise ValueError("Invalid state_dict: its training weights do not match this optimizer's parameters")
         self._check_method_state(mine)
+        self._check_base_state_shapes(state_dict)
         assert self.optimizer is not None
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
         self.num_steps = int(mine["num_steps"])
@@ -376,6 +379,30 @@ class AveragingOptimizer(Optimizer):
             self._swap = {"backup": backup, "buffers": [], "saved_buffers": [], "args": {}}
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    def _check_base_state_shapes(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``Optimizer.load_state_dict`` checks parameter counts, not shapes: refuse saved
+        per-parameter state of the wrong shape (momentum, Adam moments, or any tensor this
+        optimizer already holds under the same key) before it is loaded."""
+        groups, state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(groups, list) or not isinstance(state, dict):
+            return  # torch's own load_state_dict reports it
+        ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(ids) != len(params):
+            return  # torch's own load_state_dict reports it
+        for index, p in zip(ids, params):
+            saved = state.get(index)
+            current = self.state.get(p, {})
+            for key, value in (saved.items() if isinstance(saved, dict) else ()):
+                now = current.get(key)
+                shaped = key in _PARAM_SHAPED_STATE or (isinstance(now, Tensor) and now.dim() > 0)
+                want = tuple(p.shape) if key in _PARAM_SHAPED_STATE else tuple(now.shape) if shaped else None
+                if isinstance(value, Tensor) and shaped and tuple(value.shape) != want:
+                    raise ValueError(
+                        f"Invalid state_dict: optimizer state {key!r} of parameter {index} has shape "
+                        f"{tuple(value.shape)}, expected {want}; was it saved for another model?"
+                    )
 
     # --------------------------------------------------------------------------- method hooks
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:

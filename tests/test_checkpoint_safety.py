@@ -440,3 +440,39 @@ def test_a_state_dict_resumes_bit_exactly_across_offload_modes(tmp_path, saved_w
     for j in (1, 2, 3):
         with opt.averaged(k=j), opt2.averaged(k=j):
             assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.parametrize("name", ["base", "lawa", "exp", "lookahead", "swa", "ema", "schedulefree"])
+def test_every_method_refuses_a_state_dict_of_another_shape_and_changes_nothing(name):
+    """Bug found here for the bare wrapper ('base'): torch's Optimizer.load_state_dict checks only
+    parameter counts, so momentum buffers of another model's shape were loaded silently."""
+    from conftest import require
+
+    from lawa_optim import create, get_method_info
+
+    module = get_method_info(name).requires
+    if module is not None:
+        require(module, f"the {name!r} method")
+    kwargs = {"lawa": {"k": 3, "period": 1}, "exp": {"k": 3, "period": 1}, "swa": {"period": 1},
+              "ema": {"decay": 0.9}, "lookahead": {"k": 2}}.get(name, {})
+
+    def make(width):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, width), nn.Linear(width, 2))
+        return model, create(name, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), **kwargs)
+
+    def train(model, opt):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(2, 3, generator=g)).sum().backward()
+            opt.step()
+
+    model, opt = make(4)
+    other_model, other = make(5)
+    train(model, opt)
+    train(other_model, other)
+    before = {"opt": copy.deepcopy(opt.state_dict()), "params": [p.detach().clone() for p in model.parameters()]}
+    with pytest.raises(ValueError, match=r"shape|\(5, 3\)|another model"):
+        opt.load_state_dict(copy.deepcopy(other.state_dict()))
+    _assert_equal(before, {"opt": opt.state_dict(), "params": [p.detach().clone() for p in model.parameters()]})
