@@ -171,6 +171,10 @@ class LAWAWrapper(AveragingOptimizer):
                 f"Invalid state_dict: saved with k={state.get('k')!r}, this wrapper has k={self.k}; "
                 "create the wrapper with the same k"
             )
+        for key in ("ring", "sums"):
+            entries = state.get(key, [])
+            if not isinstance(entries, (list, tuple)) or not all(isinstance(t, Tensor) for t in entries):
+                raise ValueError(f"Invalid state_dict: state_dict['lawa'][{key!r}] must be a list of tensors")
         self._ring.check_state_dict(state, "state_dict['lawa']")
         for i, (ring, total) in enumerate(zip(state["ring"], state["sums"])):
             # The running sum must be the sum of the snapshots (up to its rounding): a corrupted

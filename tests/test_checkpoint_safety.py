@@ -274,12 +274,18 @@ def _foreign_state_dicts():
     skewed = copy.deepcopy(good)
     skewed["lawa"]["sums"][2].add_(1.0)
     out.append(("sums_skewed", skewed, "running sum of parameter 2"))
+    ring_lists = copy.deepcopy(good)
+    ring_lists["lawa"]["ring"] = [[0.0]] * len(ring_lists["lawa"]["ring"])
+    out.append(("ring_not_tensors", ring_lists, "list of tensors"))
+    sums_none = copy.deepcopy(good)
+    sums_none["lawa"]["sums"] = None
+    out.append(("sums_none", sums_none, "list of tensors"))
     return out
 
 
 FOREIGN = ["other_k", "other_shape", "other_model", "other_method", "plain_optimizer", "ring_dtype",
            "ring_length", "negative_count", "training_weights", "param_groups", "num_steps_missing",
-           "num_steps_str", "lawa_not_dict", "sums_nan", "sums_skewed"]
+           "num_steps_str", "lawa_not_dict", "sums_nan", "sums_skewed", "ring_not_tensors", "sums_none"]
 
 
 @pytest.mark.parametrize("name", FOREIGN)
