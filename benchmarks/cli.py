@@ -22,6 +22,7 @@ _COMMANDS: dict[str, dict[str, str]] = {
         "resnet": "benchmarks.resnet.cli:resnet",
         "roberta": "benchmarks.roberta.cli:roberta",
         "overhead": "benchmarks.overhead.cli:overhead",
+        "soak": "benchmarks.soak:soak",
     },
 }
 

@@ -81,3 +81,22 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
     assert resumed["final_average_sum"] == straight["final_average_sum"]
     assert resumed["snapshots"] == 500 and resumed["exact"]
     print(f"\nsoak kills: {kills}, checkpoint steps after each kill: {steps_seen}")
+
+
+@pytest.mark.cli
+def test_lawa_bench_soak_command(tmp_path):
+    from conftest import require
+
+    require("click", "the lawa command line")
+    from click.testing import CliRunner
+
+    from benchmarks.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "soak", "--out", str(tmp_path), "--steps", "200", "--period", "2",
+                                       "--k", "3", "--check-every", "10"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["snapshots"] == 100 and summary["exact"]
+    assert json.loads((tmp_path / "soak.json").read_text())["snapshots"] == 100
+    bad = CliRunner().invoke(main, ["bench", "soak", "--out", str(tmp_path / "x"), "--steps", "0"])
+    assert bad.exit_code == 2 and "steps=0" in bad.output
