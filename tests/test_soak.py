@@ -95,7 +95,7 @@ def test_lawa_bench_soak_command(tmp_path):
     result = CliRunner().invoke(main, ["bench", "soak", "--out", str(tmp_path), "--steps", "200", "--period", "2",
                                        "--k", "3", "--check-every", "10"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.output[result.output.rindex('{"steps"'):].splitlines()[0])  # after tqdm's bar
     assert summary["snapshots"] == 100 and summary["exact"]
     assert json.loads((tmp_path / "soak.json").read_text())["snapshots"] == 100
     bad = CliRunner().invoke(main, ["bench", "soak", "--out", str(tmp_path / "x"), "--steps", "0"])
