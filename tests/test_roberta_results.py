@@ -18,7 +18,7 @@ def _valid(epoch, ppl, lawa=None, updates=None):
 
 
 def _train(epoch, loss):
-    rec = {"epoch": epoch, "train_loss": str(loss), "train_wall": "5", "wall": str(6 * epoch)}
+    rec = {"epoch": epoch, "train_loss": str(loss), "train_train_wall": "5", "train_wall": str(6 * epoch)}
     return "2026-11-28 22:10:00 | INFO | train | " + json.dumps(rec)
 
 
@@ -39,7 +39,8 @@ def test_parse_log_reads_adam_and_lawa_per_epoch():
     assert [r["epoch"] for r in recs] == list(range(1, 8))
     assert [r["adam_ppl"] for r in recs] == ADAM
     assert [r["lawa_ppl"] for r in recs] == LAWA
-    assert recs[2]["train_loss"] == 5.0 / 3 and recs[2]["num_updates"] == 30 and recs[2]["cum_wall"] == 18
+    assert recs[2]["train_loss"] == 5.0 / 3 and recs[2]["num_updates"] == 30
+    assert recs[2]["cum_wall"] == 18 and recs[2]["wall"] == 5
 
 
 def test_parse_log_last_line_of_an_epoch_wins_after_resume():
