@@ -70,3 +70,16 @@ def test_base_config_command_is_the_papers_batch(tmp_path):
     assert (flags["--tokens-per-sample"], flags["--warmup-updates"], flags["--total-num-update"]) == ("512", "10000",
                                                                                                    "125000")
     assert "--fp16" in cmd and "--cpu" not in cmd and flags["--lawa-k"] == "10"
+
+
+def test_plugin_folder_lookup_does_not_import_fairseq():
+    """`lawa fairseq-user-dir` and `import lawa_optim.integrations.fairseq` stay light: fairseq loads in fairseq."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lawa_optim, lawa_optim.integrations.fairseq as f; f.user_dir(); "
+            "import benchmarks.roberta.cli; "
+            "assert 'fairseq' not in sys.modules and 'matplotlib' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
