@@ -65,8 +65,8 @@ def parse_log(lines: Iterable[str], subset: str = "valid") -> list[dict[str, Any
             "lawa_loss": _num(v.get(f"{subset}_lawa_loss")),
             "lawa_ppl": _num(v.get(f"{subset}_lawa_ppl")),
             "train_loss": _num(t.get("train_loss")),
-            "wall": _num(t.get("train_wall")) if t else None,
-            "cum_wall": _num(t.get("wall")) if t else None,
+            "wall": _num(t.get("train_train_wall")) if t else None,  # training time of the epoch
+            "cum_wall": _num(t.get("train_wall")) if t else None,  # wall time since the start (resumes included)
         })
     return out
 

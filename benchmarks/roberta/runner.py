@@ -208,7 +208,8 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
     if skipped:
         meta["skipped_samples"] = skipped
         log("note: fairseq skipped samples longer than tokens_per_sample: " + "; ".join(s[:90] for s in skipped))
-    meta["session_seconds"] = round(time.time() - start, 1)
+    if not report_only:
+        meta["session_seconds"] = round(time.time() - start, 1)  # this invocation (a resume counts alone)
     meta["train_seconds"] = records[-1]["cum_wall"] if records else None
     logged = [b["num_updates"] - a["num_updates"] for a, b in zip(records, records[1:])
               if a["num_updates"] is not None and b["num_updates"] is not None]
