@@ -44,9 +44,10 @@ def test_a_folder_holding_another_soak_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
-    """Up to six SIGKILLs of a forked soak at random moments (checkpoints written every 50 steps, so some
-    land mid-write): the checkpoint is always absent or whole, and the run resumed after the last
-    kill ends with the uninterrupted run's average, bit for bit."""
+    """Six SIGKILLs of a forked soak at random moments (each just after the attempt wrote a new
+    checkpoint, within the next interval, so a kill may land mid-write): the checkpoint is always
+    absent or whole, and the run resumed after the last kill ends with the uninterrupted run's
+    average, bit for bit."""
     import multiprocessing
     import os
     import random
@@ -62,20 +63,25 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
     rng = random.Random(0)
     steps_seen, kills = [], 0
     while kills < 6:
+        ckpt = out / "soak_ckpt.pt"
+        last = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
         child = ctx.Process(target=run, args=(cfg, out))
         child.start()
-        time.sleep(rng.uniform(0.2, 1.0))
+        # Kill once this attempt has written a new checkpoint, after a random moment more: the
+        # kills land mid-run (some mid-write) whatever the machine's speed.
+        while child.is_alive() and (not ckpt.exists() or ckpt.stat().st_mtime_ns == last):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
         os.kill(child.pid, signal.SIGKILL)  # our own child, by its pid
         child.join()
         if child.exitcode != -signal.SIGKILL:
             break  # it finished before the kill: the run is complete
         kills += 1
-        ckpt = out / "soak_ckpt.pt"
         if ckpt.exists():  # never truncated: it loads, and holds a step at a checkpoint boundary
             step = safe_load(ckpt)["state"]["step"]
             assert step % 50 == 0
             steps_seen.append(step)
-    assert kills >= 3, f"only {kills} kills landed before the run finished"
+    assert kills == 6, f"only {kills} kills landed before the run finished"
     assert steps_seen == sorted(steps_seen)  # progress is never lost
     resumed = run(cfg, out)
     assert resumed["final_average_sum"] == straight["final_average_sum"]
