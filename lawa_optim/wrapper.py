@@ -163,7 +163,7 @@ class LAWAWrapper(AveragingOptimizer):
         self._ring.add_params([_local(p) for p in params])
 
     def _method_state(self) -> dict[str, Any]:
-        return {"k": self.k, **self._ring.state_dict()}
+        return {"k": self.k, "skipped_snapshots": self.skipped_snapshots, **self._ring.state_dict()}
 
     def _check_method_state(self, state: dict[str, Any]) -> None:
         if state.get("k") != self.k:
@@ -188,3 +188,4 @@ class LAWAWrapper(AveragingOptimizer):
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self._ring.load_state_dict(state)
+        self.skipped_snapshots = int(state.get("skipped_snapshots", 0))  # absent in older state dicts

@@ -193,3 +193,15 @@ def test_state_dict_from_another_model_rejected():
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(other.state_dict())
     _assert_unchanged(model, opt, before)
+
+
+def test_skipped_snapshot_count_survives_resume():
+    model, opt = _trained()
+    opt.nonfinite = "skip"
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        opt.snapshot()
+    _, fresh = _trained()
+    fresh.load_state_dict(opt.state_dict())
+    assert opt.skipped_snapshots == fresh.skipped_snapshots == 1
