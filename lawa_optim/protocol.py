@@ -97,10 +97,7 @@ class AveragingOptimizer(Optimizer):
         self.optimizer = optimizer
         # Share, do not copy: schedulers and GradScaler see the base optimizer's groups and state.
         self._share()
-        # The base optimizer's load_state_dict replaces its param_groups and state objects; share
-        # the new ones, whoever calls it (else a scheduler would drive stale groups after resuming).
-        ref = weakref.ref(self)
-        optimizer.register_load_state_dict_post_hook(lambda _opt: ref() is not None and ref()._share())
+        self._follow_base_loads()
         self.period = period
         self.num_steps = 0
         self._params = self._group_params()
@@ -125,6 +122,12 @@ class AveragingOptimizer(Optimizer):
             super().__setstate__(state)
             return
         self.__dict__.update(state)
+        self._follow_base_loads()
+
+    def _follow_base_loads(self) -> None:
+        """The base optimizer's load_state_dict replaces its param_groups and state objects: share
+        the new ones, whoever calls it (else a scheduler would drive stale groups after resuming)."""
+        assert self.optimizer is not None
         ref = weakref.ref(self)
         self.optimizer.register_load_state_dict_post_hook(lambda _opt: ref() is not None and ref()._share())
 
