@@ -41,6 +41,7 @@ def _train(model, opt, steps, seed=0):
 def _ring_state(opt) -> dict:
     sd = copy.deepcopy(opt.state_dict()["lawa"])
     sd.pop("num_steps")  # steps go on; the ring must not
+    sd.pop("skipped_snapshots")  # counts the refusals (asserted on its own)
     sd["snapshots"] = [[s.clone() for s in opt.snapshots(i)] for i in range(len(sd["ring"]))]
     return sd
 

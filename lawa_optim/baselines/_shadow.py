@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
-__all__ = ["Shadow"]
+from ..protocol import AveragingOptimizer
+
+__all__ = ["Shadow", "ShadowWrapper"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -100,3 +103,32 @@ class Shadow:
         """Load averages checked by :meth:`check` (cast to this shadow's device and dtype)."""
         for a, t in zip(self.avg, tensors, strict=True):
             a.copy_(t)
+
+
+class ShadowWrapper(AveragingOptimizer):
+    """Base of the wrappers whose evaluation weights are one averaged copy (EMA, SWA).
+
+    Args:
+        optimizer (torch.optim.Optimizer): the base optimizer.
+        period (int, optional): see :class:`~lawa_optim.protocol.AveragingOptimizer`.
+        multi_avg_fn (callable): ``multi_avg_fn(averages, current, n_averaged)`` from
+            ``torch.optim.swa_utils`` (``get_ema_multi_avg_fn`` or ``get_swa_multi_avg_fn``).
+    """
+
+    def __init__(self, optimizer: Optimizer, period: int | None, multi_avg_fn: Callable[..., None]) -> None:
+        super().__init__(optimizer, period)
+        self._avg_fn = multi_avg_fn
+        self._shadow = Shadow(self._params)
+
+    def _average_in(self, n_averaged: int) -> None:
+        """One ``AveragedModel.update_parameters``: the first update copies the weights."""
+        if n_averaged == 0:
+            self._shadow.copy_from_params()
+        else:
+            self._shadow.update(self._avg_fn, n_averaged)
+
+    def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
+        self._shadow.write_to(params)
+
+    def _on_new_params(self, params: list[Tensor]) -> None:
+        self._shadow.add(params)

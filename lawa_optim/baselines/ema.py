@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ..protocol import AveragingOptimizer
-from ._shadow import Shadow
+from ._shadow import ShadowWrapper
 
 __all__ = ["EMAWrapper"]
 
 
-class EMAWrapper(AveragingOptimizer):
+class EMAWrapper(ShadowWrapper):
     r"""Exponential moving average of the weights, updated every ``update_every`` optimizer steps.
 
     :math:`W^{EMA}_1 = W_1`, then :math:`W^{EMA} \leftarrow \text{decay}\, W^{EMA} + (1-\text{decay})\, W`
@@ -46,12 +44,10 @@ class EMAWrapper(AveragingOptimizer):
             raise ValueError(f"Invalid decay: {decay!r}; use a float in [0, 1), e.g. 0.999")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"Invalid update_every: {update_every!r}; use a positive int (1 updates every step)")
-        super().__init__(optimizer, period=None)
+        super().__init__(optimizer, None, get_ema_multi_avg_fn(float(decay)))
         self.decay = float(decay)
         self.update_every = update_every
         self.num_updates = 0
-        self._ema_fn = get_ema_multi_avg_fn(self.decay)
-        self._shadow = Shadow(self._params)
 
     def _describe(self) -> str:
         return f"decay={self.decay}, update_every={self.update_every}"
@@ -65,10 +61,7 @@ class EMAWrapper(AveragingOptimizer):
     def _after_step(self) -> None:
         if self.num_steps % self.update_every:
             return
-        if self.num_updates == 0:
-            self._shadow.copy_from_params()
-        else:
-            self._shadow.update(self._ema_fn, self.num_updates)
+        self._average_in(self.num_updates)
         self.num_updates += 1
 
     def _check_can_average(self, k: int | None) -> None:
@@ -78,12 +71,6 @@ class EMAWrapper(AveragingOptimizer):
                 f"No EMA yet: the first update comes after {self.update_every} optimizer step(s) "
                 f"({self.num_steps} taken so far)"
             )
-
-    def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
-        self._shadow.write_to(params)
-
-    def _on_new_params(self, params: list[Tensor]) -> None:
-        self._shadow.add(params)
 
     def _method_state(self) -> dict[str, Any]:
         return {

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.swa_utils import get_swa_multi_avg_fn
 
-from ..protocol import AveragingOptimizer
-from ._shadow import Shadow
+from ._shadow import ShadowWrapper
 
 __all__ = ["SWAWrapper"]
 
 
-class SWAWrapper(AveragingOptimizer):
+class SWAWrapper(ShadowWrapper):
     r"""Stochastic Weight Averaging (Izmailov et al., 2018): the equal-weight mean of all snapshots
     from the ``swa_start``-th on.
 
@@ -50,12 +48,10 @@ class SWAWrapper(AveragingOptimizer):
                 f"Invalid swa_start: {swa_start!r}; use a non-negative int, the index of the first "
                 "snapshot (epoch, with period=len(train_loader)) to average"
             )
-        super().__init__(optimizer, period)
+        super().__init__(optimizer, period, get_swa_multi_avg_fn())
         self.swa_start = swa_start
         self.snapshots_taken = 0
         self.n_averaged = 0
-        self._swa_fn = get_swa_multi_avg_fn()
-        self._shadow = Shadow(self._params)
 
     def _describe(self) -> str:
         return f"period={self.period}, swa_start={self.swa_start}"
@@ -71,10 +67,7 @@ class SWAWrapper(AveragingOptimizer):
         self.snapshots_taken += 1
         if index < self.swa_start:
             return
-        if self.n_averaged == 0:
-            self._shadow.copy_from_params()
-        else:
-            self._shadow.update(self._swa_fn, self.n_averaged)
+        self._average_in(self.n_averaged)
         self.n_averaged += 1
 
     def _check_can_average(self, k: int | None) -> None:
@@ -84,12 +77,6 @@ class SWAWrapper(AveragingOptimizer):
                 f"No SWA mean yet: averaging starts at snapshot {self.swa_start} (swa_start) and "
                 f"{self.snapshots_taken} snapshot(s) were taken (period={self.period})"
             )
-
-    def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
-        self._shadow.write_to(params)
-
-    def _on_new_params(self, params: list[Tensor]) -> None:
-        self._shadow.add(params)
 
     def _method_state(self) -> dict[str, Any]:
         return {
