@@ -30,6 +30,7 @@ import tempfile
 import pytest
 import torch
 from conftest import IN_CI, require
+from reference import reference_average
 from torch import nn
 
 from lawa_optim import LAWAWrapper, create, exp_coefficients, get_method_info, list_methods
@@ -169,7 +170,6 @@ class WrapperMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------------- reference
     def _expected_average(self, j: int | None) -> list[torch.Tensor]:
         m = min(j or self.opt.k, len(self.history), self.opt.k)
-        window = self.history[-m:]
         weights = self.opt_args.get("weights", "uniform")
         if weights == "uniform":
             coeffs = None
@@ -178,15 +178,7 @@ class WrapperMachine(RuleBasedStateMachine):
         else:
             head = weights[:m]
             coeffs = [c / math.fsum(head) for c in head]
-        out = []
-        for i in range(len(window[0])):
-            stack = torch.stack([snap[i].double() for snap in window])
-            if coeffs is None:
-                out.append(stack.mean(0))
-            else:
-                w = torch.tensor(coeffs[::-1], dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))
-                out.append((stack * w).sum(0))
-        return out
+        return reference_average(self.history, m, coeffs)
 
     def _window_invalid(self, j: int | None) -> bool:
         weights = self.opt_args.get("weights", "uniform")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_average
 
 from lawa_optim import store
 from lawa_optim.store import SnapshotRing
@@ -39,17 +40,7 @@ def perturb(params: list[torch.Tensor], step: int) -> None:
             p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.1)
 
 
-def reference(history: list[list[torch.Tensor]], j: int, coeffs=None) -> list[torch.Tensor]:
-    window = history[-j:]
-    out = []
-    for i in range(len(window[0])):
-        stack = torch.stack([snap[i].double() for snap in window])
-        if coeffs is None:
-            out.append(stack.mean(0))
-        else:
-            w = torch.tensor(coeffs[::-1], dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))
-            out.append((stack * w).sum(0))
-    return out
+reference = reference_average
 
 
 def tolerance(dtype: torch.dtype) -> dict:

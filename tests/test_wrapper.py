@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from reference import reference_average
 from torch import nn
 
 from lawa_optim import LAWAWrapper, exp_coefficients
@@ -27,20 +28,6 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
 
 def params_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
-
-
-def reference_average(history: list[list[torch.Tensor]], j: int, coeffs=None) -> list[torch.Tensor]:
-    """Float64 reference: the mean (or weighted sum, coefficients newest first) of the j latest."""
-    window = history[-j:]
-    out = []
-    for i in range(len(window[0])):
-        stack = torch.stack([snap[i].double() for snap in window])
-        if coeffs is None:
-            out.append(stack.mean(0))
-        else:
-            w = torch.tensor(coeffs[::-1], dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))
-            out.append((stack * w).sum(0))
-    return out
 
 
 def assert_close_to(model: nn.Module, expected: list[torch.Tensor], rtol=1e-6, atol=1e-7) -> None:
