@@ -31,3 +31,12 @@ def require(module: str, why: str = ""):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (small tensors: threads only add noise), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

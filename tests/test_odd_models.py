@@ -23,12 +23,7 @@ TOL = {torch.float32: (1e-6, 1e-7), torch.float64: (1e-12, 1e-14), torch.bfloat1
        torch.float16: (1e-3, 1e-4)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unique_params(opt) -> list[torch.Tensor]:
