@@ -37,11 +37,11 @@ fi
 
 start=$(date +%s)
 status=0
-timeout "${GPU_CHECK_TIMEOUT:-290}" "$PY" -m benchmarks.cli bench overhead "${ARGS[@]}" --no-progress --out "$OUT_DIR/overhead" \
+timeout "${GPU_CHECK_TIMEOUT:-290}" "$PY" -m lawa_optim.cli bench overhead "${ARGS[@]}" --no-progress --out "$OUT_DIR/overhead" \
   2>&1 | tee "$OUT_DIR/gpu_check.log" || status=$?
 if [ "$status" -ne 0 ] && [ -f "$OUT_DIR/overhead/overhead.json" ]; then
   # killed or failed part-way: the figures measured so far are in overhead.json; print them
-  "$PY" -c 'import json, sys; from benchmarks.overhead.report import markdown_table
+  "$PY" -c 'import json, sys; from lawa_benchmarks.overhead.report import markdown_table
 print(markdown_table(json.load(open(sys.argv[1]))))' "$OUT_DIR/overhead/overhead.json" \
     | tee "$OUT_DIR/overhead/overhead.md" | tee -a "$OUT_DIR/gpu_check.log"
   echo "gpu_check.sh: the benchmark stopped early (exit $status); the table above is partial" | tee -a "$OUT_DIR/gpu_check.log"

@@ -1,4 +1,4 @@
-"""The PNG plots of :mod:`benchmarks.report`, in the style of the paper's figures (matplotlib, Agg).
+"""The PNG plots of :mod:`lawa_benchmarks.report`, in the style of the paper's figures (matplotlib, Agg).
 
 - :func:`plot_curves`: every metric per epoch for every method, mean line and ± std band
   (Figures 1, 3, 5, 6).

@@ -11,8 +11,8 @@ matplotlib is installed). A checkpoint is written atomically every ``cfg.checkpo
 steps; running again with the same ``OUT`` resumes from it and ends with the same numbers.
 
 Example:
-    python -m benchmarks.soak runs/soak                       # the full soak
-    python -m benchmarks.soak runs/soak-short --steps 5000    # a short one
+    python -m lawa_benchmarks.soak runs/soak                       # the full soak
+    python -m lawa_benchmarks.soak runs/soak-short --steps 5000    # a short one
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def invoke(*args: str):
-    from benchmarks.cli import main
+    from lawa_optim.cli import main
 
     return click_testing.CliRunner().invoke(main, ["average", *map(str, args)])
 
@@ -164,8 +164,8 @@ def test_out_equal_to_an_input_needs_force(tmp_path):
 _FORK_SERVER = """
 import io, json, os, sys, time
 import torch, tqdm  # noqa: F401  (imported once, before any fork; no torch op runs in this process)
-import benchmarks.average_cli, lawa_optim.offline  # noqa: F401
-from benchmarks.cli import main
+import lawa_optim.cli.average, lawa_optim.offline  # noqa: F401
+from lawa_optim.cli import main
 
 _real_save = torch.save
 def _slow_save(obj, f, *args, **kwargs):

@@ -13,7 +13,7 @@ def _bench():
     require("click")
     require("matplotlib")
     require("tqdm")
-    from benchmarks.overhead import figures, measure, run
+    from lawa_benchmarks.overhead import figures, measure, run
 
     return figures, measure, run
 
@@ -158,7 +158,7 @@ def test_cli_runs_and_rejects_bad_sizes(tmp_path):
     require("click")
     from click.testing import CliRunner
 
-    from benchmarks.cli import main
+    from lawa_optim.cli import main
 
     runner = CliRunner()
     res = runner.invoke(main, ["bench", "overhead", "--sizes", "2e3", "--repeats", "1", "--no-models", "--no-disk",

@@ -1,4 +1,4 @@
-"""benchmarks.report: summaries, time saved and the report files, against hand-computed references."""
+"""lawa_benchmarks.report: summaries, time saved and the report files, against hand-computed references."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.conftest import require
 require("click")
 require("matplotlib")
 
-from benchmarks.report import (  # noqa: E402
+from lawa_benchmarks.report import (  # noqa: E402
     load_metrics,
     longest_lead,
     report,

@@ -16,9 +16,9 @@ for _module in ("click", "yaml", "tqdm", "matplotlib", "torchvision"):
 
 from click.testing import CliRunner  # noqa: E402
 
-from benchmarks.report import summarize, time_saved  # noqa: E402
-from benchmarks.resnet.cli import resnet  # noqa: E402
-from benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
+from lawa_benchmarks.report import summarize, time_saved  # noqa: E402
+from lawa_benchmarks.resnet.cli import resnet  # noqa: E402
+from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.yaml")
@@ -159,7 +159,7 @@ def test_missing_data_says_how_to_install(tmp_path):
 
 
 def test_help_shows_examples():
-    from benchmarks.cli import main
+    from lawa_optim.cli import main
 
     res = CliRunner().invoke(main, ["bench", "resnet", "--help"])
     assert res.exit_code == 0

@@ -1,4 +1,4 @@
-"""benchmarks.resnet.config: every shipped config loads; every problem of a bad one is reported at once."""
+"""lawa_benchmarks.resnet.config: every shipped config loads; every problem of a bad one is reported at once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.conftest import require
 
 require("yaml")
 
-from benchmarks.resnet.config import ConfigError, config_to_dict, load_config, parse_config  # noqa: E402
+from lawa_benchmarks.resnet.config import ConfigError, config_to_dict, load_config, parse_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RESNET_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if "lawa bench resnet" in p.read_text().splitlines()[0])

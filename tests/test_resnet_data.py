@@ -1,4 +1,4 @@
-"""benchmarks.resnet.data and .models: the IDX reader, fixed subsets, the batch order, the ResNets."""
+"""lawa_benchmarks.resnet.data and .models: the IDX reader, fixed subsets, the batch order, the ResNets."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tests.conftest import require
 require("torchvision")
 require("yaml")
 
-from benchmarks.resnet.config import DataConfig, ModelConfig  # noqa: E402
-from benchmarks.resnet.data import (  # noqa: E402
+from lawa_benchmarks.resnet.config import DataConfig, ModelConfig  # noqa: E402
+from lawa_benchmarks.resnet.data import (  # noqa: E402
     DEFAULT_FASHION_MNIST,
     DataMissingError,
     load_data,
@@ -24,7 +24,7 @@ from benchmarks.resnet.data import (  # noqa: E402
     shard,
     train_loader,
 )
-from benchmarks.resnet.models import build_model  # noqa: E402
+from lawa_benchmarks.resnet.models import build_model  # noqa: E402
 
 
 def _write_idx(path: Path, array: list[list[int]]) -> None:

@@ -15,7 +15,7 @@ from tests.conftest import require
 for _module in ("click", "yaml", "tqdm", "torchvision"):
     require(_module)
 
-from benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
+from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -32,7 +32,7 @@ def test_two_process_ddp_run(tmp_path):
         require("__fashion_mnist_data__", "apt-get install dataset-fashion-mnist")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "benchmarks.cli", "bench", "resnet", "--config", str(ROOT / "configs" / "quick.yaml"),
+           "-m", "lawa_optim.cli", "bench", "resnet", "--config", str(ROOT / "configs" / "quick.yaml"),
            "--methods", "lawa", "--out", str(out), "--no-progress", "device=cpu", *TINY]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

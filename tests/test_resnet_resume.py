@@ -20,9 +20,9 @@ from tests.conftest import require
 for _module in ("click", "yaml", "tqdm", "torchvision"):
     require(_module)
 
-from benchmarks.resnet.config import load_config  # noqa: E402
-from benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
-from benchmarks.resnet.runner import ResumeError, run  # noqa: E402
+from lawa_benchmarks.resnet.config import load_config  # noqa: E402
+from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
+from lawa_benchmarks.resnet.runner import ResumeError, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quick.yaml"
@@ -81,7 +81,7 @@ def test_killed_by_exceptions_resumes_to_the_same_numbers(tmp_path, uninterrupte
 
 def test_sigkilled_process_resumes_to_the_same_numbers(tmp_path, uninterrupted):
     """Only LAWA this time: the SGD trajectory and LAWA's numbers must not depend on the other observers."""
-    cmd = [sys.executable, "-m", "benchmarks.cli", "bench", "resnet", "--config", str(QUICK), "--out", str(tmp_path),
+    cmd = [sys.executable, "-m", "lawa_optim.cli", "bench", "resnet", "--config", str(QUICK), "--out", str(tmp_path),
            "--methods", "lawa", "--no-progress", *TINY]
     ckpt = tmp_path / "checkpoints" / "base_seed0.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -96,7 +96,7 @@ def test_sigkilled_process_resumes_to_the_same_numbers(tmp_path, uninterrupted):
     # the same command again, in this process (saves an interpreter start)
     from click.testing import CliRunner
 
-    from benchmarks.resnet.cli import resnet
+    from lawa_benchmarks.resnet.cli import resnet
 
     res = CliRunner().invoke(resnet, cmd[5:], catch_exceptions=False)
     assert res.exit_code == 0, res.output

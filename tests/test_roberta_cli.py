@@ -9,9 +9,9 @@ import pytest
 pytestmark = pytest.mark.cli
 click_testing = pytest.importorskip("click.testing")
 
-from benchmarks.cli import main  # noqa: E402
-from benchmarks.roberta.config import load_config  # noqa: E402
-from benchmarks.roberta.runner import fairseq_train_command, updates_plan  # noqa: E402
+from lawa_optim.cli import main  # noqa: E402
+from lawa_benchmarks.roberta.config import load_config  # noqa: E402
+from lawa_benchmarks.roberta.runner import fairseq_train_command, updates_plan  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -78,7 +78,7 @@ def test_plugin_folder_lookup_does_not_import_fairseq():
     import sys
 
     code = ("import sys, lawa_optim, lawa_optim.integrations.fairseq as f; f.user_dir(); "
-            "import benchmarks.roberta.cli; "
+            "import lawa_benchmarks.roberta.cli; "
             "assert 'fairseq' not in sys.modules and 'matplotlib' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)

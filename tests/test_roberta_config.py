@@ -1,4 +1,4 @@
-"""benchmarks.roberta.config: every shipped RoBERTa config loads; bad configs list every problem at once."""
+"""lawa_benchmarks.roberta.config: every shipped RoBERTa config loads; bad configs list every problem at once."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.roberta.config import ConfigError, load_config, parse_config
-from benchmarks.roberta.runner import updates_plan
+from lawa_benchmarks.roberta.config import ConfigError, load_config, parse_config
+from lawa_benchmarks.roberta.runner import updates_plan
 
 pytest.importorskip("yaml")
 

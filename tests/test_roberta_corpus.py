@@ -1,11 +1,11 @@
-"""benchmarks.roberta.corpus: the World English Bible split by book, footnotes stripped; WikiText refusals."""
+"""lawa_benchmarks.roberta.corpus: the World English Bible split by book, footnotes stripped; WikiText refusals."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import require
 
-from benchmarks.roberta.corpus import bible_split, bible_verses, clean_verse, prepare_corpus
+from lawa_benchmarks.roberta.corpus import bible_split, bible_verses, clean_verse, prepare_corpus
 
 
 def test_footnotes_are_stripped():

@@ -1,4 +1,4 @@
-"""benchmarks.roberta.results: fairseq JSON log -> per-epoch Adam/LAWA records, epochs saved, files."""
+"""lawa_benchmarks.roberta.results: fairseq JSON log -> per-epoch Adam/LAWA records, epochs saved, files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.roberta.results import epochs_saved, parse_log, saved_curve, write_results
+from lawa_benchmarks.roberta.results import epochs_saved, parse_log, saved_curve, write_results
 
 
 def _valid(epoch, ppl, lawa=None, updates=None):
@@ -71,7 +71,7 @@ def test_saved_curve_per_target():
 
 
 def test_write_results_files(tmp_path):
-    from benchmarks.report import load_metrics, write_report
+    from lawa_benchmarks.report import load_metrics, write_report
 
     summary = write_results(parse_log(_log()), tmp_path, {"name": "t", "lawa_k": 3})
     rows, meta = load_metrics(tmp_path)
@@ -88,7 +88,7 @@ def test_write_results_files(tmp_path):
 
 def test_plot_results(tmp_path):
     pytest.importorskip("matplotlib")
-    from benchmarks.roberta.plot import plot_results
+    from lawa_benchmarks.roberta.plot import plot_results
 
     summary = write_results(parse_log(_log()), tmp_path, {"name": "t", "lawa_k": 3})
     path = plot_results(summary, tmp_path / "p.png")

@@ -29,7 +29,7 @@ def test_bench_roberta_trains_resumes_and_reports(tmp_path):
     require("sentencepiece", "the RoBERTa benchmark's tokenizer")
     from click.testing import CliRunner
 
-    from benchmarks.cli import main
+    from lawa_optim.cli import main
 
     config, out = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(TINY)

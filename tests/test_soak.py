@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.soak import SoakConfig, run
+from lawa_benchmarks.soak import SoakConfig, run
 
 SHORT = dict(steps=1500, period=3, k=4, width=16, check_every=25, rss_every=50)
 
@@ -96,7 +96,7 @@ def test_lawa_bench_soak_command(tmp_path):
     require("click", "the lawa command line")
     from click.testing import CliRunner
 
-    from benchmarks.cli import main
+    from lawa_optim.cli import main
 
     result = CliRunner().invoke(main, ["bench", "soak", "--out", str(tmp_path), "--steps", "200", "--period", "2",
                                        "--k", "3", "--check-every", "10"])

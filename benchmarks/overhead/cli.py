@@ -1,4 +1,4 @@
-"""The click command ``lawa bench overhead``: parses options and calls :func:`~benchmarks.overhead.run.run`."""
+"""The click command ``lawa bench overhead``: parses options and calls :func:`~lawa_benchmarks.overhead.run.run`."""
 
 from __future__ import annotations
 

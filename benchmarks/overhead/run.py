@@ -4,7 +4,7 @@
 ``overhead.json``, ``overhead.md`` and ``overhead.png`` into ``cfg.out``). No click here.
 
 Example:
-    >>> from benchmarks.overhead.run import OverheadConfig, run
+    >>> from lawa_benchmarks.overhead.run import OverheadConfig, run
     >>> results = run(OverheadConfig(sizes=(100_000,), repeats=5, out="runs/overhead-smoke"))
     >>> results["figures"][0]["figure"], results["figures"][0]["ratio"] > 0
     ('snapshot', True)

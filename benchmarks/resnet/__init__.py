@@ -10,7 +10,7 @@ __all__ = ["Config", "ConfigError", "load_config", "parse_config", "run"]
 
 
 def run(*args, **kwargs):
-    """See :func:`benchmarks.resnet.runner.run` (imported lazily: it pulls in torchvision)."""
+    """See :func:`lawa_benchmarks.resnet.runner.run` (imported lazily: it pulls in torchvision)."""
     from .runner import run as _run
 
     return _run(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""The click command ``lawa bench resnet``: parses options and calls :func:`~benchmarks.resnet.runner.run`."""
+"""The click command ``lawa bench resnet``: parses options and calls :func:`~lawa_benchmarks.resnet.runner.run`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """``run(cfg, out_dir) -> results``: train, evaluate every method each epoch, resume, report.
 
-For each seed, the runs of :func:`~benchmarks.resnet.methods.plan_runs` are trained one after
+For each seed, the runs of :func:`~lawa_benchmarks.resnet.methods.plan_runs` are trained one after
 another. Each epoch ends with the evaluation of every method of the run (validation loss,
 top-1, top-5; training loss and top-1 on a fixed training subset), one metrics row per
-(seed, epoch, method) in the schema of :mod:`benchmarks.report`, and a checkpoint
+(seed, epoch, method) in the schema of :mod:`lawa_benchmarks.report`, and a checkpoint
 ``RUN_DIR/checkpoints/{run}_seed{seed}.pt`` written atomically with everything needed to go on
 bit-exactly: model, optimizer, every wrapper's state, LR scheduler, RNG states, metrics so far
 and the timers. Started again with the same config, a run continues after its last completed
@@ -342,7 +342,7 @@ def run(
 
     Returns:
         dict with ``rows`` (every metrics row), ``meta`` and ``report`` (what
-        :func:`benchmarks.report.write_report` returned, or None).
+        :func:`lawa_benchmarks.report.write_report` returned, or None).
     """
     from tqdm.auto import tqdm
 

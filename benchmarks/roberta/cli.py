@@ -1,4 +1,4 @@
-"""``lawa bench roberta`` and ``lawa fairseq-user-dir``: the click layer; the work is in :mod:`.runner`."""
+"""``lawa bench roberta``: the click layer; the work is in :mod:`.runner`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["fairseq_user_dir", "roberta"]
+__all__ = ["roberta"]
 
 
 @click.command(
@@ -72,17 +72,3 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
         click.echo(shlex.join(result["command"]))
         return
     click.echo(f"results in {out}: metrics.csv, epochs.csv, results.json, roberta_ppl.png")
-
-
-@click.command("fairseq-user-dir")
-def fairseq_user_dir() -> None:
-    """Print the folder of the fairseq plugin, for `fairseq-train --user-dir "$(lawa fairseq-user-dir)"`.
-
-    \b
-    The plugin registers the task masked_lm_lawa (masked_lm + LAWA); its flags:
-      --lawa-k 10  --lawa-period-updates 0 (0: a snapshot per epoch)
-      --lawa-weights uniform|exp  --lawa-alpha 0.9  --lawa-offload none|cpu
-    """
-    from lawa_optim.integrations.fairseq import user_dir
-
-    click.echo(user_dir())

@@ -12,7 +12,7 @@ def plot_results(summary: dict[str, Any], path: str | Path) -> Path:
     """Three panels: Adam vs LAWA validation perplexity per epoch, its second half, and epochs saved per target.
 
     Args:
-        summary (dict): what :func:`benchmarks.roberta.results.write_results` returned.
+        summary (dict): what :func:`lawa_benchmarks.roberta.results.write_results` returned.
         path (str or Path): the PNG to write.
     """
     import matplotlib

@@ -118,7 +118,7 @@ def saved_curve(records: list[dict[str, Any]], metric: str = "ppl") -> list[dict
 
 
 def metrics_rows(records: list[dict[str, Any]], k: int, seed: int = 1) -> tuple[list[dict], dict]:
-    """Rows and meta in :mod:`benchmarks.report`'s schema: methods ``adam`` and ``lawa_k{k}``."""
+    """Rows and meta in :mod:`lawa_benchmarks.report`'s schema: methods ``adam`` and ``lawa_k{k}``."""
     lawa = f"lawa_k{k}"
     rows = []
     for r in records:
@@ -139,7 +139,7 @@ def write_results(records: list[dict[str, Any]], out: str | Path, meta: dict[str
     ``meta`` needs ``lawa_k``; the summary returned (and written to ``results.json``) holds it,
     the paper's epochs saved for perplexity and loss, the per-epoch curve and the records.
     """
-    from benchmarks.report import write_metrics
+    from lawa_benchmarks.report import write_metrics
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

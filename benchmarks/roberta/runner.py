@@ -216,7 +216,7 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
     if logged and any(n != per_epoch for n in logged):
         log(f"note: fairseq ran {sorted(set(logged))} updates per epoch, planned {per_epoch}")
     summary = write_results(records, out, {**meta, "seed": t.seed})
-    from benchmarks.report import write_report
+    from lawa_benchmarks.report import write_report
 
     from .plot import plot_results
 
