@@ -9,7 +9,7 @@ DEMO_OUT ?= runs/quick
 
 .PHONY: demo test install data lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# These two are a matched pair that installs from local files on these machines.
