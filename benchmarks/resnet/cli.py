@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -22,6 +23,20 @@ Examples:
 \b
 Killed? Run the same command again: it continues after the last completed epoch.
 """
+
+
+class _EchoHandler(logging.Handler):
+    """Log records of ``lawa_benchmarks`` to stderr through click (the stream is looked up at each record)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("lawa_benchmarks")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
 
 
 def _families(text: str | None) -> list[str] | None:
@@ -59,7 +74,7 @@ def resnet(config_path: Path | None, methods: str | None, seeds: int | None, out
     e.g. train.epochs=3 methods.lawa.k=[2,6,10]. Writes RUN_DIR/metrics.csv/json and
     RUN_DIR/report/ (tables and plots) and prints the time-saved table.
     """
-    from .data import DataMissingError
+    from .data import DataLayoutError, DataMissingError
 
     families = _families(methods)
     extra = list(overrides) + ([f"seeds={seeds}"] if seeds is not None else [])
@@ -73,9 +88,10 @@ def resnet(config_path: Path | None, methods: str | None, seeds: int | None, out
         out_dir = Path("runs") / (config_path.stem if config_path else "default")
     from .runner import ResumeError, run
 
+    _log_to_stderr()  # the images loaded per split, the global batch
     try:
         result = run(cfg, out_dir, families=families, progress=not no_progress, fresh=fresh)
-    except DataMissingError as err:
+    except (DataMissingError, DataLayoutError) as err:
         raise click.ClickException(str(err)) from err
     except ResumeError as err:
         raise click.UsageError(str(err)) from err

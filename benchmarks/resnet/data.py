@@ -7,6 +7,13 @@
   ``cifar-100-python``) read with ``download=False``; random crop and flip when ``augment``.
 - ``imagefolder``: ``ROOT/train`` and ``ROOT/val`` class folders such as ImageNet, with the
   standard ``RandomResizedCrop`` + flip for training and resize + center crop for evaluation.
+  The labels of both splits are the training split's ``class_to_idx`` (torchvision numbers
+  each folder's classes on its own, so a ``val/`` missing a class would shift every label);
+  a ``val/`` class that ``train/`` lacks is refused, and a flat ``val/`` (ImageNet's raw
+  layout) gets a message saying how to sort it.
+
+:func:`load_data` records how many images each split holds and uses (``DataBundle.counts``);
+the runner logs them and writes them into the results.
 
 Subsets (``train_images``, ``val_images``) are fixed random subsets drawn with a generator
 seeded 0, the same for every training seed. The training order is drawn per epoch from a
@@ -17,8 +24,10 @@ run resumed at epoch ``e`` sees exactly the batches an uninterrupted one does.
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,7 @@ from .config import DataConfig
 __all__ = [
     "DEFAULT_FASHION_MNIST",
     "DataBundle",
+    "DataLayoutError",
     "DataMissingError",
     "eval_loader",
     "load_data",
@@ -47,10 +57,15 @@ _FMNIST_MEAN, _FMNIST_STD = 0.2860, 0.3530
 _CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                 "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_logger = logging.getLogger(__name__)
 
 
 class DataMissingError(FileNotFoundError):
     """The data set is not on disk; the message says how to get it."""
+
+
+class DataLayoutError(ValueError):
+    """The data set is on disk but its folders cannot be used as they are; the message says the fix."""
 
 
 @dataclass
@@ -61,6 +76,8 @@ class DataBundle:
     same training images without augmentation: every method's training loss is measured on
     ``train_eval``, BatchNorm statistics of averaged weights are recomputed on ``bn``.
     ``batched`` says the data sets are in-memory tensors that can be indexed a batch at a time.
+    ``counts`` says how many images each split holds on disk (``train_found``, ``val_found``) and
+    how many are used (``train``, ``val``, ``train_eval``, ``bn``), and ``classes``.
     """
 
     train: Dataset
@@ -70,6 +87,14 @@ class DataBundle:
     num_classes: int
     in_channels: int
     batched: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the log: the images of each split, found and used."""
+        c = self.counts
+        return (f"images: train {c.get('train')} of {c.get('train_found')}, val {c.get('val')} of "
+                f"{c.get('val_found')}, {c.get('classes')} classes (train loss measured on {c.get('train_eval')}, "
+                f"BatchNorm recomputed on {c.get('bn')})")
 
 
 # ------------------------------------------------------------------------------ Fashion-MNIST
@@ -127,31 +152,81 @@ def _cifar(name: str, root: Path, augment: bool) -> tuple[Dataset, Dataset, Data
         train_plain = cls(str(root), train=True, download=False, transform=transforms.Compose(norm))
         val = cls(str(root), train=False, download=False, transform=transforms.Compose(norm))
     except RuntimeError as err:
-        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-        raise DataMissingError(
-            f"{name.upper()} is not in {str(root)!r} ({err}). Put the torchvision-format folder {folder}/ there "
-            f"(unpack the python version of the archive from https://www.cs.toronto.edu/~kriz/cifar.html on a "
-            "machine with internet), then pass --data-dir to its parent. Nothing is downloaded at run time."
-        ) from err
+        raise DataMissingError(_cifar_problem(name, cls, root)) from err
     return train, train_plain, val
 
 
-def _imagefolder(root: Path, size: int, augment: bool) -> tuple[Dataset, Dataset, Dataset]:
-    from torchvision import datasets, transforms
+def _cifar_problem(name: str, cls: Any, root: Path) -> str:
+    """Why torchvision refused a CIFAR folder: missing, incomplete, or files that fail its MD5 check."""
+    folder = root / cls.base_folder
+    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in expected if not (folder / f).is_file()]
+    how = (f"Put the torchvision-format folder {cls.base_folder}/ there (unpack the python version of the archive "
+           "from https://www.cs.toronto.edu/~kriz/cifar.html on a machine with internet), then pass --data-dir to "
+           "its parent. Nothing is downloaded at run time.")
+    if not missing:
+        return (f"The {name.upper()} files in {str(folder)!r} exist but fail torchvision's integrity check (their "
+                "MD5 sums differ from the official archive's: modified, truncated or re-pickled files). torchvision "
+                f"reads only the official files; unpack the archive again. {how}")
+    if len(missing) < len(expected):
+        return f"{str(folder)!r} is incomplete: {', '.join(missing)} missing. {how}"
+    return f"{name.upper()} is not in {str(root)!r} (no {cls.base_folder}/ with its files). {how}"
 
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def _check_imagefolder(root: Path) -> tuple[list[str], list[str]]:
+    """The class folders of ``train/`` and ``val/``; a clear error for a missing split, a flat one, or extra classes."""
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataMissingError(
                 f"No {split}/ folder in {str(root)!r}: an ImageFolder data set needs ROOT/train/<class>/*.jpg and "
                 "ROOT/val/<class>/*.jpg (for ImageNet, sort the validation images into class folders first)."
             )
+    classes = {}
+    for split in ("train", "val"):
+        classes[split] = _class_folders(root / split)
+        if not classes[split]:
+            files = sum(1 for e in os.scandir(root / split) if e.is_file())
+            raise DataLayoutError(
+                f"{str(root / split)!r} holds {files} file(s) and no class folders: an ImageFolder split needs "
+                f"{split}/<class>/*.jpg, with the class folders of train/. ImageNet's validation images come flat: "
+                "sort them into val/<wnid>/ folders first (e.g. with the devkit's ground-truth labels)."
+            )
+    extra = sorted(set(classes["val"]) - set(classes["train"]))
+    if extra:
+        raise DataLayoutError(
+            f"Invalid ImageFolder {str(root)!r}: val/ has class folder(s) {extra} that train/ does not have; a model "
+            f"trained on train/'s {len(classes['train'])} classes cannot be scored on them. Remove them from val/ or "
+            "add them to train/."
+        )
+    return classes["train"], classes["val"]
+
+
+def _imagefolder(root: Path, size: int, augment: bool) -> tuple[Dataset, Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    train_classes, val_classes = _check_imagefolder(root)
     norm = [transforms.ToTensor(), transforms.Normalize(*_IMAGENET_STATS)]
     train_tf = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else [
         transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)]
     eval_tf = [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)]
-    train = datasets.ImageFolder(str(root / "train"), transforms.Compose(train_tf + norm))
-    train_plain = datasets.ImageFolder(str(root / "train"), transforms.Compose(eval_tf + norm))
-    val = datasets.ImageFolder(str(root / "val"), transforms.Compose(eval_tf + norm))
+    try:
+        train = datasets.ImageFolder(str(root / "train"), transforms.Compose(train_tf + norm))
+        train_plain = datasets.ImageFolder(str(root / "train"), transforms.Compose(eval_tf + norm))
+        val = datasets.ImageFolder(str(root / "val"), transforms.Compose(eval_tf + norm), allow_empty=True)
+    except FileNotFoundError as err:  # a class folder without images
+        raise DataLayoutError(f"Invalid ImageFolder {str(root)!r}: {err}") from err
+    # torchvision numbers each folder's classes on its own: relabel val/ with train/'s numbering
+    val.samples = [(path, train.class_to_idx[val.classes[t]]) for path, t in val.samples]
+    val.imgs, val.targets = val.samples, [t for _, t in val.samples]
+    val.classes, val.class_to_idx = list(train.classes), dict(train.class_to_idx)
+    absent = sorted(set(train_classes) - set(val_classes))
+    if absent:
+        _logger.warning("val/ has no folder for %d of train/'s %d classes (%s); its labels follow train/'s numbering",
+                        len(absent), len(train_classes), ", ".join(absent[:10]) + (", ..." if len(absent) > 10 else ""))
     return train, train_plain, val
 
 
@@ -190,7 +265,7 @@ def load_data(cfg: DataConfig, data_dir: str | Path | None = None) -> DataBundle
     val_idx = _fixed_subset(len(val), cfg.val_images)
     # train_eval and bn: the first images of a fixed shuffle of the training subset
     order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(1))]
-    return DataBundle(
+    bundle = DataBundle(
         train=_subset(train, train_idx),
         val=_subset(val, val_idx),
         train_eval=_subset(train_plain, order[: cfg.train_eval_images].sort().values),
@@ -199,6 +274,10 @@ def load_data(cfg: DataConfig, data_dir: str | Path | None = None) -> DataBundle
         in_channels=channels,
         batched=batched,
     )
+    bundle.counts = {"train_found": len(train), "val_found": len(val), "train": len(bundle.train),
+                     "val": len(bundle.val), "train_eval": len(bundle.train_eval), "bn": len(bundle.bn),
+                     "classes": num_classes}
+    return bundle
 
 
 def shard(ds: Dataset, rank: int, world_size: int) -> Dataset:

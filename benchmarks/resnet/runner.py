@@ -18,12 +18,15 @@ time of its evaluation passes in that epoch.
 Under ``torchrun --nproc_per_node N`` the model is wrapped in ``DistributedDataParallel``
 (gloo on CPU, nccl on CUDA), each rank trains on its ``DistributedSampler`` shard and
 evaluates a shard of the evaluation sets (sums all-reduced); only rank 0 writes files.
+``data.batch_size`` is per process, so the global batch is N x batch_size (and an epoch N times
+fewer steps); ``meta`` records ``world_size``, ``global_batch_size`` and the images per split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -43,6 +46,7 @@ from .models import build_model
 __all__ = ["CHECKPOINT_FORMAT", "ResumeError", "run"]
 
 CHECKPOINT_FORMAT = 1
+_logger = logging.getLogger("lawa_benchmarks.resnet")
 
 
 class ResumeError(RuntimeError):
@@ -371,6 +375,11 @@ def run(
         meta = _meta(cfg, plans)
         cfg_hash = _config_hash(cfg)
         meta["config_hash"] = cfg_hash
+        # data.batch_size is per process: under torchrun the global batch is world_size x batch_size
+        meta.update(world_size=dist.world, global_batch_size=dist.world * cfg.data.batch_size, images=data.counts)
+        if dist.main:
+            _logger.info("%s; %d process(es) x batch %d = global batch %d, %d steps per epoch", data.describe(),
+                         dist.world, cfg.data.batch_size, dist.world * cfg.data.batch_size, steps)
         ckpt_dir = out / "checkpoints"
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -384,9 +393,9 @@ def run(
             path = ckpt_dir / f"{plan.run}_seed{seed}.pt"
             if path.is_file() and not fresh:
                 sd = safe_load(path, map_location=device)
-                if sd.get("config_hash") != cfg_hash:
+                if sd.get("config_hash") != cfg_hash or set(sd.get("observers", {})) != set(trainer.observers):
                     raise ResumeError(
-                        f"{str(out)!r} holds a checkpoint ({path.name}) of another configuration; "
+                        f"{str(out)!r} holds a checkpoint ({path.name}) of another configuration or --methods; "
                         "use another --out, or --fresh to start over in this folder"
                     )
                 trainer.load_state_dict(sd)
