@@ -6,6 +6,7 @@ from .bn import recompute_bn
 from .io import CheckpointError, atomic_save, safe_load
 from .protocol import AveragingOptimizer
 from .registry import MethodInfo, create, get_method_info, list_methods
+from .unwrap import unwrap
 from .wrapper import LAWAWrapper
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "list_methods",
     "recompute_bn",
     "safe_load",
+    "unwrap",
 ]
 __version__ = "0.1.0"
