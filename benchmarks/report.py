@@ -43,7 +43,8 @@ from typing import Any
 
 import click
 
-__all__ = ["SCHEMA", "load_metrics", "report", "summarize", "time_saved", "write_metrics", "write_report"]
+__all__ = ["SCHEMA", "format_duration", "load_metrics", "report", "summarize", "time_saved", "write_metrics",
+           "write_report"]
 
 SCHEMA = 1
 KEYS = ("method", "seed", "epoch")
@@ -367,10 +368,13 @@ def write_report(
             "baseline": baseline, "headline": headline}
 
 
-def _duration(hours: float | None) -> str:
+def formatformat_duration(hours: float | None) -> str:
+    """``"-"`` for None, else seconds, minutes or hours; anything under half a second is ``"0 s"`` (never ``"-0 s"``)."""
     if hours is None:
         return "-"
     sec = hours * 3600
+    if abs(sec) < 0.5:
+        return "0 s"
     if abs(sec) < 120:
         return f"{sec:.0f} s"
     if abs(sec) < 7200:
@@ -389,28 +393,35 @@ def _report_text(metric, baseline, headline, label, final, leads, headline_rows,
     parts.append(_md_table(
         ["method", f"{metric} level", "method epoch", "baseline epoch", "epochs saved", "time saved"],
         [[lv["label"], lv["level"], lv["method_epoch"], lv["base_epoch"], lv["epochs_saved"],
-          _duration(lv["hours_saved"])] for lv in leads]))
+          format_duration(lv["hours_saved"])] for lv in leads]))
     if headline:
         head = label(headline)
         parts += ["", f"## Time saved: {head} against {base}", ""]
         parts.append(_md_table(
             [f"{metric} level", f"{head} epoch", f"{base} epoch", "epochs saved", "time saved"],
             [[r["level"], r["method_epoch"], r["base_epoch"] if r["base_epoch"] is not None else "never",
-              r["epochs_saved"], _duration(r["hours_saved"])] for r in headline_rows]))
+              r["epochs_saved"], format_duration(r["hours_saved"])] for r in headline_rows]))
+        never = [r for r in headline_rows if r["base_epoch"] is None]
+        parts.append("")
         if lead is not None and lead["epochs_saved"] > 0:
-            parts += ["", f"Longest lead: {head} reaches {metric} {lead['level']:.2f} at epoch "
-                      f"{lead['method_epoch']}, {base} at epoch {lead['base_epoch']}: "
-                      f"{lead['epochs_saved']} epoch(s) saved, {_duration(lead['hours_saved'])} of wall-clock "
-                      "training (the method's own averaging time, avg_time_s, counted against it)."]
+            parts.append(f"Longest lead at a level both reach: {head} reaches {metric} {lead['level']:.2f} at epoch "
+                         f"{lead['method_epoch']}, {base} at epoch {lead['base_epoch']}: "
+                         f"{lead['epochs_saved']} epoch(s) saved, {format_duration(lead['hours_saved'])} of wall-clock "
+                         "training (the method's own averaging time, avg_time_s, counted against it).")
+        elif not never:
+            parts.append(f"{base} reaches every level {head} reaches at the same epoch or earlier: no time saved.")
         else:
-            parts += ["", f"{base} reaches every level {head} reaches at the same epoch or earlier: no time saved."]
+            parts.append(f"{base} reaches every level both reach at the same epoch or earlier, but not the "
+                         f"level(s) below that only {head} reaches.")
+        if never:
+            last = next(f["epoch"] for f in final if f["method"] == baseline)  # the baseline's last epoch
+            parts.append(f"{base} never reaches {metric} {never[0]['level']:.2f} in its {last} epochs; {head} does at "
+                         f"epoch {never[0]['method_epoch']}: {head} is ahead there by at least "
+                         f"{last + 1 - never[0]['method_epoch']} epoch(s), and at {len(never)} level(s) in all that "
+                         f"{base} never reaches (\"never\" in the table).")
         if len(per_seed) > 1:
             parts.append("Longest lead in each seed alone: " + ", ".join(
                 f"seed {p['seed']}: {_fmt(p['epochs_saved'])} epoch(s) at {_fmt(p['level'])}" for p in per_seed) + ".")
-        never = [r for r in headline_rows if r["base_epoch"] is None]
-        if never:
-            parts.append(f"{base} never reaches {metric} {never[0]['level']:.2f} "
-                         f"({head} does at epoch {never[0]['method_epoch']}).")
     return "\n".join(parts)
 
 

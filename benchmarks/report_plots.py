@@ -162,6 +162,8 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
 def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, headline: str, metric: str,
                     rows: list[dict[str, Any]], lead: dict[str, Any] | None, info: dict[str, Any]) -> str:
     """The headline against the baseline with the longest lead drawn as an arrow, and epochs saved per level."""
+    from .report import format_duration
+
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12.4, 4.4))
     _band(a, summary, baseline, metric, info, baseline)
@@ -172,7 +174,7 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
         hours = lead["hours_saved"]
         text = f"~{lead['epochs_saved']} epoch{'s' if lead['epochs_saved'] != 1 else ''}"
         if hours is not None:
-            text += f"\n~{hours * 60:.1f} min" if hours < 1 else f"\n~{hours:.1f} h"
+            text += f"\n~{format_duration(hours)}"
         a.annotate(text, xy=((lead["base_epoch"] + lead["method_epoch"]) / 2, lead["level"]), xytext=(0, 6),
                    textcoords="offset points", color="tab:red", ha="center", va="bottom", fontsize=9)
     _epochs_axis(a)
