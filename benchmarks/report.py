@@ -368,8 +368,8 @@ def write_report(
             "baseline": baseline, "headline": headline}
 
 
-def formatformat_duration(hours: float | None) -> str:
-    """``"-"`` for None, else seconds, minutes or hours; anything under half a second is ``"0 s"`` (never ``"-0 s"``)."""
+def format_duration(hours: float | None) -> str:
+    """``"-"`` for None, else seconds, minutes or hours; under half a second is ``"0 s"`` (never ``"-0 s"``)."""
     if hours is None:
         return "-"
     sec = hours * 3600
@@ -410,9 +410,8 @@ def _report_text(metric, baseline, headline, label, final, leads, headline_rows,
                          "training (the method's own averaging time, avg_time_s, counted against it).")
         elif not never:
             parts.append(f"{base} reaches every level {head} reaches at the same epoch or earlier: no time saved.")
-        else:
-            parts.append(f"{base} reaches every level both reach at the same epoch or earlier, but not the "
-                         f"level(s) below that only {head} reaches.")
+        elif lead is not None:
+            parts.append(f"At every level both reach, {base} is there at the same epoch or earlier.")
         if never:
             last = next(f["epoch"] for f in final if f["method"] == baseline)  # the baseline's last epoch
             parts.append(f"{base} never reaches {metric} {never[0]['level']:.2f} in its {last} epochs; {head} does at "

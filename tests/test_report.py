@@ -144,3 +144,54 @@ def test_report_cli(tmp_path):
     assert res.exit_code == 1 and "No metrics.json" in res.output
     res = CliRunner().invoke(report, ["--help"])
     assert res.exit_code == 0 and "lawa report runs/quick" in res.output
+
+
+def test_durations_never_read_minus_zero():
+    from lawa_benchmarks.report import format_duration
+
+    assert [format_duration(h) for h in (None, 0.0, -1e-5, 1e-5, -0.2 / 3600)] == ["-", "0 s", "0 s", "0 s", "0 s"]
+    assert [format_duration(s / 3600) for s in (45, -45, 126, 7300)] == ["45 s", "-45 s", "2.1 min", "2.0 h"]
+
+
+def _never_rows(base_curve, lawa_curve, times=None):
+    rows = []
+    for method, curve in (("base", base_curve), ("lawa_k5", lawa_curve)):
+        for epoch, top1 in enumerate(curve, start=1):
+            rows.append({"method": method, "seed": 0, "epoch": epoch, "top1": top1,
+                         "train_time_s": (times or [10.0] * len(curve))[epoch - 1] * epoch})
+    return rows, {"baseline": "base", "headline": "lawa_k5", "metric": "top1",
+                  "methods": {"base": {"label": "SGD"}, "lawa_k5": {"label": "LAWA k=5"}}}
+
+
+def test_report_counts_levels_the_baseline_never_reaches(tmp_path):
+    """The issue's report said "no time saved" and, on the next line, "SGD never reaches 12.50 (LAWA does at 1)"."""
+    rows, meta = _never_rows([10.0, 11.0, 12.0], [12.5, 11.0, 11.5])
+    write_metrics(tmp_path, rows, meta)
+    text = write_report(tmp_path, plots=False)["text"]
+    assert "no time saved" not in text
+    assert "SGD never reaches top1 12.50 in its 3 epochs; LAWA k=5 does at epoch 1" in text
+    assert "ahead there by at least 3 epoch(s)" in text and "| 12.50" in text and "never" in text
+    # with no such level, "no time saved" stays true
+    rows, meta = _never_rows([10.0, 11.0, 12.0], [9.0, 10.0, 12.0])
+    write_metrics(tmp_path, rows, meta)
+    text = write_report(tmp_path, plots=False)["text"]
+    assert "no time saved" in text and "never reaches" not in text
+
+
+def test_time_saved_plot_annotation_has_no_minus_zero(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    texts = []
+    real = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", lambda self, text, *a, **kw: (texts.append(text),
+                                                                                         real(self, text, *a, **kw))[1])
+    # a lead of 1 epoch bought for (almost) exactly its training time: 0 s saved
+    rows, meta = _never_rows([50.0, 60.0, 70.0], [60.0, 70.0, 71.0], times=[10.0, 10.0, 10.0])
+    for r in rows:
+        if r["method"] == "lawa_k5":
+            r["avg_time_s"] = 10.0 - 1e-4 if r["epoch"] == 1 else 0.0
+    write_metrics(tmp_path, rows, meta)
+    info = write_report(tmp_path)
+    assert info["headline_lead"]["epochs_saved"] == 1 and abs(info["headline_lead"]["hours_saved"]) < 1e-6
+    assert "~1 epoch\n~0 s" in texts and not any("-0" in t or "0.0 min" in t for t in texts)
+    assert "0 s of wall-clock" in info["text"] and "-0 s" not in info["text"]
