@@ -9,7 +9,8 @@ write bandwidth beyond that. Each file is unlinked as soon as it is mapped: noth
 behind when the process ends, even after a crash. The copies made by ``state_dict()`` are
 memory-mapped in the same directory, so saving a checkpoint does not need k copies of RAM either.
 
-Select it with ``LAWAWrapper(..., offload="disk", offload_dir="/scratch/lawa")``.
+Select it with ``LAWAWrapper(..., offload="disk", offload_dir="/scratch/lawa")`` (through
+:func:`lawa_optim.offload.make_ring`).
 """
 
 from __future__ import annotations
@@ -69,9 +70,20 @@ class DiskSnapshotRing(SnapshotRing):
         directory (str or os.PathLike): an existing, writable directory for the files.
     """
 
+    offload = "disk"
+
     def __init__(self, params: Sequence[Tensor], k: int, directory: str | os.PathLike) -> None:
         self.directory = check_offload_dir(directory)
-        super().__init__(params, k, offload="disk")
+        super().__init__(params, k)
+
+    def _slot_device(self, p: Tensor) -> torch.device:
+        return torch.device("cpu")
+
+    def before_copy(self) -> None:
+        raise TypeError(
+            "Cannot copy or pickle a wrapper with offload='disk' (the copy would share its files); "
+            "save opt.state_dict() and load it into a new wrapper"
+        )
 
     def _alloc(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool, zero: bool = False

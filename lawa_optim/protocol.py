@@ -15,11 +15,19 @@ Subclasses implement the method itself through a few hooks:
 - ``_method_state()`` / ``_check_method_state(state)`` / ``_load_method_state(state)``:
   the method's part of the state dict, validated before anything changes.
 - ``_on_new_params(params)``: parameters arrived through ``add_param_group``.
+- ``_newest_snapshot()``: the snapshot the training weights still equal, if the method keeps one
+  (LAWA's ring): a swap then restores from it instead of backing the weights up.
+
+Framework proxies: Lightning's ``LightningOptimizer`` is an object of a class derived from the
+wrapper's class holding a shallow copy of the wrapper's ``__dict__``. Every attribute that changes
+after ``__init__`` is therefore declared with :class:`shared` and lives in one dict both objects
+reference, so ``self.optimizers().swap_in()`` swaps the one wrapper.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,14 +36,49 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._checks import check_not_wrapped, is_int
 from .bn import recompute_bn
 
-__all__ = ["STATE_KEY", "AveragingOptimizer"]
+__all__ = ["STATE_KEY", "AveragingOptimizer", "shared"]
 
 STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
 STATE_FORMAT = 1
 # Per-parameter states of torch's optimizers that always have the parameter's shape.
 _PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _copy_list(dst: list[Tensor], src: list[Tensor]) -> None:
+    """``dst[i].copy_(src[i])``: one foreach call when all are plain tensors on one device."""
+    plain = not any(hasattr(t, "to_local") for t in dst)
+    if dst and plain and len({t.device for t in dst} | {t.device for t in src}) == 1:
+        torch._foreach_copy_([t.detach() for t in dst], src)
+    else:
+        for d, t in zip(dst, src):
+            d.detach().copy_(t)
+
+
+class shared:  # noqa: N801 - used like a field declaration
+    """A wrapper attribute stored in the one dict the wrapper and its proxies share.
+
+    A data descriptor: reads and writes go to ``obj.__dict__["_shared"]``, a dict created before
+    anything else in ``__init__``. A proxy built from a shallow copy of ``__dict__`` (Lightning's
+    ``LightningOptimizer``) references the same dict, so a method called through the proxy
+    changes the wrapper itself.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__["_shared"][self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__.setdefault("_shared", {})[self.name] = value
 
 
 class _Swap:
@@ -63,7 +106,7 @@ def _reshard(model: nn.Module | None) -> None:
 
 
 def _check_period(period: Any) -> None:
-    if period is not None and (isinstance(period, bool) or not isinstance(period, int) or period < 1):
+    if period is not None and not is_int(period, 1):
         raise ValueError(
             f"Invalid period: {period!r}; use a positive int (len(train_loader) for one snapshot per "
             "epoch) or None to snapshot only on explicit snapshot() calls"
@@ -81,17 +124,26 @@ class AveragingOptimizer(Optimizer):
 
     method = "base"  # registry name, also stored in the state dict
 
+    # Everything that changes after __init__ (see `shared`); subclasses declare theirs the same way.
+    param_groups = shared()
+    state = shared()
+    defaults = shared()
+    num_steps = shared()
+    _params = shared()
+    _swap = shared()
+    _backup = shared()
+    _pending_buffers = shared()
+    keep_swap_buffer = shared()
+
     def __init__(self, optimizer: Optimizer, period: int | None = None) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"Invalid optimizer: {type(optimizer).__name__} is not a torch.optim.Optimizer; "
                 "pass e.g. torch.optim.SGD(model.parameters(), lr=0.1)"
             )
-        if isinstance(optimizer, AveragingOptimizer):
-            raise TypeError(
-                f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
-            )
+        check_not_wrapped(optimizer)
         _check_period(period)
+        self.__dict__["_shared"] = {}
         self.optimizer: Optimizer | None = None  # add_param_group below runs Optimizer's during __init__
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.optimizer = optimizer
@@ -102,25 +154,36 @@ class AveragingOptimizer(Optimizer):
         self.num_steps = 0
         self._params = self._group_params()
         self._swap: dict[str, Any] | None = None
+        # The training weights' copy during a swap, when they are not the newest snapshot.
+        self._backup: list[Tensor] | None = None
+        #: keep the backup's memory between swaps (one P-sized buffer reused) instead of freeing it
+        #: at swap_out; a swap right after a snapshot needs no backup either way.
+        self.keep_swap_buffer = False
+        self._pending_buffers: list[Tensor] | None = None  # see restore_training_buffers
 
     # --------------------------------------------------------------------------- bookkeeping
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups: a deepcopy or pickle of a
         # wrapper would lose its base optimizer and snapshots. Keep everything instead.
-        if getattr(self, "offload", None) == "disk":
-            raise TypeError(
-                "Cannot copy or pickle a wrapper with offload='disk' (the copy would share its files); "
-                "save opt.state_dict() and load it into a new wrapper"
-            )
-        ring = getattr(self, "_ring", None)
-        if ring is not None:
-            ring.join()  # no copy in flight
+        self._before_copy()
         return self.__dict__.copy()
 
+    def _before_copy(self) -> None:
+        """Raise if this wrapper cannot be copied or pickled; settle anything in flight."""
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        mine = dict(state.pop("_shared", {}))
+        for name in list(state):  # a pickle from before `shared` kept these in __dict__
+            if isinstance(getattr(type(self), name, None), shared):
+                mine[name] = state.pop(name)
+        self.__dict__["_shared"] = mine
         if "optimizer" not in state:  # a plain Optimizer state (torch's own format)
-            super().__setstate__(state)
+            super().__setstate__({**state, **mine})
             return
+        mine.setdefault("keep_swap_buffer", False)
+        mine.setdefault("_backup", None)
+        mine.setdefault("_pending_buffers", None)
         self.__dict__.update(state)
         self._follow_base_loads()
 
@@ -261,29 +324,28 @@ class AveragingOptimizer(Optimizer):
             )
         _reshard(model)
         with torch.no_grad():
-            backup = [p.detach().clone() for p in params]
+            # The training weights are kept in the newest snapshot when they still equal it, else
+            # in the backup buffer (allocated here, reused when keep_swap_buffer is set).
+            backup = None if self._weights_are_newest_snapshot() else self._back_up(params)
             buffers = list(model.buffers()) if bn_loader is not None else []
             saved_buffers = [b.detach().clone() for b in buffers]
+            swap = {"backup": backup, "buffers": buffers, "saved_buffers": saved_buffers}
             try:
                 self._write_eval_weights(params, k)
                 if bn_loader is not None:
                     recompute_bn(model, bn_loader, max_batches=bn_batches, device=bn_device, forward=bn_forward)
             except BaseException:
-                self._restore(params, backup, buffers, saved_buffers)
+                self._restore_training(swap)
                 raise
-        self._swap = {
-            "backup": backup,
-            "buffers": buffers,
-            "saved_buffers": saved_buffers,
-            "args": {
-                "k": k,
-                "model": model,
-                "bn_loader": bn_loader,
-                "bn_batches": bn_batches,
-                "bn_device": bn_device,
-                "bn_forward": bn_forward,
-            },
+        swap["args"] = {
+            "k": k,
+            "model": model,
+            "bn_loader": bn_loader,
+            "bn_batches": bn_batches,
+            "bn_device": bn_device,
+            "bn_forward": bn_forward,
         }
+        self._swap = swap
         return _Swap(self.swap_out)
 
     def swap_out(self) -> _Swap:
@@ -295,15 +357,68 @@ class AveragingOptimizer(Optimizer):
             raise RuntimeError("swap_out() without swap_in(): the training weights are already in place")
         swap, self._swap = self._swap, None
         _reshard(swap["args"].get("model"))
-        self._restore(self._params, swap["backup"], swap["buffers"], swap["saved_buffers"])
+        self._restore_training(swap)
         args = swap["args"]
         return _Swap(lambda: self.swap_in(**args))
 
-    @staticmethod
-    def _restore(params: list[Tensor], backup: list[Tensor], buffers: list[Tensor], saved: list[Tensor]) -> None:
+    def _back_up(self, params: list[Tensor]) -> list[Tensor]:
+        """Copy the training weights into the backup buffer (made if missing or mismatched)."""
+        backup = self._backup
+        if backup is None or len(backup) != len(params) or any(
+            b.shape != p.shape or b.dtype != p.dtype or b.device != p.device for b, p in zip(backup, params)
+        ):
+            self._backup = None  # free the old one before making the new one
+            backup = [torch.empty_like(p.detach()) for p in params]
+        _copy_list(backup, [p.detach() for p in params])
+        self._backup = backup
+        return backup
+
+    def _restore_training(self, swap: dict[str, Any]) -> None:
         with torch.no_grad():
-            for dst, src in zip(params + buffers, backup + saved):
+            if swap["backup"] is None:
+                self._restore_newest_snapshot(self._params)
+            else:
+                _copy_list(self._params, swap["backup"])
+                if not self.keep_swap_buffer:
+                    self._backup = None
+            for dst, src in zip(swap["buffers"], swap["saved_buffers"]):
                 dst.copy_(src)
+
+    def _training_weights(self) -> list[Tensor] | None:
+        """Copies of the training weights (None when they are in the parameters)."""
+        swap = self._swap
+        if swap is None:
+            return None
+        if swap["backup"] is None:
+            return [t.clone() for t in self._newest_snapshot_views()]
+        return [t.detach().clone() for t in swap["backup"]]
+
+    def restore_training_buffers(self, model: nn.Module) -> bool:
+        """Write the training buffers saved with a mid-swap checkpoint into ``model``'s buffers.
+
+        When a state dict is saved while swapped in with BatchNorm recomputed (``bn_loader``), the
+        model's checkpoint holds the statistics recomputed for the average; :meth:`load_state_dict`
+        restores the training *weights* into the parameters but cannot reach the model's buffers,
+        so it keeps the saved training buffers until this call (made after loading, before
+        training on). Returns True if buffers were restored, False if none were pending.
+        """
+        pending = self._pending_buffers
+        if pending is None:
+            return False
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Invalid model: {type(model).__name__} is not an nn.Module")
+        buffers = list(model.buffers())
+        if len(buffers) != len(pending) or any(b.shape != t.shape for b, t in zip(buffers, pending)):
+            raise ValueError(
+                f"Invalid model: it has {len(buffers)} buffers of shapes {[tuple(b.shape) for b in buffers][:8]}, the "
+                f"checkpoint saved {len(pending)} of shapes {[tuple(t.shape) for t in pending][:8]}; pass the model "
+                "whose optimizer state was loaded"
+            )
+        with torch.no_grad():
+            for b, t in zip(buffers, pending):
+                b.copy_(t)
+        self._pending_buffers = None
+        return True
 
     def averaged(self, k: int | None = None, **bn: Any) -> _Swap:
         """``with opt.averaged(): evaluate(model)``: :meth:`swap_in` as a context manager."""
@@ -321,8 +436,10 @@ class AveragingOptimizer(Optimizer):
         """The base optimizer's state dict plus ``{"lawa": {...}}`` with this wrapper's state.
 
         ``"lawa"`` holds ``format``, ``method``, ``num_steps``, ``swapped_in``,
-        ``training_weights`` (the weights to restore when saved while swapped in, else None) and
-        the method's own entries. Only tensors and plain values: ``weights_only=True`` loads it.
+        ``training_weights`` (when saved while swapped in: copies of the training weights, else
+        None), ``training_buffers`` (when saved while swapped in with BatchNorm recomputed: copies
+        of the model's training buffers in ``model.buffers()`` order, else None) and the method's
+        own entries. Only tensors and plain values: ``weights_only=True`` loads it.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
@@ -333,7 +450,10 @@ class AveragingOptimizer(Optimizer):
             "method": self.method,
             "num_steps": self.num_steps,
             "swapped_in": self._swap is not None,
-            "training_weights": None if self._swap is None else [t.clone() for t in self._swap["backup"]],
+            "training_weights": self._training_weights(),
+            "training_buffers": None if self._swap is None or not self._swap["buffers"] else [
+                t.clone() for t in self._swap["saved_buffers"]
+            ],
             **self._method_state(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -343,8 +463,13 @@ class AveragingOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict`; everything is checked before anything changes.
 
-        A state dict saved while swapped in leaves this wrapper swapped in (load the model's
-        saved weights too, then :meth:`swap_out` restores the training weights).
+        A state dict saved while swapped in (a framework checkpointing during validation) loads
+        swapped *out*: its training weights are written into the parameters, so load the model's
+        state first and the optimizer's second, as Lightning, the HF Trainer, accelerate and ignite
+        all do; training then continues exactly as the uninterrupted run. If BatchNorm statistics
+        had been recomputed for the swap, the model's saved buffers are the average's: the
+        training buffers are kept until :meth:`restore_training_buffers` writes them back (a
+        ``RuntimeWarning`` says so).
         """
         self._require_training_weights("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -358,7 +483,7 @@ class AveragingOptimizer(Optimizer):
         if not isinstance(mine, dict):
             raise ValueError(f"Invalid state_dict: its {STATE_KEY!r} entry is a {type(mine).__name__}, not a dict")
         steps = mine.get("num_steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps, 0):
             raise ValueError(f"Invalid state_dict: {STATE_KEY!r}['num_steps'] = {steps!r}; it must be an int >= 0")
         if mine.get("format") != STATE_FORMAT or mine.get("method") != self.method:
             raise ValueError(
@@ -371,15 +496,29 @@ class AveragingOptimizer(Optimizer):
                 tuple(w.shape) != tuple(p.shape) for w, p in zip(weights, self._params)
             ):
                 raise ValueError("Invalid state_dict: its training weights do not match this optimizer's parameters")
+        saved_buffers = mine.get("training_buffers") if mine.get("swapped_in") else None
+        if saved_buffers is not None and (
+            not isinstance(saved_buffers, (list, tuple)) or not all(isinstance(t, Tensor) for t in saved_buffers)
+        ):
+            raise ValueError("Invalid state_dict: its training buffers are not a list of tensors")
         self._check_method_state(mine)
         self._check_base_state_shapes(state_dict)
         assert self.optimizer is not None
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
         self.num_steps = int(mine["num_steps"])
         self._load_method_state(mine)
-        if mine.get("swapped_in"):
-            backup = [w.to(p.device, p.dtype).clone() for w, p in zip(weights, self._params)]
-            self._swap = {"backup": backup, "buffers": [], "saved_buffers": [], "args": {}}
+        if mine.get("swapped_in"):  # saved mid-swap: the training weights go back into the parameters
+            with torch.no_grad():
+                _copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)])
+        self._pending_buffers = None if saved_buffers is None else [t.detach().clone() for t in saved_buffers]
+        if saved_buffers is not None:
+            warnings.warn(
+                "This optimizer state was saved while the average was swapped in with BatchNorm recomputed: the "
+                "training weights are restored, but the model's buffers hold the average's statistics; call "
+                "opt.restore_training_buffers(model) to put the training statistics back",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -432,6 +571,16 @@ class AveragingOptimizer(Optimizer):
 
     def _on_new_params(self, params: list[Tensor]) -> None:
         pass
+
+    def _weights_are_newest_snapshot(self) -> bool:
+        """Whether the parameters still equal the newest snapshot (then a swap backs nothing up)."""
+        return False
+
+    def _newest_snapshot_views(self) -> list[Tensor]:
+        raise NotImplementedError  # only reached when _weights_are_newest_snapshot() said True
+
+    def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
+        _copy_list(params, self._newest_snapshot_views())
 
     @property
     def num_snapshots(self) -> int:

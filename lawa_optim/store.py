@@ -13,11 +13,13 @@ add, and the float32 -> float64 conversions are explicit vectorized copies (a mi
 in-place op on the CPU takes a slow, unvectorized path). On other devices mixed-dtype ops are
 used directly. The scratch (one block) is the only temporary; nothing is allocated per snapshot.
 
-Slots live on the parameters' device or, with ``offload="cpu"``, in host memory (pinned, and
-filled by non-blocking copies on a side stream when the parameters are on CUDA: the side stream
-waits for the parameters' producer, the main stream waits for the copy before any later kernel
-can overwrite the parameters, and the copy is joined before anything reads the ring).
+Where the slots live is the ring's class: :class:`SnapshotRing` keeps them on the parameters'
+device; :class:`HostSnapshotRing` in host memory (pinned, and filled by non-blocking copies on a
+side stream when the parameters are on CUDA: the side stream waits for the parameters' producer,
+the main stream waits for the copy before any later kernel can overwrite the parameters, and the
+copy is joined before anything reads the ring);
 :class:`lawa_optim.disk_store.DiskSnapshotRing` keeps the same layout in memory-mapped files.
+:func:`lawa_optim.offload.make_ring` turns the wrappers' ``offload`` option into one of them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SnapshotRing"]
+__all__ = ["HostSnapshotRing", "SnapshotRing"]
 
 # How many full ring cycles pass between exact rebuilds of the running sum.
 _REBUILD_CYCLES = 8
@@ -169,16 +171,19 @@ class _Group:
 class SnapshotRing:
     """k slots per parameter, filled round-robin, with a running sum of the filled slots.
 
+    The slots live on each parameter's device. Subclasses choose another place by overriding
+    :meth:`_slot_device`/:meth:`_alloc` (and say whether a copy of the ring may be made with
+    :meth:`before_copy`).
+
     Args:
         params (list of Tensor): the tensors to snapshot (usually ``nn.Parameter``\\ s).
         k (int): number of slots.
-        offload (str, optional): ``None`` keeps slots on each parameter's device, ``"cpu"``
-            keeps them in host memory (default: None).
     """
 
-    def __init__(self, params: Sequence[Tensor], k: int, offload: str | None = None) -> None:
+    offload: str | None = None  # the wrappers' `offload` option this ring implements
+
+    def __init__(self, params: Sequence[Tensor], k: int) -> None:
         self.k = k
-        self.offload = offload
         self.params: list[Tensor] = []
         self.groups: list[_Group] = []
         self._where: list[_Group] = []  # parameter index -> its group
@@ -192,7 +197,16 @@ class SnapshotRing:
 
     # ----------------------------------------------------------------------------- layout
     def _slot_device(self, p: Tensor) -> torch.device:
-        return torch.device("cpu") if self.offload is not None else p.device
+        return p.device
+
+    def _pin(self, p: Tensor) -> bool:
+        """Whether the slots of ``p`` are pinned host memory (filled asynchronously)."""
+        return False
+
+    def before_copy(self) -> None:
+        """Called before the wrapper holding this ring is copied or pickled: settle the ring, or
+        raise ``TypeError`` if a copy cannot be made (the disk ring's files would be shared)."""
+        self.join()
 
     def _alloc(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool, zero: bool = False
@@ -209,7 +223,7 @@ class SnapshotRing:
             p = self.params[i]
             _acc_dtype(p.dtype)  # refuse integer tensors before allocating anything
             dev = self._slot_device(p)
-            pin = dev.type == "cpu" and p.device.type == "cuda" and self.offload == "cpu"
+            pin = self._pin(p)
             keyed.setdefault((dev, p.dtype, pin), []).append(i)
         for (dev, _, pin), idx in keyed.items():
             group = _Group(self, idx, dev, pin)
@@ -218,9 +232,8 @@ class SnapshotRing:
             for i in idx:
                 self._where[i] = group
         self._async = (
-            self.offload == "cpu"
-            and len(self.params) > 0
-            and all(p.device.type == "cuda" for p in self.params)
+            len(self.params) > 0
+            and all(self._pin(p) for p in self.params)
             and len({p.device for p in self.params}) == 1
         )
 
@@ -364,13 +377,6 @@ class SnapshotRing:
                 for slot in self.order():
                     self._fold(g, slot, +1)
 
-    def clear(self) -> None:
-        self.join()
-        self.count = self.size = self.head = 0
-        with torch.no_grad():
-            for g in self.groups:
-                g.total.zero_()
-
     # ----------------------------------------------------------------------------- reads
     def write_average(self, dst: Sequence[Tensor], j: int, coeffs: Sequence[float] | None) -> None:
         """Write into ``dst`` the average of the ``j`` latest snapshots.
@@ -417,6 +423,14 @@ class SnapshotRing:
         g, shape = self._where[i], self.params[i].shape
         return [g.row_view(s, i, shape) for s in self.order()]
 
+    def newest(self) -> list[Tensor]:
+        """The newest snapshot of every parameter (views into the ring, shaped like the parameters)."""
+        self.join()
+        if self.size == 0:
+            raise RuntimeError("The ring holds no snapshot yet")
+        slot = (self.head - 1) % self.k
+        return [self._where[i].row_view(slot, i, p.shape) for i, p in enumerate(self.params)]
+
     def sum_of(self, i: int) -> Tensor:
         """The running sum of parameter ``i`` (a view)."""
         g, p = self._where[i], self.params[i]
@@ -444,12 +458,17 @@ class SnapshotRing:
         return {"count": self.count, "ring": ring, "sums": sums}
 
     def check_state_dict(self, state: dict, where: str) -> None:
-        """Raise ``ValueError`` naming what differs; change nothing."""
+        """Raise ``ValueError`` naming what differs (including a running sum that is not the sum of
+        its snapshots, as a corrupted checkpoint would hold); change nothing."""
         for key in ("count", "ring", "sums"):
             if key not in state:
                 raise ValueError(f"Invalid state dict: {where} lacks {key!r}; was it saved by this version?")
         ring, sums, count = state["ring"], state["sums"], state["count"]
-        if not isinstance(count, int) or count < 0:
+        for key in ("ring", "sums"):
+            entries = state[key]
+            if not isinstance(entries, (list, tuple)) or not all(isinstance(t, Tensor) for t in entries):
+                raise ValueError(f"Invalid state dict: {where}[{key!r}] must be a list of tensors")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"Invalid state dict: {where}['count'] = {count!r}")
         if len(ring) != len(self.params) or len(sums) != len(self.params):
             raise ValueError(
@@ -470,6 +489,15 @@ class SnapshotRing:
                     f"Invalid state dict: parameter {i} snapshots are {r.dtype}/{t.dtype}, expected "
                     f"{p.dtype}/{acc} of shape {tuple(p.shape)}"
                 )
+        for i, (r, total) in enumerate(zip(ring, sums)):
+            # The running sum must be the sum of the snapshots (up to its rounding): a corrupted
+            # one (NaN, flipped bits) would silently skew every average until the next rebuild.
+            exact = r.to(total.dtype)
+            if not bool(((total - exact.sum(0)).abs() <= 1e-3 * exact.abs().sum(0) + 1e-30).all()):
+                raise ValueError(
+                    f"Invalid state dict: the running sum of parameter {i} does not match its snapshots "
+                    "(a corrupted checkpoint?); nothing was loaded"
+                )
 
     def load_state_dict(self, state: dict) -> None:
         """Load a state checked by :meth:`check_state_dict` (slots may come from another device)."""
@@ -485,8 +513,15 @@ class SnapshotRing:
                     g.rows[: self.size, col : col + m].copy_(r.reshape(self.size, m))
                 self.sum_of(i).copy_(t)
 
-    # ----------------------------------------------------------------------------- sizes
-    def nbytes(self) -> int:
-        """Bytes held by the slots and the running sums (the scratch block excluded)."""
-        return sum(g.rows.numel() * g.rows.element_size() + g.total.numel() * g.total.element_size()
-                   for g in self.groups)
+
+class HostSnapshotRing(SnapshotRing):
+    """The ring in host memory (``offload="cpu"``): pinned and filled asynchronously on a side
+    stream when the parameters are on CUDA (see the module docstring); plain memory otherwise."""
+
+    offload = "cpu"
+
+    def _slot_device(self, p: Tensor) -> torch.device:
+        return torch.device("cpu")
+
+    def _pin(self, p: Tensor) -> bool:
+        return p.device.type == "cuda"

@@ -10,14 +10,12 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checks import is_int
 from .averaging import resolve_weights, window_coefficients
-from .disk_store import DiskSnapshotRing, check_offload_dir
-from .protocol import AveragingOptimizer
-from .store import SnapshotRing
+from .offload import check_offload, make_ring
+from .protocol import AveragingOptimizer, shared
 
 __all__ = ["LAWAWrapper"]
-
-OFFLOAD_CHOICES = (None, "cpu", "disk")
 NONFINITE_CHOICES = ("raise", "skip")
 
 
@@ -67,6 +65,8 @@ class LAWAWrapper(AveragingOptimizer):
     """
 
     method = "lawa"
+    skipped_snapshots = shared()
+    _newest_key = shared()
 
     def __init__(
         self,
@@ -80,19 +80,12 @@ class LAWAWrapper(AveragingOptimizer):
         offload_dir: str | os.PathLike | None = None,
         nonfinite: str = "raise",
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int):
+        if not is_int(k):
             raise TypeError(f"Invalid k: {k!r} is not an int; use the number of snapshots to average, e.g. k=6")
         if k < 1:
             raise ValueError(f"Invalid k: {k}; it must be >= 1 (the paper uses 5 to 10)")
         kind, coeffs = resolve_weights(weights, k, alpha)
-        if offload not in OFFLOAD_CHOICES:
-            raise ValueError(f"Invalid offload: {offload!r}; use one of {OFFLOAD_CHOICES}")
-        if offload == "disk":
-            offload_dir = check_offload_dir(offload_dir)
-        elif offload_dir is not None:
-            raise ValueError(
-                f"Invalid offload_dir: {offload_dir!r} is only used with offload='disk' (offload={offload!r})"
-            )
+        offload_dir = check_offload(offload, offload_dir)
         if nonfinite not in NONFINITE_CHOICES:
             raise ValueError(f"Invalid nonfinite: {nonfinite!r}; use one of {NONFINITE_CHOICES}")
         super().__init__(optimizer, period)
@@ -105,11 +98,10 @@ class LAWAWrapper(AveragingOptimizer):
         self.skipped_snapshots = 0
         self.offload_dir = offload_dir
         # FSDP2: each rank keeps the ring of its own shards, so the average is sharded like the weights.
-        local = [_local(p) for p in self._params]
-        if offload == "disk":
-            self._ring: SnapshotRing = DiskSnapshotRing(local, k, offload_dir)
-        else:
-            self._ring = SnapshotRing(local, k, offload)
+        self._ring = make_ring([_local(p) for p in self._params], k, offload, offload_dir)
+        # (num_steps, per-parameter version counters) right after the newest snapshot: while they
+        # are unchanged, the parameters are that snapshot and a swap needs no backup.
+        self._newest_key = None
 
     def _describe(self) -> str:
         w = self.weights if self.coefficients is None else list(self.coefficients)
@@ -118,12 +110,12 @@ class LAWAWrapper(AveragingOptimizer):
 
     @property
     def num_snapshots(self) -> int:
-        """How many snapshots the ring holds (at most k)."""
+        """How many snapshots the evaluation weights hold: the ring's, at most k."""
         return self._ring.size
 
     @property
     def snapshots_taken(self) -> int:
-        """How many snapshots were taken since the start of training."""
+        """How many snapshots were taken since the start of training (skipped ones excluded)."""
         return self._ring.count
 
     def snapshots(self, index: int) -> list[Tensor]:
@@ -144,9 +136,29 @@ class LAWAWrapper(AveragingOptimizer):
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             return
         self._ring.push()
+        self._newest_key = self._weights_key()
+
+    def _weights_key(self) -> tuple[int, list[int], list[int]] | None:
+        if any(hasattr(p, "to_local") for p in self._params):
+            return None  # FSDP2: the ring holds local shards; always back up
+        return (self.num_steps, [p._version for p in self._params], [p.data_ptr() for p in self._params])
+
+    def _weights_are_newest_snapshot(self) -> bool:
+        key = self._newest_key
+        return key is not None and key == self._weights_key()
+
+    def _newest_snapshot_views(self) -> list[Tensor]:
+        return self._ring.newest()
+
+    def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
+        super()._restore_newest_snapshot(params)
+        self._newest_key = self._weights_key()  # they are the newest snapshot again
+
+    def _before_copy(self) -> None:
+        self._ring.before_copy()
 
     def _check_can_average(self, k: int | None) -> None:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.k):
+        if k is not None and not is_int(k, 1, self.k):
             raise ValueError(f"Invalid k={k!r} for averaged()/swap_in(): use an int in [1, {self.k}] or None for all")
         if self._ring.size == 0:
             raise RuntimeError(
@@ -171,21 +183,9 @@ class LAWAWrapper(AveragingOptimizer):
                 f"Invalid state_dict: saved with k={state.get('k')!r}, this wrapper has k={self.k}; "
                 "create the wrapper with the same k"
             )
-        for key in ("ring", "sums"):
-            entries = state.get(key, [])
-            if not isinstance(entries, (list, tuple)) or not all(isinstance(t, Tensor) for t in entries):
-                raise ValueError(f"Invalid state_dict: state_dict['lawa'][{key!r}] must be a list of tensors")
         self._ring.check_state_dict(state, "state_dict['lawa']")
-        for i, (ring, total) in enumerate(zip(state["ring"], state["sums"])):
-            # The running sum must be the sum of the snapshots (up to its rounding): a corrupted
-            # one (NaN, flipped bits) would silently skew every average until the next rebuild.
-            exact = ring.to(total.dtype)
-            if not bool(((total - exact.sum(0)).abs() <= 1e-3 * exact.abs().sum(0) + 1e-30).all()):
-                raise ValueError(
-                    f"Invalid state_dict: the running sum of parameter {i} does not match its snapshots "
-                    "(a corrupted checkpoint?); nothing was loaded"
-                )
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self._ring.load_state_dict(state)
         self.skipped_snapshots = int(state.get("skipped_snapshots", 0))  # absent in older state dicts
+        self._newest_key = None  # the weights loaded with the model may be anything

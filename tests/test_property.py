@@ -315,8 +315,9 @@ class WrapperMachine(RuleBasedStateMachine):
         self.base.load_state_dict(copy.deepcopy(ckpt["base"]))
         self.history = [list(s) for s in ckpt["history"]]
         self.num_steps = ckpt["num_steps"]
-        self.swapped = ckpt["swapped"]
-        # A saved swapped-in state reloads swapped in; its window is what was swapped in then.
+        # A state saved swapped in loads swapped out: the optimizer's load puts the training weights
+        # (the twin's) back over the model's saved average.
+        self.swapped = None
 
     @rule(shape=st.sampled_from([(2,), (1, 3), ()]))
     def add_param_group(self, shape):
@@ -515,7 +516,7 @@ class ZooMachine(RuleBasedStateMachine):
             return
         self.model.load_state_dict(saved["ckpt"]["model"])
         self.opt.load_state_dict(copy.deepcopy(saved["ckpt"]["opt"]))
-        self.swapped = saved["swapped"]
+        self.swapped = False  # a state saved swapped in loads swapped out, with the training weights
         self.log = list(saved["log"])
         self.clean_model, self.clean = self._build()
         for op in self.log:

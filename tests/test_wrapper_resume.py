@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -110,22 +111,91 @@ def test_host_ring_loads_into_a_wrapper_on_another_placement():
         assert torch.equal(a.cpu(), b)
 
 
-def test_saved_while_swapped_in_resumes_swapped_in(tmp_path):
+@pytest.mark.parametrize("stop", [9, 10], ids=["right_after_a_snapshot", "mid_period"])
+def test_saved_while_swapped_in_resumes_swapped_out_and_continues_bit_exactly(tmp_path, stop):
+    """A checkpoint written inside a swap (a framework saving during validation) holds the average
+    as the model's weights; loading the model, then the optimizer (every framework's order) puts
+    the training weights back and the run continues as the uninterrupted one, bit for bit. Step 9
+    is a snapshot (the swap restores from the ring), step 10 is not (from the backup)."""
     ns = _namespace()
     model, opt, sched = ns["build"]()
-    ns["steps"](model, opt, sched, 0, 9)
+    ns["steps"](model, opt, sched, 0, 30)
+    expected = ns["result"](model, opt)
+
+    model, opt, sched = ns["build"]()
+    ns["steps"](model, opt, sched, 0, stop)
     train = [p.detach().clone() for p in model.parameters()]
     with opt.averaged():
-        state = {"model": model.state_dict(), "opt": opt.state_dict()}
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
         torch.save(state, tmp_path / "c.pt")
+        averaged = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, t) for a, t in zip(averaged, train))  # the model saved the average
     state = torch.load(tmp_path / "c.pt", weights_only=True)
-    model2, opt2, _ = ns["build"]()
+    assert state["opt"]["lawa"]["swapped_in"]
+    model2, opt2, sched2 = ns["build"]()
     model2.load_state_dict(state["model"])
     opt2.load_state_dict(state["opt"])
-    assert opt2.swapped_in
-    opt2.swap_out()
+    sched2.load_state_dict(state["sched"])
+    assert not opt2.swapped_in
     for p, t in zip(model2.parameters(), train):
         assert torch.equal(p, t)
+    ns["steps"](model2, opt2, sched2, stop, 30)
+    got = ns["result"](model2, opt2)
+    for key in ("weights", "avg", "avg2"):
+        for a, b in zip(got[key], expected[key]):
+            assert torch.equal(a, b), key
+
+
+def test_saved_while_swapped_in_with_bn_recomputed_restores_the_training_buffers(tmp_path):
+    """With BatchNorm recomputed for the swap the model's checkpoint holds the average's statistics;
+    the optimizer's state holds the training ones, written back by restore_training_buffers."""
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        return model, LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=3, period=2)
+
+    def run(model, opt, start, stop):
+        for i in range(start, stop):
+            x = torch.randn(16, 4, generator=torch.Generator().manual_seed(i))
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+
+    loader = [torch.randn(16, 4, generator=torch.Generator().manual_seed(100 + i)) for i in range(3)]
+    model, opt = build()
+    run(model, opt, 0, 12)
+    expected = [t.detach().clone() for t in model.state_dict().values()]
+
+    model, opt = build()
+    run(model, opt, 0, 5)
+    training_buffers = [b.clone() for b in model.buffers()]
+    with opt.averaged(model=model, bn_loader=loader):
+        state = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict())}
+    assert not torch.equal(state["model"]["1.running_mean"], training_buffers[0])
+    model2, opt2 = build()
+    model2.load_state_dict(state["model"])
+    with pytest.warns(RuntimeWarning, match="restore_training_buffers"):
+        opt2.load_state_dict(state["opt"])
+    assert opt2.restore_training_buffers(model2) is True
+    assert opt2.restore_training_buffers(model2) is False  # nothing pending any more
+    for b, t in zip(model2.buffers(), training_buffers):
+        assert torch.equal(b, t)
+    run(model2, opt2, 5, 12)
+    for a, b in zip(model2.state_dict().values(), expected):
+        assert torch.equal(a, b)
+
+
+def test_restore_training_buffers_refuses_another_model():
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=2)
+    opt.snapshot()
+    with opt.averaged(model=model, bn_loader=[torch.randn(4, 2)]):
+        sd = copy.deepcopy(opt.state_dict())
+    with pytest.warns(RuntimeWarning):
+        opt.load_state_dict(sd)
+    with pytest.raises(ValueError, match="Invalid model: it has 0 buffers"):
+        opt.restore_training_buffers(nn.Linear(2, 3))
 
 
 def _snapshot_everything(model, opt):
