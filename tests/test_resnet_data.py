@@ -134,3 +134,132 @@ def test_imagefolder_tree_with_standard_transforms(tmp_path):
     x, y = next(iter(train_loader(data, cfg, 0, 0)))
     assert x.shape == (2, 3, 32, 32) and y.dtype == torch.long
     assert data.val[0][0].shape == (3, 32, 32) and len(data.bn) == 4
+
+
+# ------------------------------------------------------------------------------ real image files on disk
+_COLORS = {"ant": (250, 0, 0), "bee": (0, 250, 0), "cat": (0, 0, 250)}
+
+
+def _image_tree(root: Path, layout: dict[str, list[str]], per_class: int = 2) -> None:
+    """PNG files in ``root/<split>/<class>/``, each class its own colour."""
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20 + i, 18), _COLORS[cls]).save(root / split / cls / f"{cls}{i}.png")
+
+
+def _folder_cfg(root: Path) -> DataConfig:
+    return DataConfig(dataset="imagefolder", root=str(root), image_size=16, train_eval_images=2, bn_images=2,
+                      batch_size=2, augment=False)
+
+
+def test_val_missing_a_class_keeps_the_training_labels(tmp_path, caplog):
+    """torchvision numbers val/ = {ant, cat} as 0, 1; the model's cat is 2: every cat label must stay 2."""
+    _image_tree(tmp_path, {"train": ["ant", "bee", "cat"], "val": ["ant", "cat"]})
+    with caplog.at_level("WARNING"):
+        data = load_data(_folder_cfg(tmp_path))
+    assert "no folder for 1 of train/'s 3 classes (bee)" in caplog.text
+    blue = torch.tensor(_COLORS["cat"], dtype=torch.float).argmax()
+    for x, y in (data.val[i] for i in range(len(data.val))):
+        assert y == (2 if x.mean((1, 2)).argmax() == blue else 0)  # the colour says the class
+    assert sorted(data.val[i][1] for i in range(len(data.val))) == [0, 0, 2, 2]
+    assert data.num_classes == 3
+    assert data.counts == {"train_found": 6, "val_found": 4, "train": 6, "val": 4, "train_eval": 2, "bn": 2,
+                           "classes": 3}
+    assert data.describe().startswith("images: train 6 of 6, val 4 of 4, 3 classes")
+
+
+def test_val_class_unknown_to_train_is_refused(tmp_path):
+    from lawa_benchmarks.resnet.data import DataLayoutError
+
+    _image_tree(tmp_path, {"train": ["ant", "bee"], "val": ["ant", "bee", "cat"]})
+    with pytest.raises(DataLayoutError, match=r"val/ has class folder\(s\) \['cat'\] that train/ does not have"):
+        load_data(_folder_cfg(tmp_path))
+
+
+def test_flat_val_folder_gets_the_runners_message(tmp_path):
+    """ImageNet's raw validation layout: files directly in val/. The CLI says what to do, no traceback."""
+    from click.testing import CliRunner
+    from lawa_benchmarks.resnet.cli import resnet
+    from PIL import Image
+
+    _image_tree(tmp_path, {"train": ["ant", "bee"]})
+    (tmp_path / "val").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i, i, i)).save(tmp_path / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    res = CliRunner().invoke(resnet, ["--out", str(tmp_path / "run"), "data.dataset=imagefolder",
+                                      f"data.root={tmp_path}"])
+    assert res.exit_code == 1, res.output
+    assert "holds 3 file(s) and no class folders" in res.output and "sort them into val/<wnid>/" in res.output
+    assert "Traceback" not in res.output and "Couldn't find any class folder" not in res.output
+
+
+def _cifar_folder(root: Path, n_train: int = 4, n_test: int = 3) -> Path:
+    """A cifar-10-batches-py folder in the official pickle format, holding real (PIL-drawn) images."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n: int, offset: int) -> dict:
+        imgs = [np.asarray(Image.new("RGB", (32, 32), (20 * i, 255 - 20 * i, 7 * i)))
+                for i in range(offset, offset + n)]
+        data = np.stack([a.transpose(2, 0, 1).reshape(-1) for a in imgs]).astype(np.uint8)  # CHW rows, as CIFAR
+        return {"data": data, "labels": [i % 10 for i in range(offset, offset + n)]}
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train, 10 * i)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test, 0)))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return folder
+
+
+def test_cifar_files_failing_the_integrity_check_are_named_as_such(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    folder = _cifar_folder(tmp_path)
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path), train_eval_images=4, bn_images=4, batch_size=4)
+    with pytest.raises(DataMissingError, match="exist but fail torchvision's integrity check") as err:
+        load_data(cfg)
+    assert "is not in" not in str(err.value)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataMissingError, match="incomplete: data_batch_3 missing"):
+        load_data(cfg)
+    with pytest.raises(DataMissingError, match="CIFAR10 is not in"):
+        load_data(cfg, tmp_path / "elsewhere")
+    # the same files pass once the MD5 check is waived: the layout is right, only the sums differ
+    _cifar_folder(tmp_path / "ok")
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    data = load_data(cfg, tmp_path / "ok")
+    assert data.counts["train_found"] == 20 and data.counts["val_found"] == 3 and data.num_classes == 10
+    x, y = data.val[1]
+    assert x.shape == (3, 32, 32) and y == 1
+
+
+def test_images_per_split_and_world_size_reach_the_results(tmp_path):
+    """A one-epoch run on real image files: the log and metrics.json say how many images were used."""
+    import json
+
+    from click.testing import CliRunner
+    from lawa_benchmarks.resnet.cli import resnet
+
+    _image_tree(tmp_path / "data", {"train": ["ant", "bee", "cat"], "val": ["ant", "bee", "cat"]}, per_class=3)
+    res = CliRunner().invoke(resnet, [
+        "--out", str(tmp_path / "run"), "--methods", "lawa", "--no-progress", "threads=1",
+        "data.dataset=imagefolder", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.val_images=6",
+        "data.train_eval_images=3", "data.bn_images=3", "data.batch_size=4", "data.augment=false",
+        "model.arch=resnet8", "model.width=4", "model.stem=3x3s1", "train.epochs=1", "methods.lawa.k=[1]",
+        "methods.lawa.bncopy_k=[]", "report.headline=lawa_k1"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "images: train 9 of 9, val 6 of 9, 3 classes" in res.output
+    assert "1 process(es) x batch 4 = global batch 4, 2 steps per epoch" in res.output
+    meta = json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]
+    assert meta["world_size"] == 1 and meta["global_batch_size"] == 4
+    assert meta["images"] == {"train_found": 9, "val_found": 9, "train": 9, "val": 6, "train_eval": 3, "bn": 3,
+                              "classes": 3}
