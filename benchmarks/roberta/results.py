@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["epochs_saved", "parse_log", "saved_curve", "write_results"]
+__all__ = ["epochs_saved", "parse_log", "saved_curve", "summary_line", "write_results"]
 
 
 def _num(v: Any) -> float | None:
@@ -100,6 +100,25 @@ def epochs_saved(records: list[dict[str, Any]], metric: str = "ppl") -> dict[str
         "adam_final": adam[-1],
         "lawa_final": lawa[-1],
     }
+
+
+def summary_line(ppl: dict[str, Any]) -> str:
+    """One sentence for the log from :func:`epochs_saved`'s dict; no ``None`` ever reaches the text."""
+    if ppl.get("adam_best") is None:
+        return "no validation perplexity was logged yet"
+    text = f"Adam's best validation ppl {ppl['adam_best']:.2f} at epoch {ppl['adam_best_epoch']}; "
+    saved = ppl.get("epochs_saved")
+    if ppl.get("lawa_epoch") is None:
+        best = ppl.get("lawa_best")
+        text += "LAWA never reaches it" + (f" (its best: {best:.2f} at epoch {ppl['lawa_best_epoch']})"
+                                           if best is not None else " (no LAWA validation logged)")
+    elif saved >= 0:
+        text += f"LAWA reaches it at epoch {ppl['lawa_epoch']}: {saved} epoch(s) saved"
+    else:
+        text += f"LAWA reaches it at epoch {ppl['lawa_epoch']}, {-saved} epoch(s) after Adam"
+    final = [f"{name} {v:.2f}" for name, v in (("Adam", ppl.get("adam_final")), ("LAWA", ppl.get("lawa_final")))
+             if v is not None]
+    return text + ("; final " + ", ".join(final) if final else "")
 
 
 def saved_curve(records: list[dict[str, Any]], metric: str = "ppl") -> list[dict[str, Any]]:

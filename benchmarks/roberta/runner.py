@@ -5,6 +5,12 @@ Every stage leaves its output in the run folder and is skipped when that output 
 again continues an interrupted run. One training run gives both curves: fairseq's validation of
 the raw weights (Adam) and the plugin's validation of the LAWA average beside it.
 
+``run_config.json`` records the config a folder was started with (and the resolved update plan).
+A rerun in the same folder must have the same config except ``train.epochs`` (and ``threads``),
+and more epochs only when the learning-rate schedule stays the same (``warmup_updates`` and
+``total_num_update`` given as counts, not percentages of the run): otherwise
+:class:`ResumeError` says what changed, before anything is written. ``--fresh`` starts over.
+
 Layout of ``OUT``::
 
     corpus/{train,valid,test}.txt   spm/spm.model   tok/{train,valid,test}.txt   data-bin/
@@ -29,11 +35,81 @@ from pathlib import Path
 from typing import Any
 
 from .config import RobertaBenchConfig, is_percent
-from .results import parse_log, write_results
+from .results import parse_log, summary_line, write_results
 
-__all__ = ["fairseq_train_command", "prepare_data", "run", "updates_plan"]
+__all__ = ["ResumeError", "check_resume", "fairseq_train_command", "prepare_data", "run", "updates_plan"]
 
 _logger = logging.getLogger(__name__)
+RUN_CONFIG = "run_config.json"
+_OUTPUTS = ("corpus", "spm", "tok", "data-bin", "checkpoints", "train.log", "command.txt", "preprocess.log",
+            "metrics.csv", "metrics.json", "epochs.csv", "results.json", "roberta_ppl.png", "report", RUN_CONFIG)
+
+
+class ResumeError(RuntimeError):
+    """The run folder was started with another config; the message says what differs and the fix."""
+
+
+def _config_dict(cfg: RobertaBenchConfig) -> dict[str, Any]:
+    d = cfg.model_dump() if hasattr(cfg, "model_dump") else asdict(cfg)
+    return json.loads(json.dumps(d, default=str))  # tuples -> lists: comparable with what JSON gives back
+
+
+def _fingerprint(cfg: RobertaBenchConfig) -> dict[str, Any]:
+    """The config without what may change between reruns of one folder (name, epochs, threads)."""
+    d = _config_dict(cfg)
+    d.pop("name", None)
+    for key in ("epochs", "threads"):
+        d["train"].pop(key, None)
+    return d
+
+
+def _diff(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for k in sorted(set(old) | set(new), key=str)
+                for line in _diff(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def check_resume(cfg: RobertaBenchConfig, out: Path, plan: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """Refuse a rerun in ``out`` whose config (or, with ``plan``, LR schedule) differs; return what was recorded.
+
+    Raises:
+        ResumeError: the folder's ``run_config.json`` records another config, or the same config
+            with another number of epochs whose percentages resolve to another schedule.
+    """
+    path = Path(out) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    fix = f"use another --out, or --fresh to start over in {str(out)!r}"
+    changed = _diff(old.get("config"), _fingerprint(cfg))
+    if changed:
+        raise ResumeError(f"{str(out)!r} was started with another config ({'; '.join(changed)}); {fix}")
+    old_plan = old.get("plan")
+    if plan is not None and old_plan is not None:
+        keys = ("warmup_updates", "total_num_update", "updates_per_epoch")
+        moved = [f"{k} {old_plan.get(k)} -> {plan[k]}" for k in keys if old_plan.get(k) != plan[k]]
+        if moved:
+            raise ResumeError(
+                f"train.epochs {old.get('epochs')} -> {cfg.train.epochs} changes the learning-rate schedule of the run "
+                f"in {str(out)!r} ({', '.join(moved)}: warmup_updates/total_num_update are percentages of the run), "
+                f"so fairseq would resume with another schedule; {fix}, or give both as update counts in the config"
+            )
+    return old
+
+
+def _record_config(cfg: RobertaBenchConfig, out: Path, plan: dict[str, int] | None) -> None:
+    doc = {"config": _fingerprint(cfg), "epochs": cfg.train.epochs, "plan": plan}
+    (out / RUN_CONFIG).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _start_over(out: Path) -> None:
+    for name in _OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _bin(name: str) -> str:
@@ -168,7 +244,7 @@ def _train(cmd: list[str], out: Path, epochs: int, env: dict[str, str], log) -> 
 
 
 def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_only: bool = False,
-        log=_logger.info) -> dict[str, Any]:
+        log=_logger.info, fresh: bool = False) -> dict[str, Any]:
     """Run (or resume) the benchmark of ``cfg`` in ``out``; return the summary written to results.json.
 
     Args:
@@ -179,11 +255,20 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
         report_only (bool): write the results of the epochs logged so far without training
             (default: False).
         log (callable): where progress messages go (default: this module's logger).
+        fresh (bool): delete this benchmark's outputs in ``out`` and start over (default: False).
+
+    Raises:
+        ResumeError: ``out`` holds a run of another config (see the module docstring).
     """
     from lawa_optim.integrations.fairseq.data import masked_lm_updates_per_epoch
 
     out = Path(out)
+    if fresh and not report_only:
+        _start_over(out)
+    previous = check_resume(cfg, out)  # before the data stages reuse what another config left
     out.mkdir(parents=True, exist_ok=True)
+    if previous is None and not report_only:
+        _record_config(cfg, out, None)
     t = cfg.train
     data_bin = prepare_data(cfg, out, log)
     update_freq = t.batch_size // (t.max_sentences * t.distributed_world_size)
@@ -191,9 +276,16 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
                                             t.distributed_world_size, t.sample_break_mode)
     plan = updates_plan(cfg, per_epoch)
     cmd = fairseq_train_command(cfg, data_bin, out / "checkpoints", plan)
-    meta = {"name": cfg.name, "lawa_k": cfg.lawa.k, "plan": plan, "config": asdict(cfg), "command": cmd}
+    meta = {"name": cfg.name, "lawa_k": cfg.lawa.k, "plan": plan, "config": _config_dict(cfg), "command": cmd}
     if dry_run:
         return meta
+    if not report_only:
+        previous = check_resume(cfg, out, plan)
+        if previous is not None and previous.get("plan") and previous.get("epochs") != t.epochs:
+            log(f"continuing the run in {out} from {previous.get('epochs')} to {t.epochs} epochs with the same "
+                f"learning-rate schedule (warmup {plan['warmup_updates']}, decay over {plan['total_num_update']} "
+                "updates)")
+        _record_config(cfg, out, plan)
     env = _plugin_env()
     if t.threads:
         env.update(OMP_NUM_THREADS=str(t.threads), MKL_NUM_THREADS=str(t.threads))
@@ -223,10 +315,5 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
     plot_results(summary, out / "roberta_ppl.png")
     if records:
         summary["report"] = write_report(out)["files"]  # lawa report's tables and plots in OUT/report/
-    ppl = summary["ppl"]
-    log(f"Adam best ppl {ppl['adam_best']} at epoch {ppl['adam_best_epoch']}; LAWA reaches it at epoch "
-        f"{ppl['lawa_epoch']} ({ppl['epochs_saved']} epochs saved); final Adam {ppl['adam_final']}, "
-        f"LAWA {ppl['lawa_final']}")
-    if ppl["adam_best"] is None:
-        log("note: no validation perplexity was logged")
+    log(summary_line(summary["ppl"]))
     return summary
