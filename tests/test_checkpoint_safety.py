@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # torch.load calls allowed without weights_only=True, each an explicit opt-in by the user.
 ALLOWED_UNSAFE_LOADS = {
     # `lawa average --trust-pickle`: only after safe_load refused the file and the user vouched for it.
-    ("lawa_optim/offline.py", "_load"),
+    ("lawa_optim/offline/formats.py", "load_pickled"),
 }
 
 

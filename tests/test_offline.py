@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import require
 
-from lawa_optim import offline
 from lawa_optim.io import CheckpointError, UnsafeCheckpointError
+from lawa_optim.offline import average as offline_average
 from lawa_optim.offline import average_checkpoints, average_state_dicts, natural_key, write_average
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -129,9 +129,12 @@ def test_last_and_natural_sort(tmp_path):
     assert [p.name for p in sorted(shuffled, key=natural_key)][:3] == ["checkpoint1.pt", "checkpoint2.pt",
                                                                       "checkpoint3.pt"]
     assert_state_equal(average_checkpoints(shuffled, last=3, sort=True), reference_mean(states[-3:]))
-    # without sort the order given is the order used: the "last 3" are checkpoints 10, 11 and 12 shuffled
-    assert_state_equal(average_checkpoints(shuffled[:3], weights="exp"),
-                       average_checkpoints([paths[10], paths[1], paths[11]], weights="exp"))
+    # natural order is the default; sort=False keeps the order given: the "last 3" are then 10, 11 and 12 shuffled
+    assert_state_equal(average_checkpoints(shuffled, last=3), reference_mean(states[-3:]))
+    assert_state_equal(average_checkpoints(shuffled[:3], weights="exp", sort=False),
+                       average_checkpoints([paths[10], paths[1], paths[11]], weights="exp", sort=False))
+    assert not torch.equal(average_checkpoints(shuffled[:3], weights="exp", sort=False)["fp32.weight"],
+                           average_checkpoints(shuffled[:3], weights="exp")["fp32.weight"])
     with pytest.raises(ValueError, match="Invalid last: 13 but only 12"):
         average_checkpoints(paths, last=13)
     with pytest.raises(ValueError, match="Invalid last: 0"):
@@ -200,7 +203,7 @@ def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
 def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
     _, paths = save_states(tmp_path, 5, wrap=True)
     alive: list[weakref.ref] = []
-    real_load = offline._load
+    real_load = offline_average.load_pickled
 
     def tracking_load(path, trust_pickle):
         obj = real_load(path, trust_pickle)
@@ -211,7 +214,7 @@ def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
         gc.collect()
         assert [r() is not None for r in alive] == [False] * i + [True], f"after {path}"
 
-    monkeypatch.setattr(offline, "_load", tracking_load)
+    monkeypatch.setattr(offline_average, "load_pickled", tracking_load)
     average_checkpoints(paths, progress=progress)
     assert len(alive) == 5
 
@@ -300,8 +303,8 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"ints\.pt holds no floating-point tensors"):
         average_checkpoints([tmp_path / "ints.pt"])
     torch.save({"model": make_state(0)}, tmp_path / "wrapped.pt")
-    with pytest.raises(CheckpointError, match=r"wrapped\.pt is a checkpoint with 'model' but the first file is a "
-                                              r"plain state dict"):
+    with pytest.raises(CheckpointError, match=r"wrapped\.pt is a fairseq checkpoint with 'model' but the first file "
+                                              r"is a plain state dict"):
         average_checkpoints([paths[0], tmp_path / "wrapped.pt"])
     torch.save({"w": torch.zeros(3).to_sparse()}, tmp_path / "sparse.pt")
     with pytest.raises(CheckpointError, match=r"sparse\.pt: tensor 'w' is torch.sparse_coo"):
@@ -323,7 +326,7 @@ def test_nonfinite_raise_or_skip(tmp_path):
     raw = [0.5 * 0.5**age for age in range(5)][::-1]  # oldest first; the NaN file (index 2) drops out
     kept = [raw[i] for i in (0, 1, 3, 4)]
     with pytest.warns(RuntimeWarning):
-        got = average_checkpoints(order, weights="exp", alpha=0.5, nonfinite="skip")
+        got = average_checkpoints(order, weights="exp", alpha=0.5, nonfinite="skip", sort=False)
     assert_state_equal(got, reference_mean(states, [c / sum(kept) for c in kept]), exact=False)
     with pytest.raises(ValueError, match="Invalid nonfinite: 'ignore'"):
         average_checkpoints(paths, nonfinite="ignore")

@@ -1,0 +1,227 @@
+"""safetensors files and Hugging Face checkpoint folders: read one tensor at a time, write one at a time.
+
+Reading goes through safetensors' own ``safe_open`` (the file is memory-mapped and never runs
+code). The header of every checkpoint is read first, so keys, shapes and dtypes are compared
+before any weight is read. A tensor is read by opening its file, taking the tensor and closing the
+file: a memory-mapped page stays in the process's memory while its file is open, so this keeps
+the resident memory at one tensor per file, not the whole file.
+
+Writing: safetensors' ``save_file`` needs every tensor in memory at once; :class:`StreamWriter`
+writes the same documented layout (8-byte little-endian header size, the JSON header, then the
+tensors' bytes back to back) one tensor at a time, so the average never exists whole in memory.
+The tests read every output back with safetensors' ``safe_open``/``load_file`` and
+``transformers``' ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from ..io import CheckpointError
+from .select import HF_WEIGHT_FILES
+
+__all__ = ["HFSource", "SafetensorsSource", "StreamWriter", "copy_hf_side_files", "dtype_code"]
+
+# A Trainer checkpoint's training state: never copied into an averaged folder.
+HF_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
+
+
+def _safe_open(path: Path):
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="pt", device="cpu")
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """safetensors' name of a torch dtype (``torch.float32`` -> ``"F32"``)."""
+    from safetensors.torch import _TYPES  # the library's own table
+
+    for code, value in _TYPES.items():
+        if value == dtype:
+            return code
+    raise CheckpointError(f"dtype {dtype} cannot be stored in safetensors")
+
+
+def _dtype(code: str) -> torch.dtype:
+    from safetensors.torch import _TYPES
+
+    return _TYPES[code]
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str] | None]:
+    """``({key: (dtype code, shape)}, metadata)`` of a safetensors file, in file order; no weight is read."""
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")
+    try:
+        with _safe_open(path) as f:
+            layout = {}
+            for key in f.offset_keys() if hasattr(f, "offset_keys") else f.keys():
+                sl = f.get_slice(key)
+                layout[key] = (sl.get_dtype(), tuple(sl.get_shape()))
+            return layout, f.metadata()
+    except Exception as err:  # safetensors_rust.SafetensorError: truncated, not safetensors, bad header
+        raise CheckpointError(f"Checkpoint {str(path)!r} could not be read as safetensors; it is truncated or not a "
+                              f"safetensors file ({type(err).__name__}: {err})") from err
+
+
+def _read_tensor(path: Path, key: str) -> torch.Tensor:
+    try:
+        with _safe_open(path) as f:
+            return f.get_tensor(key)
+    except Exception as err:
+        raise CheckpointError(f"Checkpoint {str(path)!r}: tensor {key!r} could not be read ({err})") from err
+
+
+class SafetensorsSource:
+    """One bare ``.safetensors`` checkpoint."""
+
+    kind = "safetensors"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        layout, self.metadata = read_header(path)
+        self.layout = layout
+        self.files = {key: path for key in layout}
+        self.shards: dict[str, list[str]] = {path.name: list(layout)}  # output file -> its keys
+
+    def read(self, key: str) -> torch.Tensor:
+        return _read_tensor(self.files[key], key)
+
+
+class HFSource(SafetensorsSource):
+    """One Hugging Face checkpoint folder whose weights are safetensors, one file or sharded by an index."""
+
+    kind = "huggingface"
+
+    def __init__(self, folder: Path) -> None:  # not super().__init__: the layout spans shards
+        self.path = folder
+        self.name = str(folder)
+        index = folder / HF_WEIGHT_FILES[0]
+        self.index: dict[str, Any] | None = None
+        if not index.is_file():
+            layout, self.metadata = read_header(folder / "model.safetensors")
+            self.layout = layout
+            self.files = {key: folder / "model.safetensors" for key in layout}
+            self.shards = {"model.safetensors": list(layout)}
+            return
+        try:
+            self.index = json.loads(index.read_text())
+            weight_map = self.index["weight_map"]
+            if not isinstance(weight_map, Mapping):
+                raise TypeError("weight_map is not a mapping")
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"Index {str(index)!r} is not a safetensors index ({type(err).__name__}: {err}); "
+                                  "it needs a weight_map of tensor name -> shard file") from err
+        shards: dict[str, list[str]] = {}
+        for key, shard in weight_map.items():
+            shards.setdefault(shard, []).append(key)
+        self.layout, self.files, self.shards, self.metadata = {}, {}, {}, None
+        for shard in sorted(shards):
+            file = folder / shard
+            if not file.is_file():
+                raise CheckpointError(f"Index {str(index)!r} names shard {shard!r}, which does not exist in "
+                                      f"{str(folder)!r}; the checkpoint is incomplete (an interrupted save?)")
+            layout, metadata = read_header(file)
+            missing = [k for k in shards[shard] if k not in layout]
+            if missing:
+                raise CheckpointError(f"Index {str(index)!r} maps {missing[0]!r} to {shard!r}, which does not hold "
+                                      f"it; the checkpoint is inconsistent")
+            self.metadata = self.metadata or metadata
+            keys = [k for k in layout if k in weight_map and weight_map[k] == shard]  # file order
+            self.shards[shard] = keys
+            for k in keys:
+                self.layout[k] = layout[k]
+                self.files[k] = file
+
+
+class StreamWriter:
+    """Write a safetensors file one tensor at a time: the header first (from the layout), then the data.
+
+    Args:
+        f (binary file): open for writing, positioned at 0.
+        layout (mapping): ``{key: (dtype code, shape)}``, in the order the tensors will be written.
+        metadata (dict of str, optional): the header's ``__metadata__``.
+    """
+
+    def __init__(self, f: BinaryIO, layout: Mapping[str, tuple[str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None) -> None:
+        header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+        offset = 0
+        for key, (code, shape) in layout.items():
+            nbytes = math.prod(shape) * _dtype(code).itemsize
+            header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        self.f, self.layout, self.pending = f, layout, iter(layout)
+        self.nbytes = offset
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        expected = next(self.pending, None)
+        code, shape = self.layout[key]
+        if key != expected or tuple(tensor.shape) != shape or dtype_code(tensor.dtype) != code:
+            raise RuntimeError(f"internal error: wrote {key!r} {tuple(tensor.shape)} {tensor.dtype}, expected "
+                               f"{expected!r} {shape} {code}")
+        if tensor.numel():
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            self.f.write(memoryview(data.numpy()))
+
+    def close(self) -> None:
+        if next(self.pending, None) is not None:
+            raise RuntimeError("internal error: not every tensor of the header was written")
+
+
+def write_shard(f: BinaryIO, keys: list[str], layout, metadata, tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """Write the safetensors file holding ``keys``, taking ``(key, tensor)`` pairs from ``tensors`` in order."""
+    writer = StreamWriter(f, {k: layout[k] for k in keys}, metadata)
+    for _ in keys:
+        key, tensor = next(tensors)
+        writer.write(key, tensor)
+        del tensor
+    writer.close()
+
+
+def shard_bytes(keys: list[str], layout) -> int:
+    return sum(math.prod(layout[k][1]) * _dtype(layout[k][0]).itemsize for k in keys)
+
+
+def copy_hf_side_files(newest: Path, out: Path) -> list[str]:
+    """Copy the newest folder's config, generation config, tokenizer and other small files; not weights or state."""
+    copied = []
+    for p in sorted(newest.iterdir()):
+        if not p.is_file() or p.name in HF_TRAINING_STATE or p.name in HF_WEIGHT_FILES:
+            continue
+        if p.name.endswith((".safetensors", ".bin", ".pt", ".pth")) or p.name.startswith("rng_state"):
+            continue  # weights, shards, optimizer and RNG state of the Trainer
+        shutil.copy2(p, out / p.name)
+        copied.append(p.name)
+    return copied
+
+
+def index_json(source: HFSource, layout) -> str:
+    """The output's ``model.safetensors.index.json``: the input's, with the total size of what was written."""
+    assert source.index is not None
+    index = json.loads(json.dumps(source.index))
+    index.setdefault("metadata", {})["total_size"] = sum(shard_bytes(keys, layout) for keys in source.shards.values())
+    return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+
+def fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
