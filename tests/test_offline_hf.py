@@ -1,0 +1,198 @@
+"""Offline LAWA over real Hugging Face Trainer checkpoints (safetensors, sharded or not, and pytorch_model.bin).
+
+A tiny GPT-2 built from a config (nothing downloaded) is trained by a real ``transformers.Trainer``
+that saves ``checkpoint-N/`` folders; the average of the newest is compared with a float64
+reference computed here from the files (read by safetensors' own ``load_file``), and the output
+folder is loaded back with ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import require
+
+from lawa_optim.io import CheckpointError
+from lawa_optim.offline import write_average
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+def _tokenizer():
+    tokenizers = require("tokenizers", "to build a tokenizer without downloading one")
+    transformers = require("transformers")
+    vocab = {f"w{i}": i for i in range(30)}
+    vocab["[UNK]"] = 30
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
+
+
+@pytest.fixture(scope="module")
+def trainer_run(tmp_path_factory) -> Path:
+    """A real Trainer run of a tiny GPT-2 saving checkpoint-2 ... checkpoint-12 (safetensors, one file each)."""
+    transformers = require("transformers", "to write real Trainer checkpoints")
+    require("accelerate", "the Trainer needs it")
+    out = tmp_path_factory.mktemp("hf") / "run"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=31, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 31, (48, 8), generator=g)]
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=12, save_steps=2, per_device_train_batch_size=4, learning_rate=0.05,
+        report_to=[], use_cpu=True, logging_strategy="no", save_strategy="steps", dataloader_num_workers=0,
+        seed=0, disable_tqdm=True,
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=data, processing_class=_tokenizer()).train()
+    return out
+
+
+def _reference(folders: list[Path]) -> dict[str, torch.Tensor]:
+    """The float64 mean of every floating tensor over ``folders`` (their own weight files, any sharding)."""
+    from safetensors.torch import load_file
+
+    states = []
+    for folder in folders:
+        sd = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            sd.update(load_file(file))
+        states.append(sd)
+    return {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+            for k, v in states[-1].items()}
+
+
+def test_trainer_folder_averages_to_a_folder_from_pretrained_loads(trainer_run, tmp_path):
+    transformers = require("transformers")
+    checkpoints = sorted(trainer_run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == [f"checkpoint-{s}" for s in range(2, 14, 2)]
+    out = tmp_path / "lawa"
+    summary = write_average([trainer_run], out, last=3)
+    # checkpoint-8, -10, -12 by step (a plain sort would put checkpoint-10 and -12 before checkpoint-2)
+    assert summary.files == tuple(str(p) for p in checkpoints[-3:])
+    assert summary.format == "huggingface" and summary.coefficients == pytest.approx([1 / 3] * 3)
+    want = _reference(checkpoints[-3:])
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}  # the input's metadata
+        assert sorted(f.keys()) == sorted(want)
+        for key, value in want.items():
+            assert torch.equal(f.get_tensor(key), value), key
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not names & {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "rng_state.pth"}
+    assert json.loads((out / "lawa_average.json").read_text())["files"] == list(summary.files)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    got = model.state_dict()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert torch.equal(got["lm_head.weight"], want["transformer.wte.weight"])  # tied again by from_pretrained
+    assert transformers.AutoTokenizer.from_pretrained(out)("w3 w7")["input_ids"] == [3, 7]
+    # the averaged folder beside the checkpoints is never taken for one of them
+    (trainer_run / "lawa-k3").mkdir()
+    for p in out.iterdir():
+        shutil.copy(p, trainer_run / "lawa-k3" / p.name)
+    try:
+        again = write_average([trainer_run], tmp_path / "again", last=3)
+        assert again.files == summary.files and str(trainer_run / "lawa-k3") in again.ignored
+    finally:
+        shutil.rmtree(trainer_run / "lawa-k3")
+
+
+def test_sharded_checkpoints_average_into_the_same_shards(trainer_run, tmp_path):
+    transformers = require("transformers")
+    sharded = tmp_path / "sharded"
+    for step in (8, 10, 12):  # the same weights, saved sharded by save_pretrained
+        model = transformers.AutoModelForCausalLM.from_pretrained(trainer_run / f"checkpoint-{step}")
+        model.save_pretrained(sharded / f"checkpoint-{step}", max_shard_size="8KB")
+        shutil.copy(trainer_run / f"checkpoint-{step}" / "tokenizer.json", sharded / f"checkpoint-{step}")
+    shards = sorted(p.name for p in (sharded / "checkpoint-12").glob("*.safetensors"))
+    assert len(shards) >= 3 and (sharded / "checkpoint-12" / "model.safetensors.index.json").is_file()
+    out = tmp_path / "lawa"
+    write_average([sharded], out)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == shards
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == json.loads((sharded / "checkpoint-12" / "model.safetensors.index.json")
+                                             .read_text())["weight_map"]
+    assert index["metadata"]["total_size"] == sum(
+        v.numel() * v.element_size() for v in _reference([out]).values())
+    want = _reference([trainer_run / f"checkpoint-{s}" for s in (8, 10, 12)])  # from the unsharded files
+    got = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_pytorch_model_bin_folders_average_to_safetensors(trainer_run, tmp_path):
+    transformers = require("transformers")
+    bins = tmp_path / "bins"
+    for step in (10, 12):
+        model = transformers.AutoModelForCausalLM.from_pretrained(trainer_run / f"checkpoint-{step}")
+        (bins / f"checkpoint-{step}").mkdir(parents=True)
+        model.config.save_pretrained(bins / f"checkpoint-{step}")
+        torch.save(model.state_dict(), bins / f"checkpoint-{step}" / "pytorch_model.bin")  # the older layout
+    out = tmp_path / "lawa"
+    summary = write_average([bins], out)
+    assert summary.format == "huggingface" and len(summary.files) == 2
+    assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    want = _reference([trainer_run / f"checkpoint-{s}" for s in (10, 12)])
+    got = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+# --------------------------------------------------------------- bad input: one clear error, nothing written
+def _nothing_written(tmp_path: Path, out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+def test_folder_without_checkpoints(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no weights here")
+    out = tmp_path / "lawa"
+    with pytest.raises(CheckpointError, match=r"Folder '.*empty' holds no checkpoints: looked for Hugging Face"):
+        write_average([tmp_path / "empty"], out)
+    _nothing_written(tmp_path, out)
+
+
+def test_mixed_architectures_are_refused_by_name(trainer_run, tmp_path):
+    transformers = require("transformers")
+    other = tmp_path / "run" / "checkpoint-99"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=31, n_positions=16, n_embd=16, n_layer=3,
+                                                         n_head=2)).save_pretrained(other)
+    out = tmp_path / "lawa"
+    with pytest.raises(CheckpointError, match=r"checkpoint-99 does not match .*checkpoint-12: it has extra "
+                                              r"'transformer\.h\.2\..*only checkpoints of one model"):
+        write_average([trainer_run / "checkpoint-12", other], out)
+    _nothing_written(tmp_path, out)
+
+
+def test_truncated_safetensors_is_named(trainer_run, tmp_path):
+    bad = tmp_path / "run" / "checkpoint-14"
+    shutil.copytree(trainer_run / "checkpoint-12", bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) - 100])
+    out = tmp_path / "lawa"
+    with pytest.raises(CheckpointError, match=r"checkpoint-14/model\.safetensors' could not be read as safetensors; "
+                                              r"it is truncated"):
+        write_average([trainer_run / "checkpoint-10", trainer_run / "checkpoint-12", bad], out)
+    _nothing_written(tmp_path, out)
+
+
+def test_index_naming_a_missing_shard(trainer_run, tmp_path):
+    transformers = require("transformers")
+    folder = tmp_path / "run" / "checkpoint-12"
+    transformers.AutoModelForCausalLM.from_pretrained(trainer_run / "checkpoint-12").save_pretrained(
+        folder, max_shard_size="8KB")
+    missing = sorted(folder.glob("model-*.safetensors"))[1]
+    missing.unlink()
+    out = tmp_path / "lawa"
+    with pytest.raises(CheckpointError, match=rf"names shard '{missing.name}', which does not exist"):
+        write_average([trainer_run / "checkpoint-10", folder], out)
+    _nothing_written(tmp_path, out)
