@@ -16,12 +16,14 @@ _EPILOG = """\b
 Examples:
   lawa bench resnet --config configs/quick.yaml --out runs/quick
   lawa bench resnet --config configs/repro.yaml --out runs/repro --seeds 3
-  lawa bench resnet --config configs/quick.yaml --methods lawa,exp train.epochs=3 data.train_images=2000
+  lawa bench resnet --config configs/quick.yaml --methods lawa,exp --out runs/quick_e3 train.epochs=3
   torchrun --nproc_per_node 2 $(which lawa) bench resnet --config configs/quick.yaml --out runs/ddp
   lawa report runs/quick
 
 \b
 Killed? Run the same command again: it continues after the last completed epoch.
+Another config, overrides or --methods need their own --out (or --fresh).
+data.batch_size is per process: under torchrun the global batch is nproc x batch_size.
 """
 
 
