@@ -40,6 +40,8 @@ def test_bench_roberta_trains_resumes_and_reports(tmp_path):
     # the same command with more epochs continues from checkpoint_last.pt
     again = CliRunner().invoke(main, ["bench", "roberta", "--config", str(config), "--out", str(out), "--epochs", "3"])
     assert again.exit_code == 0, again.output
+    assert "from 2 to 3 epochs with the same learning-rate schedule" in again.output  # says what it does
+    assert "Adam's best validation ppl" in again.output and "None" not in again.output
     log = (out / "train.log").read_text()
     assert "Loaded checkpoint" in log and log.count("begin training epoch 1\n") == 1
     results = json.loads((out / "results.json").read_text())
