@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ._checks import is_number
+
 __all__ = ["exp_coefficients", "resolve_weights", "window_coefficients"]
 
 WEIGHT_NAMES = ("uniform", "exp")
@@ -33,7 +35,7 @@ def resolve_weights(weights: str | Sequence[float], k: int, alpha: float) -> tup
     ``("custom", (c_0, ..., c_{k-1}))`` with the custom coefficients as given (newest first).
     Raises ``ValueError``/``TypeError`` naming the argument; nothing is changed.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 < float(alpha) <= 1.0):
+    if not is_number(alpha) or not (0.0 < float(alpha) <= 1.0):
         raise ValueError(f"Invalid alpha: {alpha!r}; it must be a number in (0, 1] (the paper's EXP uses 0.9)")
     if isinstance(weights, str):
         if weights not in WEIGHT_NAMES:

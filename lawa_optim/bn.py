@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import is_int
+
 __all__ = ["LABEL_KEYS", "has_batchnorm", "model_input", "recompute_bn"]
 
 # Keys of a dict batch that hold targets rather than model inputs.
@@ -84,8 +86,7 @@ def recompute_bn(
         forward (callable, optional): ``forward(model, batch)`` for batches of another shape
             (default: :func:`model_input`).
     """
-    bad = isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    if max_batches is not None and bad:
+    if max_batches is not None and not is_int(max_batches, 1):
         raise ValueError(f"Invalid max_batches: {max_batches!r}; use a positive int or None for the whole loader")
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
     adapter = _Adapter(model, device, forward or model_input)

@@ -19,9 +19,11 @@ Subclasses implement the method itself through a few hooks:
   (LAWA's ring): a swap then restores from it instead of backing the weights up.
 
 Framework proxies: Lightning's ``LightningOptimizer`` is an object of a class derived from the
-wrapper's class holding a shallow copy of the wrapper's ``__dict__``. Every attribute that changes
+wrapper's class that forwards attribute reads to the wrapper (older versions held a shallow copy
+of its ``__dict__``), and whose ``optimizer`` property is the wrapper itself. Every attribute that changes
 after ``__init__`` is therefore declared with :class:`shared` and lives in one dict both objects
-reference, so ``self.optimizers().swap_in()`` swaps the one wrapper.
+reach, and the public methods run on the wrapper itself whoever they are called through
+(:func:`_owner`), so ``self.optimizers().swap_in()`` swaps the one wrapper.
 """
 
 from __future__ import annotations
@@ -57,13 +59,29 @@ def _copy_list(dst: list[Tensor], src: list[Tensor]) -> None:
             d.detach().copy_(t)
 
 
-class shared:  # noqa: N801 - used like a field declaration
-    """A wrapper attribute stored in the one dict the wrapper and its proxies share.
+def _shared_of(obj: Any) -> dict[str, Any] | None:
+    """The dict of shared state ``obj`` holds or reaches: its own, or through a proxy's forwarding
+    ``__getattr__`` (Lightning 2.6's ``LightningOptimizer`` forwards to ``._optimizer``)."""
+    mine = obj.__dict__.get("_shared")
+    if mine is None:
+        mine = getattr(obj, "_shared", None)  # not a class attribute: only a forwarding __getattr__ finds it
+    return mine
 
-    A data descriptor: reads and writes go to ``obj.__dict__["_shared"]``, a dict created before
-    anything else in ``__init__``. A proxy built from a shallow copy of ``__dict__`` (Lightning's
-    ``LightningOptimizer``) references the same dict, so a method called through the proxy
-    changes the wrapper itself.
+
+def _owner(obj: Any) -> AveragingOptimizer:
+    """The wrapper itself, whether ``obj`` is the wrapper or a framework's proxy of it."""
+    mine = _shared_of(obj)
+    return obj if mine is None else mine.get("owner", obj)
+
+
+class shared:  # noqa: N801 - used like a field declaration
+    """A wrapper attribute stored in the one dict the wrapper and its proxies reach.
+
+    A data descriptor: reads and writes go to the wrapper's ``_shared`` dict, made first thing in
+    ``__init__``. A framework proxy of the wrapper (an object of a class derived from the
+    wrapper's, like Lightning's ``LightningOptimizer``) reaches the same dict, whether it holds a
+    shallow copy of the wrapper's ``__dict__`` or forwards attribute reads to it, so its reads see
+    the wrapper's current state and its writes change the wrapper.
     """
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -72,13 +90,16 @@ class shared:  # noqa: N801 - used like a field declaration
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        try:
-            return obj.__dict__["_shared"][self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
+        mine = _shared_of(obj)
+        if mine is None or self.name not in mine:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}")
+        return mine[self.name]
 
     def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__.setdefault("_shared", {})[self.name] = value
+        mine = _shared_of(obj)
+        if mine is None:  # before __init__ made it (a subclass setting attributes early)
+            mine = obj.__dict__["_shared"] = {"owner": obj}
+        mine[self.name] = value
 
 
 class _Swap:
@@ -143,7 +164,7 @@ class AveragingOptimizer(Optimizer):
             )
         check_not_wrapped(optimizer)
         _check_period(period)
-        self.__dict__["_shared"] = {}
+        self.__dict__["_shared"] = {"owner": self}
         self.optimizer: Optimizer | None = None  # add_param_group below runs Optimizer's during __init__
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.optimizer = optimizer
@@ -174,6 +195,7 @@ class AveragingOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         mine = dict(state.pop("_shared", {}))
+        mine["owner"] = self
         for name in list(state):  # a pickle from before `shared` kept these in __dict__
             if isinstance(getattr(type(self), name, None), shared):
                 mine[name] = state.pop(name)
@@ -220,6 +242,7 @@ class AveragingOptimizer(Optimizer):
             )
 
     def __repr__(self) -> str:
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         return f"{type(self).__name__}({self._describe()}, optimizer={self.optimizer!r})"
 
     def _describe(self) -> str:
@@ -237,6 +260,7 @@ class AveragingOptimizer(Optimizer):
         Hooks registered on this wrapper (``register_step_pre_hook``/``post_hook``) run here;
         torch's global optimizer hooks run once, in the base optimizer's ``step()``.
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("step()")
         assert self.optimizer is not None
         args: tuple[Any, ...] = (self,) if closure is None else (self, closure)
@@ -263,6 +287,7 @@ class AveragingOptimizer(Optimizer):
         (a benchmark evaluating LAWA, EXP, EMA and SWA on the same run steps the base optimizer
         once, then calls ``observe_step()`` on each wrapper).
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("step()")
         self.num_steps += 1
         self._after_step()
@@ -270,11 +295,13 @@ class AveragingOptimizer(Optimizer):
             self.snapshot()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (and so to this one) and start tracking it."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self.optimizer is None:  # Optimizer.__init__ registering the shared groups
             return super().add_param_group(param_group)
         self._require_training_weights("add_param_group()")
@@ -285,6 +312,7 @@ class AveragingOptimizer(Optimizer):
 
     def snapshot(self) -> None:
         """Record the current weights (called every ``period`` steps, or by hand)."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("snapshot()")
         self._take_snapshot()
 
@@ -312,6 +340,7 @@ class AveragingOptimizer(Optimizer):
 
         Returns a context manager that calls :meth:`swap_out` on exit.
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("swap_in()")
         self._check_can_average(k)
         if bn_loader is not None and not isinstance(model, nn.Module):
@@ -353,6 +382,7 @@ class AveragingOptimizer(Optimizer):
 
         Returns a context manager that swaps the same evaluation weights back in on exit.
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self._swap is None:
             raise RuntimeError("swap_out() without swap_in(): the training weights are already in place")
         swap, self._swap = self._swap, None
@@ -402,6 +432,7 @@ class AveragingOptimizer(Optimizer):
         so it keeps the saved training buffers until this call (made after loading, before
         training on). Returns True if buffers were restored, False if none were pending.
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         pending = self._pending_buffers
         if pending is None:
             return False
@@ -426,6 +457,7 @@ class AveragingOptimizer(Optimizer):
 
     def averaged_state_dict(self, model: nn.Module, k: int | None = None, **bn: Any) -> dict[str, Tensor]:
         """A copy of ``model.state_dict()`` holding the evaluation weights (for ``checkpoint_lawa.pt``)."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if not isinstance(model, nn.Module):
             raise TypeError(f"Invalid model: {type(model).__name__} is not an nn.Module")
         with self.swap_in(k, model=model, **bn):
@@ -441,6 +473,7 @@ class AveragingOptimizer(Optimizer):
         of the model's training buffers in ``model.buffers()`` order, else None) and the method's
         own entries. Only tensors and plain values: ``weights_only=True`` loads it.
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         assert self.optimizer is not None
@@ -471,6 +504,7 @@ class AveragingOptimizer(Optimizer):
         training buffers are kept until :meth:`restore_training_buffers` writes them back (a
         ``RuntimeWarning`` says so).
         """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = pre_hook(self, state_dict) or state_dict

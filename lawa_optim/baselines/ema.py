@@ -7,6 +7,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from .._checks import is_int, is_number
+from ..protocol import shared
 from ._shadow import ShadowWrapper
 
 __all__ = ["EMAWrapper"]
@@ -38,11 +40,12 @@ class EMAWrapper(ShadowWrapper):
     """
 
     method = "ema"
+    num_updates = shared()
 
     def __init__(self, optimizer: Optimizer, decay: float = 0.999, update_every: int = 1) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0.0 <= decay < 1.0):
+        if not is_number(decay) or not (0.0 <= decay < 1.0):
             raise ValueError(f"Invalid decay: {decay!r}; use a float in [0, 1), e.g. 0.999")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+        if not is_int(update_every, 1):
             raise ValueError(f"Invalid update_every: {update_every!r}; use a positive int (1 updates every step)")
         super().__init__(optimizer, None, get_ema_multi_avg_fn(float(decay)))
         self.decay = float(decay)
@@ -87,7 +90,7 @@ class EMAWrapper(ShadowWrapper):
                 f"Invalid state_dict: saved with decay={decay!r}, update_every={every!r}; this wrapper has "
                 f"decay={self.decay}, update_every={self.update_every}; create it with the same values"
             )
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if not is_int(n, 0):
             raise ValueError(f"Invalid state_dict: num_updates={n!r} is not a non-negative int")
         self._shadow.check(state.get("average"), "state_dict['lawa']['average']")
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..protocol import AveragingOptimizer
+from .._checks import check_not_wrapped
+from ..protocol import AveragingOptimizer, _owner
 from ._optional import import_optional
 
 __all__ = ["LookaheadWrapper"]
@@ -46,10 +47,7 @@ class LookaheadWrapper(AveragingOptimizer):
 
     def __init__(self, optimizer: Optimizer, k: int = 5, alpha: float = 0.8) -> None:
         fix = import_optional("lawa_optim.baselines.torch_optimizer_fix", "torch-optimizer", self.method)
-        if isinstance(optimizer, AveragingOptimizer):
-            raise TypeError(
-                f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
-            )
+        check_not_wrapped(optimizer)
         if isinstance(optimizer, fix.torch_optimizer.Lookahead):
             raise TypeError("Invalid optimizer: it is a Lookahead already; pass its base optimizer")
         super().__init__(fix.Lookahead(optimizer, k=k, alpha=alpha), period=None)
@@ -66,6 +64,7 @@ class LookaheadWrapper(AveragingOptimizer):
 
     def slow_weights(self) -> list[Tensor | None]:
         """The slow weights of each parameter (``None`` before its first step); read-only views."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         return [self.optimizer.state.get(p, {}).get("slow_param") for p in self._params]
 

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..protocol import AveragingOptimizer
+from .._checks import check_not_wrapped, is_int, is_number
+from ..protocol import AveragingOptimizer, _owner
 from ._optional import import_optional
 
 __all__ = ["ScheduleFreeAdapter"]
@@ -81,7 +82,11 @@ class ScheduleFreeAdapter(AveragingOptimizer):
     ``model.state_dict()`` and :meth:`state_dict` save, and a resume from them is exact), and
     :meth:`averaged` writes :math:`x` into the parameters through the package's ``eval()``;
     leaving restores :math:`y` bit-exactly from a copy (the package's ``train()`` would
-    recompute it with rounding). Use :meth:`averaged_state_dict` for the :math:`x` weights to ship.
+    recompute it with rounding). :meth:`eval`/:meth:`train` are the same swap under the
+    package's names, so the HF ``Trainer`` and accelerate, which call them around evaluation,
+    evaluate :math:`x` and train on an exact :math:`y`; a checkpoint they write in eval mode
+    resumes exactly (see :meth:`AveragingOptimizer.load_state_dict`). Use
+    :meth:`averaged_state_dict` for the :math:`x` weights to ship.
 
     It needs its own optimizer, built over the parameters. Given a schedule-free optimizer
     (``schedulefree.SGDScheduleFree``, ``AdamWScheduleFree``, ``RAdamScheduleFree``), it wraps it as
@@ -112,14 +117,11 @@ class ScheduleFreeAdapter(AveragingOptimizer):
         self, optimizer: Optimizer, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0
     ) -> None:
         sf = import_optional("schedulefree", "schedulefree", self.method)
-        if isinstance(optimizer, AveragingOptimizer):
-            raise TypeError(
-                f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
-            )
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        check_not_wrapped(optimizer)
+        if not is_int(warmup_steps, 0):
             raise ValueError(f"Invalid warmup_steps: {warmup_steps!r}; use a non-negative int")
         for name, value in (("r", r), ("weight_lr_power", weight_lr_power)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ValueError(f"Invalid {name}: {value!r}; use a non-negative float")
         if isinstance(optimizer, tuple(getattr(sf, name) for name in _SF_CLASSES)):
             if (warmup_steps, r, weight_lr_power) != (0, 0.0, 2.0):
@@ -148,13 +150,30 @@ class ScheduleFreeAdapter(AveragingOptimizer):
         """How many optimizer steps the average :math:`x` holds."""
         return self.num_steps
 
+    def eval(self) -> None:
+        """Put the evaluation weights :math:`x` into the parameters (:meth:`swap_in`); idempotent.
+
+        The schedule-free protocol, as the package's own ``optimizer.eval()``: the HF ``Trainer``
+        and accelerate's ``AcceleratedOptimizer`` call it before evaluating, :meth:`train` after.
+        """
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
+        if self._swap is None:
+            self.swap_in()
+
+    def train(self) -> None:
+        """Put the training weights :math:`y` back, bit-exactly (:meth:`swap_out`); idempotent."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
+        if self._swap is not None:
+            self.swap_out()
+
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """One schedule-free step (raises if someone put the optimizer in eval mode)."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         if not all(g["train_mode"] for g in self.optimizer.param_groups):
             raise RuntimeError(
-                "step() with the schedule-free optimizer in eval mode: use `with opt.averaged():` to evaluate, "
-                "or call opt.optimizer.train() before stepping"
+                "step() with the schedule-free optimizer in eval mode: use `with opt.averaged():` or "
+                "opt.eval()/opt.train() to evaluate, or call opt.optimizer.train() before stepping"
             )
         return super().step(closure)
 
@@ -169,6 +188,7 @@ class ScheduleFreeAdapter(AveragingOptimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`AveragingOptimizer.load_state_dict`; refuses a state saved in eval mode."""
+        self = _owner(self)  # the wrapper, also when called through a framework proxy
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if isinstance(groups, list) and not all(isinstance(g, dict) and g.get("train_mode") for g in groups):
             raise ValueError(

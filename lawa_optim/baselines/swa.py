@@ -7,6 +7,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.swa_utils import get_swa_multi_avg_fn
 
+from .._checks import is_int
+from ..protocol import shared
 from ._shadow import ShadowWrapper
 
 __all__ = ["SWAWrapper"]
@@ -41,9 +43,11 @@ class SWAWrapper(ShadowWrapper):
     """
 
     method = "swa"
+    snapshots_taken = shared()
+    n_averaged = shared()
 
     def __init__(self, optimizer: Optimizer, period: int | None = None, swa_start: int = 0) -> None:
-        if isinstance(swa_start, bool) or not isinstance(swa_start, int) or swa_start < 0:
+        if not is_int(swa_start, 0):
             raise ValueError(
                 f"Invalid swa_start: {swa_start!r}; use a non-negative int, the index of the first "
                 "snapshot (epoch, with period=len(train_loader)) to average"
@@ -93,13 +97,7 @@ class SWAWrapper(ShadowWrapper):
                 f"swa_start={self.swa_start}; create it with the same swa_start"
             )
         taken, n = state.get("snapshots_taken"), state.get("n_averaged")
-        if (
-            isinstance(taken, bool)
-            or not isinstance(taken, int)
-            or isinstance(n, bool)
-            or not isinstance(n, int)
-            or n != max(0, taken - self.swa_start)
-        ):
+        if not is_int(taken, 0) or not is_int(n, 0) or n != max(0, taken - self.swa_start):
             raise ValueError(
                 f"Invalid state_dict: snapshots_taken={taken!r}, n_averaged={n!r} do not agree with "
                 f"swa_start={self.swa_start}"

@@ -43,6 +43,8 @@ import torch_optimizer
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._checks import is_int, is_number
+
 __all__ = ["Lookahead"]
 
 _HOOK_DICTS = (
@@ -73,9 +75,9 @@ class Lookahead(torch_optimizer.Lookahead):
     def __init__(self, optimizer: Optimizer, k: int = 5, alpha: float = 0.5) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"Invalid optimizer: {type(optimizer).__name__} is not a torch.optim.Optimizer")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k, 1):
             raise ValueError(f"Invalid k: {k!r}; use an int >= 1, the number of fast steps per sync (e.g. 5)")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+        if not is_number(alpha) or not 0.0 < alpha <= 1.0:
             raise ValueError(f"Invalid alpha: {alpha!r}; use a float in (0, 1] (1.0 recovers the inner optimizer)")
         super().__init__(optimizer, k=k, alpha=float(alpha))
         # What Optimizer.__init__ would have set (upstream never calls it).
@@ -99,7 +101,7 @@ class Lookahead(torch_optimizer.Lookahead):
         if not isinstance(slow_state, dict):
             raise ValueError(f"Invalid state_dict: 'slow_state' is a {type(slow_state).__name__}, expected a dict")
         for index, entry in slow_state.items():
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(params):
+            if not is_int(index, 0, len(params) - 1):
                 raise ValueError(
                     f"Invalid state_dict: slow_state has an entry for parameter {index!r}, this optimizer has "
                     f"{len(params)} parameters; load a state dict saved for the same model"
