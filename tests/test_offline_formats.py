@@ -1,0 +1,182 @@
+"""Offline LAWA over real Lightning, timm and safetensors checkpoints, loaded back by the library that wrote them.
+
+Each run is a real one of the library (Lightning's Trainer with ModelCheckpoint, with and without
+its WeightAveraging callback; timm's CheckpointSaver; safetensors' save_file); the average is
+compared with a float64 reference computed here from the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import require
+from torch import nn
+
+from lawa_optim.io import CheckpointError
+from lawa_optim.offline import average_checkpoints, write_average
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+def reference(states: list[dict]) -> dict:
+    """Float64 mean of the floating tensors; the rest from the newest."""
+    return {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+            for k, v in states[-1].items()}
+
+
+def assert_equal_state(got, want) -> None:
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+
+
+# ----------------------------------------------------------------------------- Lightning
+def _lightning_run(tmp_path: Path, averaging: bool) -> tuple[type, list[Path]]:
+    L = require("lightning", "to write real Lightning checkpoints")
+
+    class Net(L.LightningModule):
+        def __init__(self, width: int = 8) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.Linear(4, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 2))
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1,
+                                                     save_last=True)]
+    if averaging:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        callbacks.append(L.pytorch.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(0.9)))
+    trainer = L.Trainer(max_epochs=5, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=8))
+    return Net, sorted(tmp_path.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0]))
+
+
+@pytest.mark.parametrize("averaging", [False, True], ids=["plain", "weight_averaging"])
+def test_lightning_ckpt_averages_and_loads_from_checkpoint(tmp_path, averaging):
+    net_class, paths = _lightning_run(tmp_path / "ckpts", averaging)
+    assert len(paths) == 5 and (tmp_path / "ckpts" / "last.ckpt").exists()
+    loaded = [torch.load(p, weights_only=True) for p in paths]
+    entry = "current_model_state" if averaging else "state_dict"  # the raw weights under WeightAveraging
+    assert (entry in loaded[-1]) and ("current_model_state" in loaded[-1]) == averaging
+    out = tmp_path / "lawa.ckpt"
+    summary = write_average([tmp_path / "ckpts"], out, last=3)
+    assert summary.format == "lightning" and summary.key == entry
+    assert summary.files == tuple(map(str, paths[-3:])) and str(tmp_path / "ckpts" / "last.ckpt") in summary.ignored
+    want = reference([c[entry] for c in loaded[-3:]])
+    written = torch.load(out, weights_only=True)
+    assert "optimizer_states" not in written and "current_model_state" not in written
+    assert written["pytorch-lightning_version"] == loaded[-1]["pytorch-lightning_version"]
+    assert written["state_dict"]["net.1.num_batches_tracked"] == loaded[-1][entry]["net.1.num_batches_tracked"]
+    model = net_class.load_from_checkpoint(out)
+    assert_equal_state(model.state_dict(), want)
+    if averaging:  # the callback's own EMA weights on request
+        ema = average_checkpoints(paths[-3:], key="state_dict")
+        assert_equal_state(ema["state_dict"], reference([c["state_dict"] for c in loaded[-3:]]))
+        assert not torch.equal(ema["state_dict"]["net.0.weight"], want["net.0.weight"])
+
+
+# ----------------------------------------------------------------------------- timm
+def test_timm_checkpoint_saver_files_average_and_load(tmp_path):
+    timm = require("timm", "to write real timm checkpoints")
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    ema = ModelEmaV3(model, decay=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    saver = CheckpointSaver(model, opt, model_ema=ema, checkpoint_dir=str(tmp_path), max_history=10)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for epoch in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        ema.update(model)
+        saver.save_checkpoint(epoch, metric=float(epoch))
+    paths = [tmp_path / f"checkpoint-{e}.pth.tar" for e in range(5)]
+    assert all(p.exists() for p in paths) and (tmp_path / "last.pth.tar").exists()
+    loaded = [torch.load(p, weights_only=True) for p in paths]
+    out = tmp_path / "lawa.pth.tar"
+    summary = write_average([tmp_path], out, last=4)
+    assert summary.format == "timm" and summary.key == "state_dict" and summary.files == tuple(map(str, paths[1:]))
+    assert {str(tmp_path / "last.pth.tar"), str(tmp_path / "model_best.pth.tar")} <= set(summary.ignored)
+    written = torch.load(out, weights_only=True)
+    assert "optimizer" not in written and "state_dict_ema" not in written and written["epoch"] == 4
+    want = reference([c["state_dict"] for c in loaded[1:]])
+    fresh = timm.create_model("test_resnet", num_classes=3)
+    timm.models.load_checkpoint(fresh, str(out))
+    assert_equal_state(fresh.state_dict(), want)
+    # the EMA weights on request, written where timm's loader reads them by default
+    write_average(paths[1:], out, key="state_dict_ema")
+    timm.models.load_checkpoint(fresh, str(out))
+    assert_equal_state(fresh.state_dict(), reference([c["state_dict_ema"] for c in loaded[1:]]))
+
+
+# ----------------------------------------------------------------------------- bare safetensors
+def test_safetensors_files_average_to_safetensors_with_metadata(tmp_path):
+    st = require("safetensors.torch")
+    states = []
+    for i in range(4):
+        g = torch.Generator().manual_seed(i)
+        sd = {"w": torch.randn(6, 5, generator=g), "h": torch.randn(7, generator=g).half(),
+              "b": torch.randn(3, generator=g).bfloat16(), "steps": torch.tensor([i, 10 * i])}
+        st.save_file(sd, tmp_path / f"step{(i + 1) * 500}.safetensors", metadata={"format": "pt", "step": str(i)})
+        states.append(sd)
+    out = tmp_path / "avg" / "lawa.safetensors"
+    summary = write_average([tmp_path], out, last=3, weights="exp", alpha=0.5)
+    coeffs = [0.5 * 0.5**a for a in range(3)][::-1]
+    coeffs = [c / sum(coeffs) for c in coeffs]
+    assert summary.format == "safetensors" and summary.coefficients == pytest.approx(coeffs)
+    got = st.load_file(out)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata() == {"format": "pt", "step": "3"}  # the newest file's metadata
+    for key in ("w", "h", "b"):
+        stack = torch.stack([s[key].double() for s in states[1:]])
+        want = (stack * torch.tensor(coeffs, dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))).sum(0)
+        rtol = 2e-7 if got[key].dtype == torch.float32 else 0.008  # one rounding of the result
+        torch.testing.assert_close(got[key], want.to(got[key].dtype), rtol=rtol, atol=1e-12)
+    assert torch.equal(got["steps"], states[-1]["steps"])
+    # uniform: bit-exact against the float64 mean, the same whether read as a folder or as files
+    write_average(sorted(tmp_path.glob("*.safetensors"))[::-1], out, force=True)
+    assert_equal_state(st.load_file(out), reference(states))
+
+
+def test_mixed_formats_are_refused(tmp_path):
+    st = require("safetensors.torch")
+    st.save_file({"w": torch.zeros(2)}, tmp_path / "a1.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "a2.pt")
+    with pytest.raises(CheckpointError, match=r"a2\.pt is a pickled checkpoint but .*a1\.safetensors is a "
+                                              r"safetensors one; give checkpoints of one format"):
+        average_checkpoints([tmp_path])
+
+
+def test_nonfinite_safetensors_raise_or_skip(tmp_path):
+    st = require("safetensors.torch")
+    states = []
+    for i in range(4):
+        sd = {"a": torch.full((3,), float(i)), "w": torch.randn(4, 4, generator=torch.Generator().manual_seed(i))}
+        if i == 2:
+            sd["w"][1, 2] = float("nan")
+        st.save_file(sd, tmp_path / f"c{i}.safetensors")
+        states.append(sd)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(CheckpointError, match=r"c2\.safetensors holds NaN or Inf in 'w'"):
+        write_average([tmp_path], out)
+    assert not out.exists()
+    with pytest.warns(RuntimeWarning, match=r"Skipping .*c2\.safetensors"):
+        summary = write_average([tmp_path], out, nonfinite="skip")
+    assert summary.skipped == (str(tmp_path / "c2.safetensors"),) and len(summary.files) == 3
+    assert_equal_state(st.load_file(out), reference([states[i] for i in (0, 1, 3)]))
