@@ -141,6 +141,33 @@ def test_eval_lawa_loss_is_the_float64_reference_average_with_gradient_accumulat
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
+def _accuracy(pred):
+    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+
+def test_compute_metrics_of_the_average_and_a_greater_is_better_metric(tmp_path, one_thread):
+    """Every eval_<metric> gets its eval_lawa_<metric>, from the same compute_metrics on the average's
+    predictions; metric_for_best_model="lawa_accuracy" selects by the average, and time saved uses max."""
+    model = _model()
+    args = _args(tmp_path, num_train_epochs=2, metric_for_best_model="lawa_accuracy")
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=TRAIN, eval_dataset=EVAL, compute_metrics=_accuracy
+    )
+    callback = LAWATrainerCallback(trainer, k=2)
+    trainer.add_callback(callback)
+    trainer.train()
+    acc = _evals(trainer, "eval_lawa_accuracy")
+    assert sorted(acc) == [4, 8] and sorted(_evals(trainer, "eval_lawa_loss")) == [4, 8]
+    assert trainer.state.best_metric == max(acc.values())
+    assert callback.time_saved.metric == "eval_accuracy" and callback.time_saved.mode == "max"
+    # the average saved in checkpoint-8/lawa predicts exactly what was scored
+    average = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "checkpoint-8" / AVERAGE_DIR))
+    average.eval()
+    with torch.no_grad():
+        logits = average(input_ids=EVAL.ids).logits
+    assert float((logits.argmax(-1) == EVAL.labels).double().mean()) == acc[8]
+
+
 # ------------------------------------------------------------------------------ checkpoints and resume
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
