@@ -13,15 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_curves", "plot_k_sensitivity", "plot_time_saved"]
+from .report import _curve
+
+__all__ = ["family_color", "plot_curves", "plot_k_sensitivity", "plot_time_saved"]
 
 _PANELS = ("top1", "val_loss", "train_loss", "top5", "val_ppl", "ppl", "train_top1")
 _TITLES = {"top1": "validation top-1 (%)", "top5": "validation top-5 (%)", "val_loss": "validation loss",
            "train_loss": "training loss", "ppl": "validation perplexity", "val_ppl": "validation perplexity",
            "train_top1": "training top-1 (%)"}
 _DPI = 90
-_FAMILY_COLORS = {"base": "black", "lawa": "tab:blue", "exp": "tab:orange", "ema": "tab:green",
-                  "swa": "tab:purple", "lookahead": "tab:brown", "schedulefree": "tab:red"}
 
 
 def _plt():
@@ -33,10 +33,20 @@ def _plt():
     return plt
 
 
-def _curve(summary, method, col):
-    pts = [(s["epoch"], s[f"{col}_mean"], s[f"{col}_std"]) for s in summary
-           if s["method"] == method and f"{col}_mean" in s]
-    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+def family_color(family: str) -> str:
+    """A method family's colour: black for the bare optimizer, else a Tableau colour by its place in the zoo's
+    registry (LAWA blue, EXP orange, ...), grey for a family the registry does not know."""
+    from matplotlib.colors import TABLEAU_COLORS
+
+    from lawa_optim import list_methods
+
+    zoo = [m for m in list_methods() if m != "base"]
+    if family == "base":
+        return "black"
+    if family not in zoo:
+        return "tab:gray"
+    colors = [c for c in TABLEAU_COLORS if c != "tab:gray"]
+    return colors[zoo.index(family) % len(colors)]
 
 
 def _family(method: str, info: dict[str, Any]) -> str:
@@ -46,8 +56,7 @@ def _family(method: str, info: dict[str, Any]) -> str:
 def _style(method: str, info: dict[str, Any], baseline: str) -> dict[str, Any]:
     if method == baseline:
         return {"color": "black", "lw": 2.0}
-    fam = _family(method, info)
-    style = {"color": _FAMILY_COLORS.get(fam), "lw": 1.6}
+    style = {"color": family_color(_family(method, info)), "lw": 1.6}
     if "bncopy" in method:
         style.update(ls="--", lw=1.2)
     return style

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import require
 
 require("yaml")
+require("pydantic")
 
 from lawa_benchmarks.resnet.config import ConfigError, config_to_dict, load_config, parse_config  # noqa: E402
 
@@ -60,19 +61,58 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "data: {dataset: mnist, batch_sise: 64}\n"
         "model: {width: wide}\n"
         "train: {epochs: 5, momentum: 1.5}\n"
-        "methods: {lawa: {k: [0, 6]}, swa: {start_epoch: 9}}\n"
+        "methods: {lawa: {k: [0, 6]}, swa: {start_epoch: 9}, exp: {alpha: 1.5}, ema: {enabled: maybe}}\n"
         "colour: blue\n"
     )
     with pytest.raises(ConfigError) as info:
         load_config(bad, ["train.lr=-1", "nonsense"])
     errors = info.value.errors
-    text = str(info.value)
-    for expected in ("seeds: 0", "data.dataset: 'mnist'", "data.batch_sise: unknown key (did you mean 'batch_size'?)",
-                     "model.width: 'wide' is not an int", "train.momentum: 1.5", "methods.lawa.k",
-                     "methods.swa.start_epoch: 9", "colour: unknown key", "train.lr: -1.0",
+    for expected in ("seeds: 0 is invalid", "data.dataset: 'mnist' is invalid",
+                     "data.batch_sise: unknown key (did you mean 'batch_size'?)",
+                     "model.width: 'wide' is invalid: input should be a valid integer", "train.momentum: 1.5",
+                     "methods.lawa.k[0]: 0 is invalid", "methods.swa.start_epoch: 9 is invalid",
+                     "methods.exp: Invalid alpha: 1.5",  # the method's own check, from the registry
+                     "methods.ema.enabled: 'maybe' is invalid", "colour: unknown key", "train.lr: -1 is invalid",
                      "override 'nonsense': write it as key=value"):
-        assert expected in text, expected
-    assert len(errors) == 10, errors
+        assert sum(expected in e for e in errors) == 1, (expected, errors)
+    assert len(errors) == 12, errors
+    assert str(info.value).startswith(f"12 problem(s) in {bad}:")
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    """A file that is invalid alone validates once an override fixes it, and an override can break a good file."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: cifar10}\ntrain: {epochs: 4}\nmethods: {swa: {start_epoch: 6}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [e.split(":")[0] for e in info.value.errors] == ["data.root", "methods.swa.start_epoch"]
+    cfg = load_config(path, ["data.root=/data/cifar", "train.epochs=8"])  # start_epoch 6 < 8 now
+    assert (cfg.data.root, cfg.train.epochs, cfg.methods.swa.start_epoch) == ("/data/cifar", 8, 6)
+    with pytest.raises(ConfigError, match=r"methods.swa.start_epoch: 6 is invalid"):
+        load_config(path, ["data.root=/x", "train.epochs=6"])
+
+
+def test_methods_sections_follow_the_registry():
+    import lawa_optim
+
+    cfg = parse_config({})
+    assert cfg.methods.names() == [m for m in lawa_optim.list_methods() if m != "base"]
+    for name in cfg.methods.names():
+        info = lawa_optim.get_method_info(name)
+        section = cfg.methods[name]
+        assert section.enabled is (not info.changes_trajectory and info.requires is None), name
+        for key, value in section.method_kwargs().items():  # every option is the method's, with its default
+            assert info.accepted_kwargs()[key] == value, (name, key)
+    assert cfg.methods.exp.alpha == lawa_optim.get_method_info("exp").defaults["alpha"]
+    assert cfg.methods.lawa.k == [lawa_optim.get_method_info("lawa").defaults["k"]]
+    with pytest.raises(ConfigError, match="methods.lawa.period: unknown key"):  # the runner sets it: one per epoch
+        parse_config({"methods": {"lawa": {"period": 3}}})
+
+
+def test_configs_are_frozen():
+    cfg = parse_config({})
+    with pytest.raises(Exception, match="frozen"):
+        cfg.train.epochs = 3
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
@@ -83,3 +123,5 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "b.yaml")
     with pytest.raises(ConfigError, match="needs data.root"):
         parse_config({"data": {"dataset": "cifar10"}})
+    (tmp_path / "empty.yaml").write_text("methods:\n")
+    assert load_config(tmp_path / "empty.yaml") == parse_config({})  # an empty section is all defaults

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .config import FAMILIES, ConfigError, load_config
+from .config import ConfigError, load_config
 
 __all__ = ["resnet"]
 
@@ -44,11 +44,14 @@ def _log_to_stderr() -> None:
 def _families(text: str | None) -> list[str] | None:
     if text is None:
         return None
+    from lawa_optim import list_methods
+
+    known = [n for n in list_methods() if n != "base"]
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FAMILIES and n != "base"]
+    unknown = [n for n in names if n not in known and n != "base"]
     if unknown or not names:
         raise click.BadParameter(
-            f"{text!r}: unknown method(s) {unknown}; use a comma-separated list of {', '.join(FAMILIES)} "
+            f"{text!r}: unknown method(s) {unknown}; use a comma-separated list of {', '.join(known)} "
             "(the SGD baseline always runs)", param_hint="--methods")
     return [n for n in names if n != "base"]
 
@@ -57,8 +60,8 @@ def _families(text: str | None) -> list[str] | None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A YAML config (see configs/); default: the built-in defaults.")
 @click.option("--methods", default=None,
-              help=f"Comma-separated method families to run, out of {', '.join(FAMILIES)} "
-                   "(default: those the config enables; SGD always runs).")
+              help="Comma-separated methods of the zoo to run, e.g. lawa,exp (lawa_optim.list_methods(); "
+                   "default: those the config enables; SGD always runs).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (overrides the config).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The run folder: checkpoints, metrics, report (default: runs/<config name>).")

@@ -1,33 +1,54 @@
-"""The ResNet benchmark's configuration: YAML validated into dataclasses, every error at once.
+"""The ResNet benchmark's configuration: YAML validated by pydantic, every error at once.
 
-A config file is a mapping with the sections below (every key optional, defaults shown by
-:class:`Config`). ``key=value`` overrides (``train.epochs=3``, ``methods.lawa.k=[2,6]``) are
-applied on top, their values parsed as YAML. :func:`load_config` reports every unknown key,
-wrong type and out-of-range value of the file and the overrides together in one
-:class:`ConfigError`.
+A config file is a mapping with the sections below (every key optional, defaults shown by the
+models). ``key=value`` overrides (``train.epochs=3``, ``methods.lawa.k=[2,6]``) are applied to
+the file's mapping before it is validated, their values parsed as YAML; :func:`load_config`
+reports every unknown key, wrong type and out-of-range value of the file and the overrides
+together in one :class:`~lawa_benchmarks.config_base.ConfigError`.
+
+``methods`` has one section per method of the zoo's registry (:func:`lawa_optim.list_methods`,
+``base`` aside: the SGD baseline always runs), built from the registry when a config is parsed:
+``enabled`` (default: on for methods that observe the base run and need no optional package) and
+every keyword argument the method accepts, with the registry's default. The benchmark gives
+``period`` itself (one snapshot per epoch) and states a few options in its own units:
+``lawa.k`` is a list of windows evaluated from one ring (``lawa.bncopy_k``: also with the
+model's BatchNorm statistics), ``swa.start_epoch`` (null: half of ``train.epochs``) and
+``schedulefree.lr`` / ``schedulefree.warmup_epochs``. A method's values are checked by the
+method itself (created once, with the options its section gives, on a one-element model), so
+its own error message is reported, beside every other problem of the config.
 
 Example:
     >>> cfg = load_config("configs/quick.yaml", overrides=["train.epochs=2", "seeds=1"])
-    >>> cfg.train.epochs
-    2
+    >>> cfg.train.epochs, cfg.methods.exp.alpha
+    (2, 0.9)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
+import functools
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+
+from ..config_base import ConfigError, Section, load_yaml, validate
 
 __all__ = [
     "ARCHS",
     "DATASETS",
-    "FAMILIES",
     "Config",
     "ConfigError",
+    "DataConfig",
+    "MethodConfig",
+    "MethodsConfig",
+    "ModelConfig",
     "config_to_dict",
     "load_config",
     "parse_config",
@@ -37,339 +58,239 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 STEMS = ("imagenet", "3x3s1", "3x3s2")
 SCHEDULES = ("cosine", "constant", "step")
-BN_MODES = ("recompute", "copy")
-DEVICES = ("auto", "cpu", "cuda")
-# method families: those evaluated on the base run, then those that are runs of their own
-OBSERVER_FAMILIES = ("lawa", "exp", "ema", "swa")
-TRAJECTORY_FAMILIES = ("lookahead", "schedulefree")
-FAMILIES = OBSERVER_FAMILIES + TRAJECTORY_FAMILIES
+SET_BY_RUNNER = ("period",)  # one snapshot per epoch: the runner passes the steps per epoch
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
 
 
-class ConfigError(ValueError):
-    """A config with problems; ``errors`` lists every one of them."""
+def _epochs(info: ValidationInfo) -> int | None:
+    """``train.epochs`` of the config being validated, if it is a valid one (else None: skip the check)."""
+    train = (info.context or {}).get("config", {}).get("train")
+    epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default) if isinstance(train, dict) else \
+        TrainConfig.model_fields["epochs"].default
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else None
 
-    def __init__(self, errors: list[str], source: str = "config") -> None:
-        self.errors = list(errors)
-        lines = "\n".join(f"  - {e}" for e in self.errors)
-        super().__init__(f"{len(self.errors)} problem(s) in {source}:\n{lines}")
 
-
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the images come from and how many are used."""
 
-    dataset: str = "fashion-mnist"  # one of DATASETS
-    root: str | None = None  # None: /usr/share/datasets/fashion-mnist for fashion-mnist
-    train_images: int | None = None  # a fixed random subset of the training set (None: all)
-    val_images: int | None = None  # a fixed random subset of the test/validation set (None: all)
-    train_eval_images: int = 1000  # training images on which every method's train loss is measured
-    bn_images: int = 1024  # training images over which BatchNorm statistics are recomputed
-    batch_size: int = 128  # per process
-    eval_batch_size: int = 512
-    num_workers: int = 0
-    image_size: int = 224  # imagefolder only: RandomResizedCrop / CenterCrop size
+    dataset: Literal[DATASETS] = "fashion-mnist"
+    root: str | None = Field(None, validate_default=True)  # None: /usr/share/datasets/fashion-mnist for fashion-mnist
+    train_images: PosInt | None = None  # a fixed random subset of the training set (None: all)
+    val_images: PosInt | None = None  # a fixed random subset of the test/validation set (None: all)
+    train_eval_images: PosInt = 1000  # training images on which every method's train loss is measured
+    bn_images: PosInt = 1024  # training images over which BatchNorm statistics are recomputed
+    batch_size: PosInt = 128  # per process
+    eval_batch_size: PosInt = 512
+    num_workers: NonNegInt = 0
+    image_size: PosInt = 224  # imagefolder only: RandomResizedCrop / CenterCrop size
     augment: bool = True  # cifar: random crop + flip; imagefolder: random resized crop + flip
 
+    @field_validator("root")
+    @classmethod
+    def _root_for_other_datasets(cls, root: str | None, info: ValidationInfo) -> str | None:
+        dataset = info.data.get("dataset")
+        if root is None and dataset not in (None, "fashion-mnist"):
+            raise ValueError(f"data.dataset={dataset!r} needs data.root (or --data-dir): the folder that holds it")
+        return root
 
-@dataclass
-class ModelConfig:
+
+class ModelConfig(Section):
     """A torchvision ResNet; ``width`` scales every stage (64 is torchvision's)."""
 
-    arch: str = "resnet18"  # one of ARCHS
-    width: int = 64
-    stem: str = "imagenet"  # imagenet: 7x7/2 + maxpool; 3x3s1 / 3x3s2: one 3x3 conv, no maxpool
+    arch: Literal[ARCHS] = "resnet18"
+    width: PosInt = 64
+    stem: Literal[STEMS] = "imagenet"  # imagenet: 7x7/2 + maxpool; 3x3s1 / 3x3s2: one 3x3 conv, no maxpool
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """The base optimizer (SGD with momentum) and its learning-rate schedule (per step)."""
 
-    epochs: int = 10
-    lr: float = 0.1
-    momentum: float = 0.9
+    epochs: PosInt = 10
+    lr: PosFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # one of SCHEDULES
-    warmup_epochs: int = 0
-    step_epochs: list[int] = field(default_factory=list)  # schedule=step: epochs where lr *= 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: Literal[SCHEDULES] = "cosine"
+    warmup_epochs: NonNegInt = 0  # linear warm-up, then the schedule over the remaining epochs
+    step_epochs: list[int] = Field(default_factory=list)  # schedule=step: epochs where lr *= 0.1
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_run(cls, warmup: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if epochs is not None and warmup >= epochs:
+            raise ValueError(f"use fewer warm-up epochs than train.epochs={epochs}")
+        return warmup
+
+    @field_validator("step_epochs")
+    @classmethod
+    def _steps_within_run(cls, steps: list[int], info: ValidationInfo) -> list[int]:
+        epochs, warmup = info.data.get("epochs"), info.data.get("warmup_epochs", 0)
+        if epochs is not None and not all(warmup < e < epochs for e in steps):
+            raise ValueError(f"use epochs after the warm-up ({warmup}) and before train.epochs={epochs}")
+        return steps
 
 
-@dataclass
-class LawaConfig:
-    """LAWA: one wrapper with k = max(k), evaluated for every k of the list."""
+def _start_before_end(start: int | None, info: ValidationInfo) -> int | None:
+    epochs = _epochs(info)
+    if start is not None and epochs is not None and start >= epochs:
+        raise ValueError(f"use an epoch in [0, train.epochs={epochs}), or null for half of train.epochs")
+    return start
 
+
+StartEpoch = Annotated[NonNegInt | None, AfterValidator(_start_before_end)]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Windows = Annotated[list[PosInt], BeforeValidator(_as_list)]
+
+
+class MethodConfig(Section):
+    """One method's section: ``enabled`` and the method's keyword arguments (see the module docstring)."""
+
+    registry_name: ClassVar[str] = ""
+    registry_options: ClassVar[tuple[str, ...]] = ()  # the fields that are keyword arguments of the method
     enabled: bool = True
-    k: list[int] = field(default_factory=lambda: [6])
-    bncopy_k: list[int] = field(default_factory=lambda: [6])  # also reported with the model's BN statistics
-    # the wrapper keeps max(k + bncopy_k) snapshots
+
+    def method_kwargs(self) -> dict[str, Any]:
+        """The method's keyword arguments this section sets (the benchmark's own options excluded)."""
+        return {k: getattr(self, k) for k in self.registry_options}
 
 
-@dataclass
-class ExpConfig:
-    enabled: bool = True
-    k: int = 10
-    alpha: float = 0.9
+class MethodsConfig(Section):
+    """One :class:`MethodConfig` per registered method, in registry order (see :func:`config_model`)."""
+
+    infos: ClassVar[tuple[Any, ...]] = ()  # the registry's MethodInfo of each section
+
+    def names(self) -> list[str]:
+        return list(type(self).model_fields)
+
+    def __getitem__(self, name: str) -> MethodConfig:
+        if name not in type(self).model_fields:
+            raise KeyError(f"no method {name!r} in this config; it has {self.names()}")
+        return getattr(self, name)
 
 
-@dataclass
-class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.999
-    update_every: int = 1
+def _own_options(name: str, registry_defaults: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The options the benchmark states in its own units for a few methods (pydantic field definitions),
+    and the method's keyword arguments they stand for (set by :mod:`.methods` from them)."""
+    if name == "lawa":
+        k = registry_defaults["k"]
+        return {"k": (Windows, Field(default_factory=lambda: [k], min_length=1)),  # the windows evaluated
+                "bncopy_k": (Windows, Field(default_factory=lambda: [k]))}, ("k",)  # ... also with the model's BN
+    if name == "swa":
+        return {"start_epoch": (StartEpoch, None)}, ("swa_start",)  # null: half of train.epochs
+    if name == "schedulefree":  # its own run's SGD learning rate, and its warm-up in epochs
+        return {"lr": (PosFloat, 1.0), "warmup_epochs": (Annotated[float, Field(ge=0)], 1.0)}, ("warmup_steps",)
+    return {}, ()
 
 
-@dataclass
-class SwaConfig:
-    enabled: bool = True
-    start_epoch: int | None = None  # first epoch (0-based) whose end weights enter the mean; None: epochs // 2
+def _method_model(info: Any) -> type[MethodConfig]:
+    defaults = info.accepted_kwargs()
+    own, replaced = _own_options(info.name, defaults)
+    fields: dict[str, Any] = {"enabled": (bool, not info.changes_trajectory and info.requires is None)}
+    options = [k for k in defaults if k not in SET_BY_RUNNER and k not in replaced]
+    fields.update({k: (Any, defaults[k]) for k in options})
+    fields.update(own)
+    model = create_model(f"{info.name}_config", __base__=MethodConfig, **fields)
+    model.registry_name, model.registry_options = info.name, tuple(options)
+    return model
 
 
-@dataclass
-class LookaheadConfig:
-    enabled: bool = False
-    k: int = 5
-    alpha: float = 0.8
+@functools.lru_cache(maxsize=4)
+def _config_model(registry: tuple[tuple[str, int], ...]) -> type[Config]:
+    from lawa_optim import get_method_info
+
+    infos = [get_method_info(name) for name, _ in registry]
+    sections = {i.name: _method_model(i) for i in infos}
+    methods = create_model("methods_config", __base__=MethodsConfig,
+                           **{name: (m, Field(default_factory=m)) for name, m in sections.items()})
+    methods.infos = tuple(infos)  # held, so that the ids of the cache key stay theirs
+    return create_model("config", __base__=Config, methods=(methods, Field(default_factory=methods)))
 
 
-@dataclass
-class ScheduleFreeConfig:
-    enabled: bool = False
-    lr: float = 1.0
-    warmup_epochs: float = 1.0
+def _method_errors(raw: dict) -> list[str]:
+    """Each method checks its own options: created once, with the options a section gives, on a one-element model."""
+    import torch
+
+    import lawa_optim
+
+    errors = []
+    sections = raw.get("methods")
+    for name, model in config_model().model_fields["methods"].annotation.model_fields.items():
+        section = sections.get(name) if isinstance(sections, dict) else None
+        given = {k: v for k, v in section.items() if k in model.annotation.registry_options} \
+            if isinstance(section, dict) else {}
+        if not given:
+            continue
+        sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+        try:
+            lawa_optim.create(name, sgd, **given)
+        except ImportError:
+            pass  # its optional package is missing: creating it for a run says how to install it
+        except (TypeError, ValueError, RuntimeError) as err:
+            errors.append(f"methods.{name}: {err}")
+    return errors
 
 
-@dataclass
-class MethodsConfig:
-    lawa: LawaConfig = field(default_factory=LawaConfig)
-    exp: ExpConfig = field(default_factory=ExpConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    swa: SwaConfig = field(default_factory=SwaConfig)
-    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
-    schedulefree: ScheduleFreeConfig = field(default_factory=ScheduleFreeConfig)
+def config_model() -> type[Config]:
+    """:class:`Config` with a ``methods`` section for every method registered now (cached per registry state)."""
+    from lawa_optim import get_method_info, list_methods
+
+    return _config_model(tuple((n, id(get_method_info(n))) for n in list_methods() if n != "base"))
 
 
-@dataclass
-class EvalConfig:
-    bn: str = "recompute"  # recompute (default) or copy: BatchNorm statistics of averaged weights
-    every: int = 1  # evaluate every this many epochs (the last epoch always)
+class EvalConfig(Section):
+    bn: Literal["recompute", "copy"] = "recompute"  # BatchNorm statistics of averaged weights
+    every: PosInt = 1  # evaluate every this many epochs (the last epoch always)
 
 
-@dataclass
-class ReportConfig:
+class ReportConfig(Section):
     headline: str = "lawa_k6"  # the method whose time saved against `base` is the headline
-    metric: str = "top1"
+    metric: Literal["top1", "top5", "val_loss"] = "top1"
 
 
-@dataclass
-class Config:
-    """The whole benchmark; see the module docstring."""
+class Config(Section):
+    """The whole benchmark; see the module docstring. Build it with :func:`parse_config` / :func:`load_config`."""
 
-    seeds: int = 1
-    first_seed: int = 0
-    device: str = "auto"  # auto: cuda if available
-    threads: int | None = None  # torch.set_num_threads (None: torch's default)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    methods: MethodsConfig = field(default_factory=MethodsConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    seeds: PosInt = 1
+    first_seed: NonNegInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available
+    threads: PosInt | None = None  # torch.set_num_threads (None: torch's default)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    methods: MethodsConfig = Field(default_factory=MethodsConfig)  # replaced by config_model()'s
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.first_seed, self.first_seed + self.seeds))
 
 
-# ------------------------------------------------------------------------------ building
-def _describe_type(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe_type(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe_type(typing.get_args(tp)[0])}"
-    return {int: "an int", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _convert(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where, errors)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            sub: list[str] = []
-            out = _convert(value, a, where, sub)
-            if not sub:
-                return out
-        errors.append(f"{where}: {value!r} is not {_describe_type(tp)}")
-        return None
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            value = [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
-        if not isinstance(value, list):
-            errors.append(f"{where}: {value!r} is not {_describe_type(tp)}")
-            return []
-        return [_convert(v, item, f"{where}[{i}]", errors) for i, v in enumerate(value)]
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp, True)
-    if not ok:
-        errors.append(f"{where}: {value!r} is not {_describe_type(tp)}")
-        return None
-    return float(value) if tp is float else value
-
-
-def _build(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        errors.append(f"{where or 'the config'}: expected a mapping of keys, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            errors.append(f"{where + '.' if where else ''}{key}: unknown key{hint}; known keys: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            before = len(errors)
-            value = _convert(raw[name], hints[name], f"{where + '.' if where else ''}{name}", errors)
-            if len(errors) == before or dataclasses.is_dataclass(hints[name]):  # a section keeps its good keys
-                kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _check_values(cfg: Config, errors: list[str]) -> None:
-    def need(cond: bool, where: str, value: Any, what: str) -> None:
-        if not cond:
-            errors.append(f"{where}: {value!r} is invalid; {what}")
-
-    def positive(where: str, value: Any, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        need(isinstance(value, (int, float)) and value > 0, where, value, "use a positive number")
-
-    d, m, t, me = cfg.data, cfg.model, cfg.train, cfg.methods
-    need(cfg.seeds >= 1, "seeds", cfg.seeds, "use at least 1 seed")
-    need(cfg.first_seed >= 0, "first_seed", cfg.first_seed, "use a non-negative int")
-    need(cfg.device in DEVICES, "device", cfg.device, f"use one of {', '.join(DEVICES)}")
-    positive("threads", cfg.threads, allow_none=True)
-    need(d.dataset in DATASETS, "data.dataset", d.dataset, f"use one of {', '.join(DATASETS)}")
-    need(d.dataset not in DATASETS or d.dataset == "fashion-mnist" or d.root is not None, "data.root", d.root,
-         f"data.dataset={d.dataset!r} needs data.root (or --data-dir): the folder that holds it")
-    for name in ("train_images", "val_images"):
-        positive(f"data.{name}", getattr(d, name), allow_none=True)
-    for name in ("train_eval_images", "bn_images", "batch_size", "eval_batch_size", "image_size"):
-        positive(f"data.{name}", getattr(d, name))
-    need(d.num_workers >= 0, "data.num_workers", d.num_workers, "use 0 or more")
-    need(m.arch in ARCHS, "model.arch", m.arch, f"use one of {', '.join(ARCHS)}")
-    positive("model.width", m.width)
-    need(m.stem in STEMS, "model.stem", m.stem, f"use one of {', '.join(STEMS)}")
-    positive("train.epochs", t.epochs)
-    positive("train.lr", t.lr)
-    need(0 <= t.momentum < 1, "train.momentum", t.momentum, "use a value in [0, 1)")
-    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use 0 or more")
-    need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"use one of {', '.join(SCHEDULES)}")
-    need(0 <= t.warmup_epochs < max(t.epochs, 1), "train.warmup_epochs", t.warmup_epochs,
-         "use 0 or more, fewer than train.epochs")
-    need(all(isinstance(e, int) and 0 < e < t.epochs for e in t.step_epochs), "train.step_epochs", t.step_epochs,
-         "use epochs between 1 and train.epochs - 1")
-    need(len(me.lawa.k) > 0 and all(isinstance(k, int) and k >= 1 for k in me.lawa.k), "methods.lawa.k",
-         me.lawa.k, "use a non-empty list of positive ints, e.g. [2, 6, 10]")
-    need(all(isinstance(k, int) and k >= 1 for k in me.lawa.bncopy_k), "methods.lawa.bncopy_k",
-         me.lawa.bncopy_k, "use a list of positive ints (may be empty)")
-    need(me.exp.k >= 1, "methods.exp.k", me.exp.k, "use a positive int")
-    need(0 < me.exp.alpha <= 1, "methods.exp.alpha", me.exp.alpha, "use a value in (0, 1]")
-    need(0 <= me.ema.decay < 1, "methods.ema.decay", me.ema.decay, "use a value in [0, 1)")
-    need(me.ema.update_every >= 1, "methods.ema.update_every", me.ema.update_every, "use a positive int")
-    need(me.swa.start_epoch is None or 0 <= me.swa.start_epoch < t.epochs, "methods.swa.start_epoch",
-         me.swa.start_epoch, "use an epoch in [0, train.epochs), or null for half of train.epochs")
-    need(me.lookahead.k >= 1, "methods.lookahead.k", me.lookahead.k, "use a positive int")
-    need(0 < me.lookahead.alpha <= 1, "methods.lookahead.alpha", me.lookahead.alpha, "use a value in (0, 1]")
-    positive("methods.schedulefree.lr", me.schedulefree.lr)
-    need(me.schedulefree.warmup_epochs >= 0, "methods.schedulefree.warmup_epochs", me.schedulefree.warmup_epochs,
-         "use 0 or more")
-    need(cfg.eval.bn in BN_MODES, "eval.bn", cfg.eval.bn, f"use one of {', '.join(BN_MODES)}")
-    positive("eval.every", cfg.eval.every)
-    need(cfg.report.metric in ("top1", "top5", "val_loss"), "report.metric", cfg.report.metric,
-         "use top1, top5 or val_loss")
-
-
-def _set_path(raw: dict, dotted: str, value: Any, errors: list[str]) -> None:
-    node = raw
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            errors.append(f"override {dotted}: {key!r} is not a section")
-            return
-        node = child
-    node[keys[-1]] = value
-
-
 def parse_config(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
-    """Validate a mapping (a loaded YAML file) plus ``key=value`` overrides into a :class:`Config`.
+    """Validate a mapping (a loaded YAML file) with ``key=value`` overrides applied first into a :class:`Config`.
 
     Raises:
         ConfigError: listing every problem found.
     """
-    import copy
-
-    import yaml
-
-    errors: list[str] = []
-    raw = copy.deepcopy(raw) if raw is not None else {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"the top level must be a mapping of sections, got {type(raw).__name__}"], source)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            errors.append(f"override {item!r}: write it as key=value, e.g. train.epochs=3")
-            continue
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            errors.append(f"override {item!r}: the value is not valid YAML ({err})")
-            continue
-        _set_path(raw, key.strip(), value, errors)
-    cfg = _build(Config, raw, "", errors)
-    _check_values(cfg, errors)  # fields that failed to convert kept their (valid) defaults
-    if errors:
-        raise ConfigError(errors, source)
-    return cfg
+    return validate(config_model(), raw, overrides, source, checks=_method_errors)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (``None``: all defaults) and apply ``key=value`` overrides."""
-    import yaml
-
+    """Read a YAML config (``None``: all defaults) and apply ``key=value`` overrides before validating."""
     if path is None:
         return parse_config({}, overrides, "the defaults")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {str(path)!r} does not exist; the shipped ones are in configs/"], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError([f"not valid YAML: {err}"], str(path)) from err
-    return parse_config(raw, overrides, str(path))
+    return parse_config(load_yaml(path), overrides, str(path))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """A plain dict (YAML/JSON-ready) of every value, defaults included."""
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump(mode="json")

@@ -45,7 +45,7 @@ from .models import build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "ResumeError", "run"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: torch's LR schedulers (SequentialLR, CosineAnnealingLR, ...), not one LambdaLR
 _logger = logging.getLogger("lawa_benchmarks.resnet")
 
 
@@ -101,23 +101,25 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------ pieces
-def _lr_lambda(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
-    t = cfg.train
-    total, warm = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
-    milestones = [e * steps_per_epoch for e in t.step_epochs]
+def _lr_scheduler(optimizer: Any, t: Any, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers, stepped once per batch: linear warm-up (``t.warmup_epochs``), then ``t.schedule``.
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if t.schedule == "constant":
-            return 1.0
-        if t.schedule == "step":
-            return 0.1 ** sum(step >= m for m in milestones)
-        import math
+    Warm-up multiplies the learning rate by (step + 1) / warm-up steps; then cosine decays it to 0
+    over the remaining steps, step multiplies it by 0.1 at each of ``t.step_epochs``, constant keeps it.
+    """
+    from torch.optim import lr_scheduler as sch
 
-        return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
-
-    return factor
+    warm = t.warmup_epochs * steps_per_epoch
+    if t.schedule == "cosine":
+        main = sch.CosineAnnealingLR(optimizer, T_max=t.epochs * steps_per_epoch - warm)
+    elif t.schedule == "step":
+        main = sch.MultiStepLR(optimizer, [e * steps_per_epoch - warm for e in t.step_epochs], gamma=0.1)
+    else:
+        main = sch.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warm:
+        return main
+    warmup = sch.LinearLR(optimizer, start_factor=1 / warm, end_factor=1.0, total_iters=max(warm - 1, 1))
+    return sch.SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
 def _evaluate(model: nn.Module, loader: Any, device: torch.device, dist: _Dist) -> dict[str, float]:
@@ -165,20 +167,13 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         t = cfg.train
-        if plan.driver == "schedulefree":
-            sgd = torch.optim.SGD(self.model.parameters(), lr=cfg.methods.schedulefree.lr, momentum=t.momentum,
-                                  weight_decay=t.weight_decay)
-        else:
-            sgd = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
-                                  weight_decay=t.weight_decay)
-        self.base = sgd
+        sgd = torch.optim.SGD(self.model.parameters(), **{"lr": t.lr, "momentum": t.momentum, "nesterov": t.nesterov,
+                                                          "weight_decay": t.weight_decay, **plan.sgd})
         self.driver = sgd if plan.driver is None else lawa_optim.create(plan.driver, sgd, **plan.driver_kwargs)
         self.base = getattr(self.driver, "optimizer", sgd) if plan.driver else sgd
         self.observers = {name: lawa_optim.create(method, self.base, **kw)
                           for name, (method, kw) in plan.observers.items()}
-        self.scheduler = None
-        if plan.driver != "schedulefree":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.driver, _lr_lambda(cfg, self.steps_per_epoch))
+        self.scheduler = _lr_scheduler(self.driver, t, self.steps_per_epoch) if plan.lr_schedule else None
         self.epoch = 0
         self.train_time = 0.0
         self.observe_time = dict.fromkeys(self.observers, 0.0)
@@ -275,17 +270,13 @@ class _Trainer:
             t0 = time.perf_counter()
             if spec.wrapper is not None and self._wrapper(spec).num_snapshots == 0:
                 continue  # nothing to average yet (SWA before its start epoch)
-            swap = self._swap(spec)
-            swap.__enter__()
-            try:
+            with self._swap(spec):
                 _sync(self.device)
                 t1 = time.perf_counter()
                 val = _evaluate(self.model, self.loaders["val"], self.device, self.dist)
                 tr = _evaluate(self.model, self.loaders["train_eval"], self.device, self.dist)
                 _sync(self.device)
                 t2 = time.perf_counter()
-            finally:
-                swap.__exit__(None, None, None)
             t3 = time.perf_counter()
             observe = self.observe_time.get(spec.wrapper, 0.0) if spec.wrapper not in (None, "driver") else 0.0
             rows.append({
@@ -336,7 +327,7 @@ def run(
     Args:
         cfg (Config): the validated configuration.
         out_dir (path): the run folder (checkpoints, ``metrics.csv/json``, the report).
-        families (list of str, optional): method families to run (default: those ``cfg`` enables).
+        families (list of str, optional): the methods to run, by registry name (default: those ``cfg`` enables).
         data_dir (path, optional): where the data set lies (default: ``cfg.data.root``).
         progress (bool, optional): tqdm progress bars on stderr (default: True).
         fresh (bool, optional): ignore existing checkpoints and start over (default: False).
@@ -393,6 +384,12 @@ def run(
             path = ckpt_dir / f"{plan.run}_seed{seed}.pt"
             if path.is_file() and not fresh:
                 sd = safe_load(path, map_location=device)
+                if sd.get("format") != CHECKPOINT_FORMAT:
+                    raise ResumeError(
+                        f"{str(out)!r} holds a checkpoint ({path.name}) of format {sd.get('format')!r}, written by "
+                        f"another version of the benchmark (this one writes {CHECKPOINT_FORMAT}); use another --out, "
+                        "or --fresh to start over in this folder"
+                    )
                 if sd.get("config_hash") != cfg_hash or set(sd.get("observers", {})) != set(trainer.observers):
                     raise ResumeError(
                         f"{str(out)!r} holds a checkpoint ({path.name}) of another configuration or --methods; "

@@ -45,19 +45,17 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
     epochs.csv, results.json and roberta_ppl.png (the paper's Fig. 1b and the epochs saved)
     into the run folder.
     """
-    import dataclasses
+    import json
     import logging
 
     from .config import ConfigError, load_config
     from .runner import ResumeError, run
 
+    overrides = [] if epochs is None else [f"train.epochs={epochs}"]
+    if wikitext is not None:  # a JSON string is a YAML string: any path survives
+        overrides += ["corpus.source=wikitext103", f"corpus.path={json.dumps(str(wikitext))}"]
     try:
-        cfg = load_config(config_path)
-        if epochs is not None:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-        if wikitext is not None:
-            cfg = dataclasses.replace(cfg, corpus=dataclasses.replace(cfg.corpus, source="wikitext103",
-                                                                      path=str(wikitext)))
+        cfg = load_config(config_path, overrides)  # the options apply before the config is validated
     except ConfigError as err:
         raise click.BadParameter(str(err), param_hint="--config") from err
     if cfg.corpus.source == "wikitext103" and not Path(str(cfg.corpus.path)).is_dir():
