@@ -72,7 +72,9 @@ def unwrap(optimizer: Any) -> AveragingOptimizer:
     inner = strip_proxies(optimizer)
     if isinstance(inner, AveragingOptimizer):
         return inner
-    found = type(optimizer).__name__ if inner is optimizer else f"{type(optimizer).__name__} around {type(inner).__name__}"
+    found = (
+        type(optimizer).__name__ if inner is optimizer else f"{type(optimizer).__name__} around {type(inner).__name__}"
+    )
     raise TypeError(
         f"Invalid optimizer: {found} is not a lawa_optim wrapper nor a framework proxy of one; wrap the "
         "optimizer first (lawa_optim.LAWAWrapper(opt, k=6, period=...) or lawa_optim.create('lawa', opt)), "

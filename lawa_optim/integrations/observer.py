@@ -38,7 +38,7 @@ from ..protocol import STATE_KEY, AveragingOptimizer, _check_period
 from ..registry import create, get_method_info, list_methods
 from ..unwrap import strip_proxies
 
-__all__ = ["Observer", "TimeSaved", "check_method", "check_model"]
+__all__ = ["Observer", "StateSwap", "TimeSaved", "check_method", "check_model"]
 
 STATE_FORMAT = 1
 
@@ -138,7 +138,9 @@ class Observer:
             )
         self.base = base
         self.method = method
-        self.wrapper: AveragingOptimizer = create(method, _Observed(base), **_method_kwargs(method, period, method_kwargs))
+        self.wrapper: AveragingOptimizer = create(
+            method, _Observed(base), **_method_kwargs(method, period, method_kwargs)
+        )
         self._num_params = self._count(base)
         self._hook = base.register_step_post_hook(self._on_step)
 
@@ -189,6 +191,11 @@ class Observer:
             bn = {"bn_loader": bn_loader, "bn_batches": bn_batches, "bn_device": bn_device, "bn_forward": bn_forward}
         return self.wrapper.swap_in(k, model=model, **bn)
 
+    def averaged_state(self, model: nn.Module, *, k: int | None = None, **bn: Any) -> dict[str, torch.Tensor]:
+        """A copy of ``model.state_dict()`` holding the average (and BatchNorm statistics recomputed
+        for it if ``bn_loader=`` is given); the model is left as it was."""
+        return self.wrapper.averaged_state_dict(model, k, **bn)
+
     @property
     def swapped_in(self) -> bool:
         return self.wrapper.swapped_in
@@ -228,6 +235,55 @@ class Observer:
         return f"Observer({self.wrapper._describe()}, method={self.method!r}, base={type(self.base).__name__})"
 
 
+class StateSwap:
+    """Copy a saved state (the average, from :meth:`Observer.averaged_state`) into ``model`` in place,
+    and back: ``with swap: evaluate(model)``; reusable, one backup buffer allocated once.
+
+    For frameworks that evaluate batch by batch (Lightning): the average (and its BatchNorm
+    statistics) is computed once per evaluation, then swapped in around each batch's second pass
+    for the cost of three copies, the model's own tensors restored bit-exactly on exit (also when
+    the evaluation raises). The same ``Parameter`` and buffer objects stay in the model.
+
+    Args:
+        model (nn.Module): the model; ``state`` entries are matched to its ``state_dict()`` names.
+        state (dict): name -> tensor, a subset of ``model.state_dict()``'s names, same shapes.
+    """
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        targets = model.state_dict()  # detached aliases of the parameters and buffers
+        missing = sorted(set(state) - set(targets))
+        if missing:
+            raise ValueError(f"Invalid state: {missing[:5]} are not in the model's state_dict")
+        for name, t in state.items():
+            if tuple(t.shape) != tuple(targets[name].shape):
+                want = tuple(targets[name].shape)
+                raise ValueError(f"Invalid state: {name!r} has shape {tuple(t.shape)}, the model's {want}")
+        self.state = state
+        self._targets = [targets[n] for n in state]
+        self._sources = list(state.values())
+        with torch.no_grad():
+            self._backup = [t.detach().clone() for t in self._targets]
+        self.active = False
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """While active: copies of the model's own tensors (what a checkpoint must hold)."""
+        return {n: b.clone() for n, b in zip(self.state, self._backup)}
+
+    def __enter__(self) -> StateSwap:
+        if self.active:
+            raise RuntimeError("StateSwap entered twice: the average is already in the model")
+        with torch.no_grad():
+            torch._foreach_copy_(self._backup, self._targets)
+            torch._foreach_copy_(self._targets, self._sources)
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self._targets, self._backup)
+        self.active = False
+
+
 class TimeSaved:
     """When the average first reached the raw weights' best metric: the paper's measure on one run.
 
@@ -240,8 +296,10 @@ class TimeSaved:
         >>> ts.record(step=100, epoch=1, raw=0.9, avg=None)   # no average yet
         >>> ts.record(step=200, epoch=2, raw=0.7, avg=0.6)
         >>> ts.record(step=300, epoch=3, raw=0.6, avg=0.5)
-        >>> ts.summary()
-        'the average first reached the raw weights' best val_loss 0.6 at step 200 (epoch 2), 100 steps / 1 epochs before the raw weights (step 300, epoch 3)'
+        >>> ts.result()["saved_steps"], ts.result()["saved_epochs"]
+        (100, 1)
+        >>> ts.summary()  # doctest: +ELLIPSIS
+        "the average first reached the raw weights' best val_loss 0.6 at step 200 (epoch 2), 100 steps / 1 epochs ..."
     """
 
     def __init__(self, metric: str, mode: str = "min") -> None:
@@ -268,16 +326,15 @@ class TimeSaved:
         best = min(r[2] for r in raws) if self.mode == "min" else max(r[2] for r in raws)
         raw_step, raw_epoch = next((s, e) for s, e, v, _ in raws if v == best)
         out: dict[str, Any] = {"best": best, "raw_step": raw_step, "raw_epoch": raw_epoch}
-        hit = next(
-            ((s, e) for s, e, _, a in self.records if a is not None and math.isfinite(a) and self._better_or_equal(a, best)),
-            None,
-        )
         avgs = [(a, s, e) for s, e, _, a in self.records if a is not None and math.isfinite(a)]
+        hit = next(((s, e) for a, s, e in avgs if self._better_or_equal(a, best)), None)
         if avgs:
             top = min(avgs) if self.mode == "min" else max(avgs)
             out.update(avg_best=top[0], avg_best_step=top[1], avg_best_epoch=top[2])
         if hit is not None:
-            out.update(avg_step=hit[0], avg_epoch=hit[1], saved_steps=raw_step - hit[0], saved_epochs=raw_epoch - hit[1])
+            out.update(
+                avg_step=hit[0], avg_epoch=hit[1], saved_steps=raw_step - hit[0], saved_epochs=raw_epoch - hit[1]
+            )
         return out
 
     def summary(self) -> str:
@@ -289,7 +346,10 @@ class TimeSaved:
         raw_at = f"step {r['raw_step']}, epoch {r['raw_epoch']}"
         if "avg_step" not in r:
             if "avg_best" not in r:
-                return f"the average was never evaluated (no snapshot yet); the raw weights' best {self.metric} was {best} ({raw_at})"
+                return (
+                    f"the average was never evaluated (no snapshot yet); the raw weights' best {self.metric} "
+                    f"was {best} ({raw_at})"
+                )
             return (
                 f"the average never reached the raw weights' best {self.metric} {best} ({raw_at}); its best was "
                 f"{r['avg_best']:.6g} at step {r['avg_best_step']} (epoch {r['avg_best_epoch']})"
