@@ -49,7 +49,7 @@ def test_average_writes_the_mean_and_reports(tmp_path):
     shuffled = paths[::-1]
     result = invoke("--sort", "--last", 3, *shuffled, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "Averaged 3 checkpoints (state dict under 'model'), uniform weights" in result.output
+    assert "Averaged 3 fairseq checkpoints (weights from 'model'), uniform weights" in result.output
     assert "checkpoint9.pt" in result.output and "checkpoint11.pt" in result.output
     assert "dropped last_optimizer_state" in result.output and "Wrote " in result.output
     got = torch.load(out, weights_only=True)
@@ -73,8 +73,8 @@ def test_average_writes_the_mean_and_reports(tmp_path):
 def test_help_has_an_example():
     result = invoke("--help")
     assert result.exit_code == 0
-    assert "Examples:" in result.output and "lawa average --sort --last 6" in result.output
-    assert "--trust-pickle" in result.output
+    assert "Examples:" in result.output and "lawa average runs/out --last 6 --out runs/out-lawa6" in result.output
+    assert "--trust-pickle" in result.output and "state_dict_ema" in result.output
 
 
 @pytest.mark.parametrize(
@@ -111,12 +111,60 @@ def test_missing_and_truncated_files(tmp_path):
     assert not out.exists()
 
 
+def test_a_file_that_is_no_checkpoint_is_named_without_internal_errors(tmp_path):
+    """Issue 11: `lawa average` on a text file showed torch's "(KeyError: 101)"."""
+    paths = make_checkpoints(tmp_path, 1)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("epoch 1: loss 2.3\n")
+    out = tmp_path / "out.pt"
+    result = invoke(paths[0], notes, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert f"Error: '{notes}' is not a checkpoint: it is neither a torch.save file (zip or pickle) nor a safetensors " \
+           "file" in result.output
+    assert "KeyError" not in result.output and not out.exists()
+    fake = tmp_path / "fake.safetensors"
+    fake.write_text("not really")
+    result = invoke(fake, "--out", tmp_path / "out.safetensors")
+    assert result.exit_code == 1 and f"Checkpoint '{fake}' could not be read as safetensors" in result.output
+
+
+def test_folders_in_natural_order_and_the_summary_names_the_entry(tmp_path):
+    # the layout of Lightning's files (tests/test_offline_formats.py averages real ones)
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    states = []
+    for step in (50, 100, 150, 1000):  # a plain sort puts step=1000 before step=150
+        g = torch.Generator().manual_seed(step)
+        raw, ema = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
+        torch.save({"pytorch-lightning_version": "2.6.6", "state_dict": {"w": ema}, "current_model_state": {"w": raw},
+                    "optimizer_states": [{}], "epoch": step}, run / f"epoch=0-step={step}.ckpt")
+        states.append(raw)
+    torch.save({"state_dict": {"w": torch.zeros(3, 3)}}, run / "last.ckpt")
+    out = tmp_path / "lawa.ckpt"
+    result = invoke(run, "--last", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert ("Averaged 2 Lightning checkpoints (weights from 'current_model_state': the raw weights; --key state_dict "
+            "for WeightAveraging's average), uniform weights") in result.output
+    assert "step=150.ckpt" in result.output and "step=1000.ckpt" in result.output
+    assert "step=100.ckpt" not in result.output
+    assert f"left out (no step number in the name, or an earlier average): {run / 'last.ckpt'}" in result.output
+    got = torch.load(out, weights_only=True)
+    assert torch.equal(got["state_dict"]["w"], torch.stack([s.double() for s in states[-2:]]).mean(0).float())
+    assert list(got) == ["pytorch-lightning_version", "state_dict", "epoch"]
+    result = invoke(run, "--last", 2, "--out", out, "--as-given", "--key", "state_dict")
+    assert result.exit_code == 0 and "(weights from 'state_dict': written as state_dict)" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke(empty, "--out", tmp_path / "x.pt")
+    assert result.exit_code == 1 and f"Error: Folder '{empty}' holds no checkpoints" in result.output
+
+
 def test_refuses_mismatched_shapes(tmp_path):
     small = make_checkpoints(tmp_path, 2)
     (tmp_path / "big").mkdir()
     big = make_checkpoints(tmp_path / "big", 1, size=65)
     out = tmp_path / "out.pt"
-    result = invoke(*small, *big, "--out", out)
+    result = invoke(*small, *big, "--out", out, "--as-given")
     assert result.exit_code == 1
     assert (f"{big[0]} does not match {small[0]}: shapes or dtypes differ for 'w': (65, 65) float32 vs (64, 64) "
             "float32; 'h': (65,) float16 vs (64,) float16") in result.output

@@ -8,38 +8,51 @@ import click
 
 _EPILOG = """\b
 Examples:
-  # LAWA over the 6 newest fairseq epoch checkpoints, loadable by fairseq-validate
-  lawa average --sort --last 6 checkpoints/checkpoint[0-9]*.pt --out checkpoints/checkpoint_lawa.pt
-  # plain PyTorch state dicts, EXP weights (newest weighted most)
+  # Hugging Face Trainer output: the 6 newest checkpoint-N/ folders -> a folder from_pretrained loads
+  lawa average runs/out --last 6 --out runs/out-lawa6
+  # Lightning: the 5 newest epoch=*.ckpt (last.ckpt is left out) -> a .ckpt load_from_checkpoint loads
+  lawa average lightning_logs/version_0/checkpoints --last 5 --out lawa.ckpt
+  # timm: average the EMA weights of the CheckpointSaver's files instead of the raw ones
+  lawa average output/train/run1 --last 4 --key state_dict_ema --out lawa.pth.tar
+  # fairseq epoch checkpoints, loadable by fairseq-validate
+  lawa average --last 6 checkpoints/checkpoint[0-9]*.pt --out checkpoints/checkpoint_lawa.pt
+  # plain PyTorch state dicts or .safetensors files, EXP weights (newest weighted most)
   lawa average ep18.pt ep19.pt ep20.pt --weights exp --alpha 0.9 --out ep20_exp.pt
 
 \b
-Floating tensors are averaged in float64 and cast back to their stored dtype; integer and
-bool buffers (num_batches_tracked) and other entries are copied from the newest checkpoint.
-For {"model": ..., ...} checkpoints (fairseq) the other entries are the newest checkpoint's,
-without its optimizer state. The output is written atomically: a crash leaves the old file.
+CHECKPOINTS are files or folders; a folder of checkpoints gives its entries whose name holds a
+number, and all are put in natural order (checkpoint-500 before checkpoint-1000) unless
+--as-given. The output has the inputs' format. Floating tensors are averaged in float64 and
+cast back to their stored dtype; integer and bool buffers (num_batches_tracked) and other
+entries are copied from the newest checkpoint, without optimizer or trainer state.
+safetensors are read and written one tensor at a time. The output appears atomically: a
+crash leaves the old file (or no folder).
 """
 
 
 @click.command(epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument(
-    "checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write the average to (never one of the inputs, unless --force).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="File (or, for Hugging Face folders, a new folder) to write the average to; never one of the "
+                   "inputs, unless --force.")
 @click.option("--last", "-k", type=click.IntRange(min=1), default=None,
               help="Average only the K newest checkpoints (default: all given).")
 @click.option("--weights", type=click.Choice(["uniform", "exp"]), default="uniform", show_default=True,
               help="uniform: LAWA's plain mean; exp: the paper's EXP, the newest weighted most.")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
               help="EXP's decay: coefficient alpha*(1-alpha)^age, normalized.")
-@click.option("--sort", "sort", is_flag=True,
-              help="Order the files naturally (checkpoint9 before checkpoint10) instead of as given (oldest first).")
+@click.option("--sort/--as-given", "sort", default=True, show_default=True,
+              help="Order the checkpoints naturally (checkpoint-500 before checkpoint-1000), or keep the order given "
+                   "(oldest first).")
 @click.option("--key", default=None,
-              help="Entry holding the state dict, e.g. state_dict (default: 'model' if present, else the whole file).")
+              help="Entry holding the weights to average where a checkpoint has several: Lightning state_dict | "
+                   "current_model_state (default: current_model_state when present, the raw weights under "
+                   "WeightAveraging), timm state_dict (default) | state_dict_ema, or any entry of a checkpoint dict.")
 @click.option("--nonfinite", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="A checkpoint holding NaN/Inf stops with an error, or is left out with a warning.")
-@click.option("--keep-optimizer", is_flag=True, help="Keep the newest checkpoint's last_optimizer_state.")
+@click.option("--keep-optimizer", is_flag=True, help="Keep the newest checkpoint's optimizer and scheduler state.")
 @click.option("--drop", multiple=True, metavar="ENTRY",
               help="Leave this entry of the newest checkpoint out, as a dotted path (repeatable), "
                    "e.g. --drop extra_state.ema.")
@@ -50,14 +63,13 @@ without its optimizer state. The output is written atomically: a crash leaves th
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, drop, trust_pickle,
             force, quiet) -> None:
-    """Average saved checkpoints CHECKPOINTS... (oldest first) into one file (offline LAWA)."""
+    """Average saved checkpoints CHECKPOINTS... (files or folders) into one, in their format (offline LAWA)."""
     from tqdm import tqdm
 
     from lawa_optim.io import CheckpointError
     from lawa_optim.offline import write_average
 
-    total = min(last, len(checkpoints)) if last else len(checkpoints)
-    with tqdm(total=total, desc="averaging", unit="ckpt", disable=True if quiet else None, leave=False) as bar:
+    with tqdm(desc="averaging", unit="step", disable=True if quiet else None, leave=False) as bar:
         try:
             summary = write_average(
                 list(checkpoints), out, last=last, weights=weights, alpha=alpha, force=force, sort=sort,
@@ -70,18 +82,42 @@ def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_o
             raise click.ClickException(msg.replace("nonfinite='skip' (--nonfinite skip)", "--nonfinite skip")) from err
         except (ValueError, TypeError) as err:
             msg = str(err).replace("Invalid last:", "Invalid --last:").replace("Invalid out:", "Invalid --out:")
-            msg = msg.replace("Invalid drop:", "Invalid --drop:")
+            msg = msg.replace("Invalid drop:", "Invalid --drop:").replace("Invalid key:", "Invalid --key:")
             raise click.UsageError(msg.replace("force=True", "--force")) from err
     if quiet:
         return
-    kind = "plain state dicts" if summary.key is None else f"checkpoints (state dict under {summary.key!r})"
     coeffs = ", ".join(f"{c:.4g}" for c in summary.coefficients)
-    click.echo(f"Averaged {len(summary.files)} {kind}, {weights} weights (oldest first: {coeffs})")
+    click.echo(f"Averaged {len(summary.files)} {_kind(summary)}, {weights} weights (oldest first: {coeffs})")
     for path in summary.files:
         click.echo(f"  {path}")
     for path in summary.skipped:
         click.echo(f"  skipped (NaN/Inf): {path}")
+    for path in summary.ignored:
+        click.echo(f"  left out (no step number in the name, or an earlier average): {path}")
     copied = f"{len(summary.copied)} {'entry' if len(summary.copied) == 1 else 'entries'}"
     click.echo(f"{len(summary.averaged)} floating tensors averaged in float64; {copied} copied from the newest"
                + (f"; dropped {', '.join(summary.dropped)}" if summary.dropped else ""))
-    click.echo(f"Wrote {summary.out} ({Path(summary.out).stat().st_size / 2**20:.1f} MiB)")
+    written = Path(summary.out)
+    size = sum(p.stat().st_size for p in written.iterdir()) if written.is_dir() else written.stat().st_size
+    click.echo(f"Wrote {summary.out} ({size / 2**20:.1f} MiB)")
+
+
+_ENTRY_NOTE = {
+    ("lightning", "current_model_state"): "the raw weights; --key state_dict for WeightAveraging's average",
+    ("lightning", "state_dict"): "written as state_dict",
+    ("timm", "state_dict"): "the raw weights; --key state_dict_ema for the EMA",
+    ("timm", "state_dict_ema"): "written as state_dict",
+}
+
+
+def _kind(summary) -> str:
+    """``Lightning checkpoints (weights from 'current_model_state': the raw weights; ...)``."""
+    if summary.format == "huggingface":
+        return "Hugging Face checkpoints"
+    if summary.format == "safetensors":
+        return "safetensors files"
+    if summary.key is None:
+        return "plain state dicts"
+    note = _ENTRY_NOTE.get((summary.format, summary.key))
+    name = {"lightning": "Lightning", "timm": "timm", "fairseq": "fairseq"}.get(summary.format, "")
+    return f"{name + ' ' if name else ''}checkpoints (weights from {summary.key!r}{': ' + note if note else ''})"
