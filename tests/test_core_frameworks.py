@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import require
 from torch import nn
 
 from lawa_optim import LAWAWrapper, create
-from tests.conftest import require
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from conftest import require
 from torch import nn
 
-from lawa_optim import AveragingOptimizer, create, get_method_info, list_methods
+from lawa_optim import AveragingOptimizer, EXPWrapper, LAWAWrapper, create, get_method_info, list_methods
 
 METHODS = list_methods()
 # Small settings so a few steps exercise each method (windows fill, SWA starts, syncs happen).
@@ -362,3 +362,32 @@ def test_batchnorm_recompute_restores_buffers_too(name):
     with opt.averaged(model=model, bn_loader=loader):
         assert not torch.equal(model[1].running_mean, buffers[0])  # recomputed for the swapped-in weights
     assert _same(_weights(model), weights) and _same(list(model.buffers()), buffers)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if issubclass(get_method_info(n).factory, LAWAWrapper)])
+def test_every_option_lawa_accepts_is_accepted_by_its_variants(name, tmp_path):
+    """EXP (and any registered LAWA variant) forwards everything to LAWAWrapper: every LAWA option,
+    offload="disk" with offload_dir included, is accepted by name through create()."""
+    lawa = get_method_info("lawa").accepted_kwargs()
+    variant = get_method_info(name).accepted_kwargs()
+    fixed = {"weights"} if name == "exp" else set()  # what the variant decides itself
+    assert set(lawa) - fixed == set(variant)
+    values = {"k": 3, "period": 2, "weights": "exp", "alpha": 0.5, "offload": "disk",
+              "offload_dir": str(tmp_path), "nonfinite": "skip"}
+    assert set(values) == set(lawa), "a new LAWA option: give it a non-default value here"
+    model = nn.Linear(3, 2)
+    opt = create(name, torch.optim.SGD(model.parameters(), lr=0.1), **{k: v for k, v in values.items() if k in variant})
+    for key, value in values.items():
+        assert getattr(opt, key) == value, key
+    assert opt.method == name and opt._ring.offload == "disk"
+
+
+def test_exp_refuses_weights_and_unknown_options():
+    model = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="weights"):
+        EXPWrapper(torch.optim.SGD(model.parameters(), lr=0.1), weights="uniform")
+    with pytest.raises(TypeError, match="swa_start"):
+        EXPWrapper(torch.optim.SGD(model.parameters(), lr=0.1), swa_start=3)
+    opt = EXPWrapper(torch.optim.SGD(model.parameters(), lr=0.1), 4, 2, alpha=0.5)  # positional as LAWA's
+    assert (opt.k, opt.period, opt.alpha, opt.weights) == (4, 2, 0.5, "exp")
+    assert (EXPWrapper(torch.optim.SGD(model.parameters(), lr=0.1)).k, opt.method) == (10, "exp")
