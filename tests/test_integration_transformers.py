@@ -168,6 +168,20 @@ def test_compute_metrics_of_the_average_and_a_greater_is_better_metric(tmp_path,
     assert float((logits.argmax(-1) == EVAL.labels).double().mean()) == acc[8]
 
 
+def test_early_stopping_added_first_monitors_the_average(tmp_path, one_thread):
+    """EarlyStoppingCallback given to the Trainer before the LAWA callback still sees eval_lawa_loss:
+    with patience 1 and a threshold no change can beat, it stops after the second evaluation."""
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=10.0)
+    args = _args(tmp_path, metric_for_best_model="eval_lawa_loss", save_strategy="no")
+    trainer = transformers.Trainer(
+        model=_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL, callbacks=[stop]
+    )
+    trainer.add_callback(LAWATrainerCallback(trainer, k=2))
+    trainer.train()
+    assert trainer.state.global_step == 8  # of 16: stopped by the average's metric
+    assert stop.early_stopping_patience_counter == 1
+
+
 # ------------------------------------------------------------------------------ checkpoints and resume
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):

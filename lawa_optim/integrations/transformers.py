@@ -15,7 +15,8 @@ each ``Trainer`` event does:
   parameters in place and evaluated by the trainer's own ``evaluation_loop`` on the same dataloader,
   with the same ``compute_metrics``; the ``eval_lawa_*`` metrics are added to the evaluation's
   metrics (so ``metric_for_best_model="eval_lawa_loss"``, ``EarlyStoppingCallback`` and
-  ``trainer.evaluate()``'s result see them) and logged at the same step. The training weights are
+  ``trainer.evaluate()``'s result see them: the callback moves itself to the front of the
+  trainer's callbacks when training starts) and logged at the same step. The training weights are
   restored bit-exactly afterwards.
 - ``on_save``: the ring and the callback's own state go to ``checkpoint-N/lawa_state.pt``
   (tensors and plain values, ``weights_only`` loads it), and the average, written with
@@ -201,6 +202,13 @@ class LAWATrainerCallback(TrainerCallback):
                 "of the training set> to recompute them for the average",
                 stacklevel=2,
             )
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks and callbacks[0] is not self:
+            # First, so that every other callback's on_evaluate (EarlyStoppingCallback monitoring
+            # eval_lawa_loss) sees the average's metrics. Safe inside the handler's loop over the list:
+            # the callbacks after this one keep their positions.
+            callbacks.remove(self)
+            callbacks.insert(0, self)
         if self.observer is not None:
             self.observer.close()
             self.observer = None
