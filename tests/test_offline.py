@@ -14,8 +14,8 @@ import torch
 from conftest import require
 
 from lawa_optim.io import CheckpointError, UnsafeCheckpointError
-from lawa_optim.offline import average as offline_average
 from lawa_optim.offline import average_checkpoints, average_state_dicts, natural_key, write_average
+from lawa_optim.offline import pickled as offline_pickled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
@@ -203,7 +203,7 @@ def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
 def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
     _, paths = save_states(tmp_path, 5, wrap=True)
     alive: list[weakref.ref] = []
-    real_load = offline_average.load_pickled
+    real_load = offline_pickled.load_pickled
 
     def tracking_load(path, trust_pickle):
         obj = real_load(path, trust_pickle)
@@ -214,7 +214,7 @@ def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
         gc.collect()
         assert [r() is not None for r in alive] == [False] * i + [True], f"after {path}"
 
-    monkeypatch.setattr(offline_average, "load_pickled", tracking_load)
+    monkeypatch.setattr(offline_pickled, "load_pickled", tracking_load)
     average_checkpoints(paths, progress=progress)
     assert len(alive) == 5
 

@@ -11,11 +11,13 @@ Modules, one idea each:
 - :mod:`.formats`: the pickled container formats (where the weights are, what an average keeps);
 - :mod:`.safetensors_io`: safetensors files and HF folders, read and written one tensor at a time;
 - :mod:`.accumulate`: the float64 summing maths;
+- :mod:`.pickled` (file by file) and :mod:`.streamed` (tensor by tensor): the two ways through;
 - :mod:`.average`: the two public functions that put them together.
 """
 
 from .accumulate import average_state_dicts
-from .average import AverageSummary, average_checkpoints, write_average
+from .average import average_checkpoints, write_average
 from .select import natural_key
+from .summary import AverageSummary
 
 __all__ = ["AverageSummary", "average_checkpoints", "average_state_dicts", "natural_key", "write_average"]

@@ -1,0 +1,193 @@
+"""Averaging safetensors checkpoints tensor by tensor, and writing the result the same way.
+
+Every header is read and compared first; then each tensor is averaged over all checkpoints (read
+one at a time into one float64 sum, :func:`.accumulate.average_tensor`) and written at once, so the
+peak memory is one float64 tensor and one input tensor, whatever the model's size. A checkpoint
+found to hold NaN/Inf with ``nonfinite="skip"`` restarts the pass without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import CheckpointError
+from . import safetensors_io as st
+from .accumulate import average_tensor, check_same_layout, coefficients, listing, nonfinite_error, warn_skipped
+from .select import HF_WEIGHT_FILES, PROVENANCE
+from .summary import AverageSummary
+
+__all__ = ["MemorySource", "averaged_tensors", "open_sources", "st_order", "st_summary", "with_skips",
+           "write_hf_folder"]
+
+
+def _describe(code: str, shape: tuple[int, ...]) -> str:
+    return f"{shape} {str(st._dtype(code)).replace('torch.', '')}"
+
+
+def open_sources(paths: Sequence[Path], kind: str) -> list[st.SafetensorsSource]:
+    sources = [st.HFSource(p) if kind == "huggingface" else st.SafetensorsSource(p) for p in paths]
+    first = {k: _describe(*v) for k, v in sources[0].layout.items()}
+    if not any(st._dtype(code).is_floating_point or st._dtype(code).is_complex
+               for code, _ in sources[0].layout.values()):
+        raise CheckpointError(f"{sources[0].name} holds no floating-point tensors: nothing to average")
+    for s in sources[1:]:
+        check_same_layout(first, {k: _describe(*v) for k, v in s.layout.items()}, sources[0].name, s.name)
+    return sources
+
+
+class _Skip(Exception):
+    def __init__(self, index: int, key: str) -> None:
+        super().__init__(index, key)
+        self.index, self.key = index, key
+
+
+def averaged_tensors(
+    sources: Sequence[st.SafetensorsSource], order: Sequence[str], coeffs: list[float] | None, total: float | None,
+    nonfinite: str, progress: Callable[[int, str], None] | None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, average)`` in ``order``; each tensor read from every checkpoint, one at a time."""
+    newest = sources[-1]
+    for n, key in enumerate(order):
+        dtype = st._dtype(newest.layout[key][0])
+        if not (dtype.is_floating_point or dtype.is_complex):
+            yield key, newest.read(key)  # integer and bool tensors: the newest checkpoint's, never divided
+        else:
+            avg = average_tensor((s.read(key) for s in sources), coeffs, total)
+            if not bool(torch.isfinite(avg).all()):  # a NaN/Inf input makes the float64 sum non-finite
+                bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
+                if nonfinite == "raise":
+                    raise nonfinite_error(sources[bad[0]].name, [key])
+                raise _Skip(bad[0], key)
+            yield key, avg
+            del avg
+        if progress is not None:
+            progress(n, key)
+
+
+def with_skips(sources, weights, alpha, nonfinite, run):
+    """Call ``run(sources, coeffs, total)``, again without a checkpoint found to hold NaN/Inf ("skip")."""
+    coeffs_all = coefficients(weights, alpha, len(sources))
+    kept = list(range(len(sources)))
+    skipped: list[str] = []
+    while True:
+        used = [sources[i] for i in kept]
+        coeffs = None if coeffs_all is None else [coeffs_all[i] for i in kept]
+        total = None
+        if coeffs is not None and skipped:
+            total = 0.0
+            for c in coeffs:  # summed as the Accumulator sums them
+                total += c
+        try:
+            result = run(used, coeffs, total)
+        except _Skip as skip:
+            warn_skipped(used[skip.index].name, [skip.key])
+            skipped.append(used[skip.index].name)
+            del kept[skip.index]
+            if not kept:
+                raise CheckpointError(f"All {len(skipped)} checkpoints hold NaN or Inf ({listing(skipped)}): "
+                                      "nothing to average") from None
+            continue
+        raw = [1.0] * len(used) if coeffs is None else coeffs
+        norm = math.fsum(raw)
+        return result, used, skipped, [c / norm for c in raw]
+
+
+def st_summary(sources, used, skipped, coeffs, kind) -> AverageSummary:
+    layout = sources[-1].layout
+    averaged = tuple(k for k, (code, _) in layout.items() if st._dtype(code).is_floating_point
+                     or st._dtype(code).is_complex)
+    return AverageSummary(
+        files=tuple(s.name for s in used), coefficients=tuple(coeffs), skipped=tuple(skipped), key=None,
+        averaged=averaged, copied=tuple(k for k in layout if k not in averaged), dropped=(), format=kind,
+    )
+
+
+def st_order(source: st.SafetensorsSource) -> list[str]:
+    return [k for keys in source.shards.values() for k in keys]
+
+
+class MemorySource(st.SafetensorsSource):
+    """An averaged state dict in memory, shaped like the HF folder of ``pytorch_model.bin`` it came from."""
+
+    kind = "huggingface"
+
+    def __init__(self, state: Mapping[str, Any], folder: Path) -> None:
+        self.path, self.name, self.metadata = folder, str(folder), {"format": "pt"}
+        seen: dict[tuple, str] = {}
+        self.layout, self.index = {}, None
+        for k, v in state.items():
+            if not isinstance(v, torch.Tensor):
+                raise CheckpointError(f"{folder}: entry {k!r} is a {type(v).__name__}, not a tensor; a Hugging Face "
+                                      "checkpoint holds only tensors")
+            view = (v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.dtype)
+            if v.numel() and view in seen:
+                continue  # a tied weight: safetensors stores it once; from_pretrained ties it again
+            seen[view] = k
+            self.layout[k] = (st.dtype_code(v.dtype), tuple(v.shape))
+        index = folder / HF_WEIGHT_FILES[2]
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.shards = {}
+            for k in self.layout:
+                shard = weight_map[k].replace("pytorch_model", "model").removesuffix(".bin") + ".safetensors"
+                self.shards.setdefault(shard, []).append(k)
+            n = len(self.shards)
+            self.index = {"metadata": {}, "weight_map": {k: s for s, keys in self.shards.items() for k in keys}}
+            assert n >= 1
+        else:
+            self.shards = {"model.safetensors": list(self.layout)}
+
+
+def write_hf_folder(out: Path, sources, newest, tensors, summary, force, *, weights="uniform", alpha=0.9,
+                     nonfinite="raise") -> AverageSummary:
+    """Write the averaged folder into a hidden temporary folder beside ``out``, then rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        def run(used, coeffs, total):
+            for p in tmp.iterdir():  # a restart after a skipped checkpoint starts from an empty folder
+                p.unlink()
+            stream_ = tensors(used, coeffs, total)
+            for shard, keys in newest.shards.items():
+                with open(tmp / shard, "wb") as f:
+                    st.write_shard(f, keys, newest.layout, newest.metadata, stream_)
+            if newest.index is not None:
+                (tmp / HF_WEIGHT_FILES[0]).write_text(st.index_json(newest, newest.layout))
+
+        if summary is None:
+            _, used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
+            summary = st_summary(sources, used, skipped, coeffs, "huggingface")
+        else:
+            run(None, None, None)
+        st.copy_hf_side_files(Path(summary.files[-1]), tmp)
+        (tmp / PROVENANCE).write_text(json.dumps(
+            {"files": list(summary.files), "coefficients": list(summary.coefficients),
+             "skipped": list(summary.skipped)}, indent=2) + "\n")
+        st.fsync_tree(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():  # force=True: move the old folder aside, the new one in, then delete the old
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
