@@ -266,6 +266,16 @@ def test_resume_from_a_checkpoint_continues_bit_exactly(full_run, tmp_path, one_
     assert [r for r in callback.time_saved.records] == [r for r in full_run[2].time_saved.records]
 
 
+def test_resume_from_outside_output_dir_named_in_the_arguments(full_run, tmp_path, one_thread):
+    full_out, full, _, _, _ = full_run
+    elsewhere = _resume_copy(full_out, tmp_path / "elsewhere") / "checkpoint-8"
+    trainer, callback, _ = _trainer(tmp_path / "out", {"k": 2}, resume_from_checkpoint=str(elsewhere))
+    trainer.train(resume_from_checkpoint=str(elsewhere))
+    assert callback.snapshot_steps == [4, 8, 12, 16]
+    after = {s: v for s, v in _evals(full, "eval_lawa_loss").items() if s > 8}
+    assert {s: v for s, v in _evals(trainer, "eval_lawa_loss").items() if s > 8} == after
+
+
 def test_checkpoint_without_callback_state_resumes_with_a_fresh_ring_and_a_warning(full_run, tmp_path, one_thread):
     full_out, full, _, _, _ = full_run
     out = _resume_copy(full_out, tmp_path)

@@ -221,15 +221,22 @@ class LAWATrainerCallback(TrainerCallback):
 
     def _resume(self, args: Any, state: Any) -> None:
         assert self.observer is not None
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        path = os.path.join(folder, STATE_NAME)
-        if not os.path.isfile(path):
+        # The Trainer does not tell callbacks which folder it resumed from: the checkpoint of this step
+        # in output_dir, or the folder args.resume_from_checkpoint names (the example scripts' flag).
+        folders = [os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")]
+        if isinstance(args.resume_from_checkpoint, str):
+            folders.insert(0, args.resume_from_checkpoint)
+        found = [f for f in folders if os.path.isfile(os.path.join(f, STATE_NAME))]
+        if not found:
             warnings.warn(
-                f"LAWATrainerCallback: resuming at step {state.global_step}, but {path} does not exist (a checkpoint "
-                "saved without the callback, or resumed from outside output_dir): starting a fresh average",
+                f"LAWATrainerCallback: resuming at step {state.global_step}, but there is no {STATE_NAME} in "
+                f"{folders[-1]} (a checkpoint saved without the callback, or resumed from outside output_dir; "
+                "set TrainingArguments.resume_from_checkpoint to the folder): starting a fresh average",
                 stacklevel=3,
             )
             return
+        folder = found[0]
+        path = os.path.join(folder, STATE_NAME)
         saved = safe_load(path)
         if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
             raise ValueError(f"Invalid LAWA state in {path}: not a LAWATrainerCallback state of format {STATE_FORMAT}")
