@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._checks import is_int
+from ._tensors import move_to
 
 __all__ = ["LABEL_KEYS", "has_batchnorm", "model_input", "recompute_bn"]
 
@@ -25,19 +26,8 @@ LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer (whose statistics a swap may recompute)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _to(obj: Any, device: torch.device | str | None) -> Any:
-    if device is None:
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
 
 
 def model_input(model: nn.Module, batch: Any) -> Any:
@@ -64,7 +54,7 @@ class _Adapter(nn.Module):
         self._forward = forward
 
     def forward(self, batch: Any) -> Any:
-        return self._forward(self.model, _to(batch, self._device))
+        return self._forward(self.model, move_to(batch, self._device, non_blocking=True))
 
 
 def recompute_bn(

@@ -213,11 +213,12 @@ def test_from_pretrained_loads_checkpoint_lawa(full_run, data_bin):
     require("fairseq")
     from fairseq.models.roberta import RobertaModel
 
-    import lawa_optim.integrations.fairseq.task  # noqa: F401  (allows fairseq's Namespace under torch >= 2.6)
+    from lawa_optim.integrations.fairseq.task import fairseq_checkpoints_loadable
 
     save, _ = full_run
-    hub = RobertaModel.from_pretrained(str(save), checkpoint_file="checkpoint_lawa.pt",
-                                       data_name_or_path=str(data_bin), bpe=None)
+    with fairseq_checkpoints_loadable():  # fairseq's Namespace under torch >= 2.6
+        hub = RobertaModel.from_pretrained(str(save), checkpoint_file="checkpoint_lawa.pt",
+                                           data_name_or_path=str(data_bin), bpe=None)
     lawa = load(save / "checkpoint_lawa.pt")["model"]
     state = hub.model.state_dict()
     assert all(torch.equal(state[key], lawa[key]) for key in lawa)

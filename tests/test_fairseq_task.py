@@ -222,8 +222,36 @@ def test_resume_refuses_another_k_and_format():
 @pytest.mark.parametrize(
     "bad, match",
     [({"lawa_k": 0}, "--lawa-k 0"), ({"lawa_period_updates": -1}, "--lawa-period-updates -1"),
-     ({"lawa_alpha": 0.0}, "--lawa-alpha"), ({"lawa_alpha": 1.5}, "alpha")],
+     ({"lawa_alpha": 0.0}, "--lawa-alpha"), ({"lawa_alpha": 1.5}, "alpha"),
+     ({"lawa_offload": "disk"}, "--lawa-offload-dir.*offload_dir"),
+     ({"lawa_offload": "cpu", "lawa_offload_dir": "/tmp"}, "offload_dir")],
 )
 def test_bad_flags_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         make_task(**bad)
+
+
+def test_disk_offload_keeps_the_ring_in_files(tmp_path):
+    task, model = make_task(lawa_offload="disk", lawa_offload_dir=str(tmp_path))
+    itr, opt = Itr(), Opt(model)
+    task._lawa_train_itr = itr
+    train(task, model, itr, opt, epochs=2, updates_per_epoch=2)
+    wrapper = task.lawa_wrapper()
+    assert wrapper.offload == "disk" and type(wrapper._ring).__name__ == "DiskSnapshotRing"
+    assert wrapper.num_snapshots == 2
+
+
+def test_importing_the_plugin_leaves_torchs_safe_globals_alone():
+    require("fairseq", "the fairseq plugin")
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; before = list(torch.serialization.get_safe_globals());"
+        "import lawa_optim.integrations.fairseq.task as t;"
+        "assert list(torch.serialization.get_safe_globals()) == before;"
+        "import argparse\n"
+        "with t.fairseq_checkpoints_loadable(): assert argparse.Namespace in torch.serialization.get_safe_globals()\n"
+        "assert argparse.Namespace not in torch.serialization.get_safe_globals()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,18 +9,20 @@ fairseq task. Use it with fairseq's own trainer::
 
 LAWA flags: ``--lawa-k`` (snapshots averaged), ``--lawa-period-updates`` (0: one snapshot at
 the end of every epoch, the paper's choice; N: one every N updates), ``--lawa-weights``
-(``uniform`` or ``exp``), ``--lawa-alpha`` (EXP's decay), ``--lawa-offload`` (``none`` or
-``cpu``). Every validation then logs ``lawa_loss``/``lawa_ppl`` beside fairseq's
-``loss``/``ppl``, and every checkpoint save writes ``checkpoint_lawa.pt`` (and
-``checkpoint_lawa_best.pt``) into ``--save-dir``: plain ``masked_lm`` checkpoints for
-``fairseq-validate --task masked_lm`` and ``RobertaModel.from_pretrained``. ``--restore-file``
-resumes the ring exactly (it is stored in fairseq's checkpoints).
+(``uniform`` or ``exp``), ``--lawa-alpha`` (EXP's decay), ``--lawa-offload`` (``none``,
+``cpu``, or ``disk`` with ``--lawa-offload-dir DIR``). Every validation then logs
+``lawa_loss``/``lawa_ppl`` beside fairseq's ``loss``/``ppl``, and every checkpoint save writes
+``checkpoint_lawa.pt`` (and ``checkpoint_lawa_best.pt``) into ``--save-dir``: plain
+``masked_lm`` checkpoints for ``fairseq-validate --task masked_lm`` and
+``RobertaModel.from_pretrained``. ``--restore-file`` resumes the ring exactly (it is stored in
+fairseq's checkpoints).
 
 torch >= 2.6 loads with ``weights_only=True``, which refuses the ``argparse.Namespace`` every
-fairseq 0.12 checkpoint holds, so fairseq alone can load none of them; the plugin allows that one
-class, so pass ``--user-dir`` to ``fairseq-validate`` too (or import
-:mod:`lawa_optim.integrations.fairseq.task` before ``from_pretrained``), or set
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for files you trust.
+fairseq 0.12 checkpoint holds, so fairseq alone can load none of them; the ``--user-dir`` entry
+point allows that one class in the fairseq process it configures, so pass ``--user-dir`` to
+``fairseq-validate`` too. In your own code, load inside
+``with lawa_optim.integrations.fairseq.task.fairseq_checkpoints_loadable():`` (e.g. around
+``from_pretrained``); importing the plugin's modules changes nothing in torch.
 
 Importing this package does not import fairseq; :mod:`.task` does.
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ...io import atomic_save, atomic_write_bytes
+from ...io import atomic_write_bytes
 
 __all__ = ["LAWA_BEST_NAME", "LAWA_NAME", "copy_atomic", "lawa_checkpoint", "root_config"]
 
@@ -82,11 +82,6 @@ def lawa_checkpoint(
         "task_state": task_state,
         "extra_state": {"lawa": lawa_meta, "val_loss": lawa_meta.get("val_loss")},
     }
-
-
-def save(obj: dict, path: str | os.PathLike) -> None:
-    """Write a checkpoint dict atomically."""
-    atomic_save(obj, path)
 
 
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:

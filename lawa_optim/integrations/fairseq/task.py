@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from fairseq import metrics, utils
@@ -41,21 +41,33 @@ from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from omegaconf import II
 
+from ..._checks import is_int
+from ..._tensors import move_to
 from ...averaging import resolve_weights
+from ...io import atomic_save
+from ...offload import OFFLOAD_NAMES, check_offload, parse_offload
 from ...wrapper import LAWAWrapper
 from . import checkpoint as ckpt
 
-__all__ = ["LAWAConfig", "LAWATaskMixin", "MaskedLMLAWAConfig", "MaskedLMLAWATask"]
+__all__ = ["LAWAConfig", "LAWATaskMixin", "MaskedLMLAWAConfig", "MaskedLMLAWATask", "fairseq_checkpoints_loadable"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 
-# fairseq 0.12 stores the legacy model arguments as an argparse.Namespace in every checkpoint, and
-# torch >= 2.6 loads with weights_only=True by default, which refuses it: fairseq could then neither
-# resume (--restore-file) nor validate any checkpoint. A Namespace is a plain attribute container
-# (unpickling it runs no code), so the plugin allows it; everything else stays refused.
-torch.serialization.add_safe_globals([argparse.Namespace])
+
+def fairseq_checkpoints_loadable() -> Any:
+    """``with fairseq_checkpoints_loadable(): RobertaModel.from_pretrained(...)``.
+
+    fairseq 0.12 stores the legacy model arguments as an ``argparse.Namespace`` in every
+    checkpoint, and torch >= 2.6 loads with ``weights_only=True`` by default, which refuses it: fairseq
+    could neither resume (``--restore-file``) nor validate any checkpoint. A Namespace is a plain
+    attribute container (unpickling it runs no code): this context manager allows it for the loads
+    inside (``torch.serialization.safe_globals``); everything else stays refused. Importing this
+    module changes nothing; the ``--user-dir`` entry point (``lawa_fairseq``), which configures the
+    fairseq process it is passed to, allows it for that process's own loads.
+    """
+    return torch.serialization.safe_globals([argparse.Namespace])
 
 
 @dataclass
@@ -74,8 +86,15 @@ class LAWAConfig(FairseqDataclass):
         metadata={"help": "uniform: LAWA; exp: the paper's EXP comparator, alpha*(1-alpha)^i for the i-th newest"},
     )
     lawa_alpha: float = field(default=0.9, metadata={"help": "EXP's decay, in (0, 1]"})
-    lawa_offload: ChoiceEnum(["none", "cpu"]) = field(  # type: ignore[valid-type]
-        default="none", metadata={"help": "keep the snapshots on the model's device (none) or in host memory (cpu)"}
+    lawa_offload: ChoiceEnum(list(OFFLOAD_NAMES)) = field(  # type: ignore[valid-type]
+        default="none",
+        metadata={
+            "help": "keep the snapshots on the model's device (none), in host memory (cpu) or in memory-mapped "
+            "files under --lawa-offload-dir (disk)"
+        },
+    )
+    lawa_offload_dir: Optional[str] = field(  # noqa: UP045 - fairseq reads typing's Optional
+        default=None, metadata={"help": "an existing directory for --lawa-offload disk"}
     )
     lawa_save_dir: str = II("checkpoint.save_dir")
     lawa_train_subset: str = II("dataset.train_subset")
@@ -84,10 +103,10 @@ class LAWAConfig(FairseqDataclass):
 def check_lawa_config(cfg: Any) -> None:
     """Raise ``ValueError`` naming the flag for invalid LAWA options."""
     k = cfg.lawa_k
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k, 1):
         raise ValueError(f"Invalid --lawa-k {k!r}: use a positive number of snapshots (the paper uses 5 to 10)")
     period = cfg.lawa_period_updates
-    if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+    if not is_int(period, 0):
         raise ValueError(
             f"Invalid --lawa-period-updates {period!r}: use 0 (a snapshot per epoch) or a positive number of updates"
         )
@@ -95,8 +114,10 @@ def check_lawa_config(cfg: Any) -> None:
         resolve_weights(str(cfg.lawa_weights), k, float(cfg.lawa_alpha))
     except ValueError as err:
         raise ValueError(f"Invalid --lawa-weights/--lawa-alpha: {err}") from err
-    if str(cfg.lawa_offload) not in ("none", "cpu"):
-        raise ValueError(f"Invalid --lawa-offload {cfg.lawa_offload!r}: use none or cpu")
+    try:
+        check_offload(parse_offload(str(cfg.lawa_offload)), getattr(cfg, "lawa_offload_dir", None))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Invalid --lawa-offload/--lawa-offload-dir: {err}") from err
 
 
 class _Observed(torch.optim.Optimizer):
@@ -107,17 +128,6 @@ class _Observed(torch.optim.Optimizer):
 
     def step(self, closure: Any = None) -> None:  # pragma: no cover - never called
         raise RuntimeError("the LAWA observer never steps: fairseq's optimizer updates the parameters")
-
-
-def _cpu(obj: Any) -> Any:
-    """Tensors moved to the CPU in their own dtype (fairseq's ``move_to_cpu`` upcasts fp16/bf16)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {key: _cpu(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(value) for value in obj)
-    return obj
 
 
 def _amp_scale(optimizer: Any) -> float | None:
@@ -177,14 +187,14 @@ class LAWATaskMixin:
         """The wrapper holding the ring, created on first use (after fairseq placed the model)."""
         if self._lawa is None and self._lawa_model is not None:
             params = list(self._lawa_model.parameters())
-            offload = None if str(self.cfg.lawa_offload) == "none" else "cpu"
             self._lawa = LAWAWrapper(
                 _Observed(params),
                 k=self.cfg.lawa_k,
                 period=None,
                 weights=str(self.cfg.lawa_weights),
                 alpha=float(self.cfg.lawa_alpha),
-                offload=offload,
+                offload=parse_offload(str(self.cfg.lawa_offload)),
+                offload_dir=getattr(self.cfg, "lawa_offload_dir", None),
             )
         if self._lawa is not None and self._lawa_pending is not None:
             pending, self._lawa_pending = self._lawa_pending, None
@@ -283,7 +293,7 @@ class LAWATaskMixin:
             "num_updates": self._lawa_num_updates,
         }
         if wrapper is not None:
-            state["wrapper"] = _cpu(wrapper.state_dict())  # the ring keeps the parameters' dtype
+            state["wrapper"] = move_to(wrapper.state_dict(), "cpu")  # the ring keeps the parameters' dtype
         elif self._lawa_pending is not None:
             state["wrapper"] = self._lawa_pending["wrapper"]
         return {type(self).__name__: state}
@@ -328,7 +338,7 @@ class LAWATaskMixin:
         }
         task_state = self.state_dict() if hasattr(self, "state_dict") else {}
         path = os.path.join(self.cfg.lawa_save_dir, ckpt.LAWA_NAME)
-        ckpt.save(ckpt.lawa_checkpoint(cfg, self.lawa_base_task, model_state, task_state,
+        atomic_save(ckpt.lawa_checkpoint(cfg, self.lawa_base_task, model_state, task_state,
                                        self._lawa_num_updates, meta), path)
         logger.info(f"LAWA: saved the average of {self.lawa_unit}s {self._lawa_labels} to {path}")
         if self._lawa_best_unsaved:
