@@ -182,6 +182,73 @@ def test_early_stopping_added_first_monitors_the_average(tmp_path, one_thread):
     assert stop.early_stopping_patience_counter == 1
 
 
+class _BNNet(torch.nn.Module):
+    """A plain nn.Module with BatchNorm (the Trainer accepts any module returning a loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.BatchNorm1d(12), torch.nn.ReLU(),
+                                       torch.nn.Linear(12, 2))
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+
+class _Points(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 6, generator=g) * 3 + 1
+        self.labels = (self.x[:, 0] > 1).long()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.labels[i]}
+
+
+def test_batchnorm_recomputed_for_the_average_on_a_plain_module(tmp_path, one_thread):
+    """bn_loader: BatchNorm statistics recomputed for the average (torch's update_bn as the reference);
+    a plain nn.Module's average is saved as model.safetensors; without bn_loader, a warning."""
+    from safetensors.torch import load_file
+
+    train, val = _Points(64, 1), _Points(16, 2)
+    bn_batches = [{"x": train.x[i : i + 16]} for i in range(0, 64, 16)]
+    torch.manual_seed(0)
+    model = _BNNet()
+    args = _args(tmp_path, num_train_epochs=3, learning_rate=0.05, save_strategy="epoch")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=train, eval_dataset=val)
+    callback = LAWATrainerCallback(trainer, k=2, bn_loader=bn_batches)
+    trainer.add_callback(callback)
+    recorder = _Recorder(model)
+    trainer.add_callback(recorder)
+    trainer.train()
+
+    reference = _BNNet()
+    with torch.no_grad():
+        for p, value in zip(reference.parameters(), _reference_at(recorder.snaps, 24, 2)):
+            p.copy_(value.float())
+    torch.optim.swa_utils.update_bn([b["x"] for b in bn_batches], reference)
+    reference.eval()
+    with torch.no_grad():
+        losses = [reference(val.x[i : i + BATCH], val.labels[i : i + BATCH])["loss"] for i in range(0, 16, BATCH)]
+    assert _evals(trainer, "eval_lawa_loss")[24] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+    saved = load_file(str(tmp_path / "checkpoint-24" / AVERAGE_DIR / "model.safetensors"))
+    torch.testing.assert_close(saved["net.1.running_mean"], reference.net[1].running_mean, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(saved["net.1.running_mean"], model.net[1].running_mean)  # the training statistics
+    # the same run without bn_loader warns, and ends with the same weights and running statistics:
+    # the training buffers came back bit-exactly after every recompute
+    torch.manual_seed(0)
+    trainer2 = transformers.Trainer(model=_BNNet(), args=args, train_dataset=train, eval_dataset=val)
+    trainer2.add_callback(LAWATrainerCallback(trainer2, k=2))
+    with pytest.warns(UserWarning, match="BatchNorm"):
+        trainer2.train()
+    for a, b in zip(model.state_dict().values(), trainer2.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------ checkpoints and resume
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
