@@ -4,4 +4,5 @@ Each subpackage is the only place that imports its framework, and it does so laz
 ``import lawa_optim`` never pulls one in:
 
 - :mod:`lawa_optim.integrations.fairseq`: LAWA for ``fairseq-train`` as a ``--user-dir`` plugin.
+- :mod:`lawa_optim.integrations.transformers`: ``LAWATrainerCallback`` for the Hugging Face ``Trainer``.
 """
