@@ -80,6 +80,7 @@ def recompute_bn(
         raise ValueError(f"Invalid max_batches: {max_batches!r}; use a positive int or None for the whole loader")
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
     adapter = _Adapter(model, device, forward or model_input)
+    adapter.train(model.training)  # update_bn restores the adapter's mode: the model's, not a new module's train()
     with torch.no_grad():
         # Each batch is wrapped in a 1-tuple: update_bn passes its first element to the adapter.
         torch.optim.swa_utils.update_bn(((b,) for b in batches), adapter)
