@@ -51,3 +51,13 @@ def test_bench_roberta_trains_resumes_and_reports(tmp_path):
     assert results["ppl"]["adam_best"] == min(r["adam_ppl"] for r in results["epochs"])
     for name in ("metrics.csv", "metrics.json", "epochs.csv", "roberta_ppl.png", "report/report.md"):
         assert (out / name).is_file(), name
+    # the README's fairseq-validate example, as written, on this run's data and LAWA checkpoint
+    from tests.test_readme import readme_commands, run_shell
+
+    commands = readme_commands("fairseq-validate ")
+    assert commands, "the README lost its fairseq-validate example"
+    for cmd in commands:
+        res = run_shell(cmd.replace("data-bin", str(out / "data-bin")).replace("checkpoints/", f"{out}/checkpoints/"),
+                        tmp_path)
+        assert res.returncode == 0, f"{cmd!r} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        assert "valid on 'valid' subset" in res.stdout + res.stderr
