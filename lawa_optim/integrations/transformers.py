@@ -29,10 +29,11 @@ Not supported: DeepSpeed and FSDP (each process holds a shard of the weights).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -154,10 +155,15 @@ class LAWATrainerCallback(TrainerCallback):
         model = self.trainer.model
         return self.trainer.accelerator.unwrap_model(model) if hasattr(self.trainer, "accelerator") else model
 
-    def _averaged(self) -> Any:
+    @contextlib.contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """The average swapped in; the RNG states restored after (a BatchNorm recompute in train mode
+        draws dropout masks), so the training run is the same with and without the callback."""
         assert self.observer is not None
         bn = {"bn_loader": self.bn_loader, "bn_batches": self.bn_batches} if self.bn_loader is not None else {}
-        return self.observer.averaged(self._model(), **bn)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices), self.observer.averaged(self._model(), **bn):
+            yield
 
     def _params(self) -> list[torch.Tensor]:
         assert self.observer is not None
@@ -294,7 +300,7 @@ class LAWATrainerCallback(TrainerCallback):
             if loader is None:
                 return
             trainer = self.trainer
-            with torch.random.fork_rng(devices=[]), self._averaged():
+            with self._averaged():
                 output = trainer.evaluation_loop(
                     loader,
                     description="LAWA evaluation",
