@@ -249,6 +249,17 @@ def test_batchnorm_recomputed_for_the_average_on_a_plain_module(tmp_path, one_th
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("method", "kw"), [("exp", {"k": 3}), ("ema", {"decay": 0.5}), ("swa", {})])
+def test_other_methods_of_the_zoo_evaluate_and_save_the_same_average(tmp_path, method, kw, one_thread):
+    trainer, callback, _ = _trainer(tmp_path, {"method": method, **kw}, num_train_epochs=2, save_strategy="no")
+    trainer.train()
+    lawa, raw = _evals(trainer, "eval_lawa_loss"), _evals(trainer, "eval_loss")
+    assert sorted(lawa) == [4, 8] and lawa[8] != raw[8]
+    saved = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / AVERAGE_DIR))
+    expected = _reference_eval_loss([p.detach() for p in saved.parameters() if p.requires_grad])
+    assert lawa[8] == pytest.approx(expected, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------ checkpoints and resume
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
