@@ -250,13 +250,16 @@ def test_images_per_split_and_world_size_reach_the_results(tmp_path):
     from lawa_benchmarks.resnet.cli import resnet
 
     _image_tree(tmp_path / "data", {"train": ["ant", "bee", "cat"], "val": ["ant", "bee", "cat"]}, per_class=3)
-    res = CliRunner().invoke(resnet, [
-        "--out", str(tmp_path / "run"), "--methods", "lawa", "--no-progress", "threads=1",
-        "data.dataset=imagefolder", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.val_images=6",
-        "data.train_eval_images=3", "data.bn_images=3", "data.batch_size=4", "data.augment=false",
-        "model.arch=resnet8", "model.width=4", "model.stem=3x3s1", "train.epochs=1", "methods.lawa.k=[1]",
-        "methods.lawa.bncopy_k=[]", "report.headline=lawa_k1"], catch_exceptions=False)
+    args = ["--out", str(tmp_path / "run"), "--no-progress", "threads=1",
+            "data.dataset=imagefolder", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.val_images=6",
+            "data.train_eval_images=3", "data.bn_images=3", "data.batch_size=4", "data.augment=false",
+            "model.arch=resnet8", "model.width=4", "model.stem=3x3s1", "train.epochs=1", "methods.lawa.k=[1]",
+            "methods.lawa.bncopy_k=[]", "report.headline=lawa_k1"]
+    res = CliRunner().invoke(resnet, ["--methods", "lawa", *args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    # the same folder with other --methods is refused (as another config is), not resumed
+    again = CliRunner().invoke(resnet, ["--methods", "lawa,ema", *args], catch_exceptions=False)
+    assert again.exit_code == 2 and "another configuration or --methods" in again.output
     assert "images: train 9 of 9, val 6 of 9, 3 classes" in res.output
     assert "1 process(es) x batch 4 = global batch 4, 2 steps per epoch" in res.output
     meta = json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]
