@@ -168,3 +168,21 @@ def test_lr_schedule_is_the_formula_and_resumes_exactly(schedule, warmup, steps_
         opt2.step()
         sched2.step()
     assert resumed == lrs[half:]  # bit-exact
+
+
+def test_a_method_not_run_leaves_the_config_hash_alone(dummy):
+    """Run folders resume after a method joins the registry, unless the run uses it."""
+    require("torchvision")
+    from lawa_benchmarks.resnet.runner import _config_hash
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_METHODS", MappingProxyType({k: v for k, v in registry._METHODS.items()
+                                                           if k != "dummy"}))
+        cfg = load_config(QUICK)
+        before = _config_hash(cfg, plan_runs(cfg, None, 7))
+    cfg = load_config(QUICK)
+    plans = plan_runs(cfg, None, 7)
+    ran = "dummy" in {m for p in plans for m, _ in p.observers.values()} | {p.driver for p in plans}
+    assert ran is not dummy.changes_trajectory  # an observer is on by default, an own run is opt-in
+    assert (_config_hash(cfg, plans) == before) is (not ran)
+    assert _config_hash(cfg, plan_runs(cfg, ["lawa"], 7)) != before

@@ -141,11 +141,13 @@ def _evaluate(model: nn.Module, loader: Any, device: torch.device, dist: _Dist) 
     return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
 
 
-def _config_hash(cfg: Config) -> str:
+def _config_hash(cfg: Config, plans: list[RunPlan]) -> str:
     d = config_to_dict(cfg)
     for key in ("seeds", "threads", "first_seed"):
         d.pop(key)
     d["report"] = None  # the report's choices do not change the numbers
+    used = {p.driver for p in plans} | {method for p in plans for method, _ in p.observers.values()}
+    d["methods"] = {name: s for name, s in d["methods"].items() if name in used}  # nor do methods not run
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -364,7 +366,7 @@ def run(
                              f"{len(data.train) // dist.world} training images per process; lower it")
         plans = plan_runs(cfg, families, steps)
         meta = _meta(cfg, plans)
-        cfg_hash = _config_hash(cfg)
+        cfg_hash = _config_hash(cfg, plans)
         meta["config_hash"] = cfg_hash
         # data.batch_size is per process: under torchrun the global batch is world_size x batch_size
         meta.update(world_size=dist.world, global_batch_size=dist.world * cfg.data.batch_size, images=data.counts)
