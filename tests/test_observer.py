@@ -185,3 +185,18 @@ def test_time_saved_earlier_later_and_never():
     assert "nothing to compare" in TimeSaved("val_loss").summary()
     with pytest.raises(ValueError, match="mode"):
         TimeSaved("val_loss", mode="lowest")
+
+
+def test_batchnorm_recomputation_keeps_the_models_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    obs = Observer(opt, k=2, period=1)
+    model(torch.randn(8, 3)).sum().backward()
+    opt.step()
+    model.eval()  # as during a framework's validation
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = obs.averaged_state(model, bn_loader=[torch.randn(8, 3)])
+    assert not model.training and not model[1].training  # recompute_bn used to leave it in train mode
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not torch.equal(state["1.running_mean"], before["1.running_mean"])

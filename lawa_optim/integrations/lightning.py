@@ -1,0 +1,426 @@
+"""LAWA for PyTorch Lightning (2.x): :class:`LAWACallback`, no change to ``configure_optimizers``.
+
+The callback observes the optimizer Lightning built (an :class:`~lawa_optim.integrations.observer.
+Observer`: torch's step post-hook, so a step AMP skips does not count), takes a snapshot at the end
+of each training epoch (its last optimizer step, before that epoch's validation) or every
+``every_n_steps`` optimizer steps, and evaluates the average beside the raw weights in every
+validation: after Lightning's ``validation_step`` on a batch, the same ``validation_step`` runs again
+with the average swapped in (computed once per validation, BatchNorm statistics recomputed for it
+when the model has BatchNorm) and whatever it logs is logged with a suffix: ``val_loss`` and
+``val_loss_lawa``, reduced by Lightning exactly alike, so ``ModelCheckpoint``/``EarlyStopping`` can
+monitor either. ``trainer.test`` does the same for ``test_step``.
+
+Checkpoints: ``checkpoint["state_dict"]`` always holds the training weights (never the average),
+``checkpoint["lawa_state_dict"]`` the average as a plain ``model.state_dict()`` (loads with
+``model.load_state_dict`` without the callback), and the callback's state (the ring, counters, the
+time-saved records) goes in Lightning's ``checkpoint["callbacks"]``, so ``trainer.fit(ckpt_path=...)``
+continues the uninterrupted run bit-exactly. At the end of ``fit`` one line says when the average
+first reached the raw weights' best monitored value (:class:`~lawa_optim.integrations.observer.TimeSaved`).
+
+Importing this module imports ``lightning``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+from torch import nn
+
+from ..bn import has_batchnorm, model_input
+from .observer import Observer, StateSwap, TimeSaved, check_method, check_model
+
+__all__ = ["LAWACallback"]
+
+STATE_FORMAT = 1
+BN_CHOICES = ("auto", True, False)
+
+
+class LAWACallback(Callback):
+    """Evaluate and checkpoint the latest-weight average of a Lightning run beside its raw weights.
+
+    Args:
+        method (str, optional): a zoo method that observes the trajectory: ``"lawa"``, ``"exp"``,
+            ``"ema"``, ``"swa"`` or ``"base"`` (default: ``"lawa"``).
+        every_n_steps (int, optional): a snapshot every N optimizer steps; ``None`` takes one at
+            the end of every training epoch, the paper's choice (default: None).
+        monitor (str, optional): the logged metric whose time saved is reported at the end of
+            ``fit`` (default: ``"val_loss"``).
+        mode (str, optional): ``"min"`` or ``"max"`` for ``monitor`` (default: ``"min"``).
+        suffix (str, optional): appended to every name logged for the average (default:
+            ``"_" + method``, e.g. ``val_loss_lawa``).
+        bn (str or bool, optional): recompute BatchNorm statistics for the average: ``"auto"`` when
+            the model has BatchNorm layers, ``True``, or ``False`` to keep the model's (default: "auto").
+        bn_loader (iterable, optional): batches for the recomputation (default: None, the
+            training dataloader).
+        bn_batches (int, optional): at most this many batches (default: 32).
+        bn_forward (callable, optional): ``bn_forward(model, batch)`` when ``model(batch[0])`` is
+            not how the model is called (default: None).
+        test (bool, optional): ``trainer.test`` also evaluates the average (the fit's, or a
+            checkpoint's ``lawa_state_dict``) and logs ``test_*_lawa`` (default: True).
+        **method_kwargs: the method's hyper-parameters (``k=6`` for LAWA by default, ``decay`` for
+            EMA, ...); see ``lawa_optim.get_method_info(method).accepted_kwargs()``.
+
+    Every argument is checked here, before training starts (``ValueError``/``TypeError``).
+
+    Example:
+        >>> trainer = L.Trainer(max_epochs=20, callbacks=[LAWACallback(k=6)])
+        >>> trainer.fit(model, train_loader, val_loader)   # logs val_loss and val_loss_lawa
+    """
+
+    def __init__(
+        self,
+        method: str = "lawa",
+        *,
+        every_n_steps: int | None = None,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        suffix: str | None = None,
+        bn: str | bool = "auto",
+        bn_loader: Iterable[Any] | None = None,
+        bn_batches: int | None = 32,
+        bn_forward: Callable[[nn.Module, Any], Any] | None = None,
+        test: bool = True,
+        **method_kwargs: Any,
+    ) -> None:
+        if "period" in method_kwargs:
+            raise TypeError(
+                f"Invalid argument period={method_kwargs['period']!r}: use every_n_steps=N (or None for one "
+                "snapshot per epoch)"
+            )
+        if every_n_steps is not None and (
+            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
+        ):
+            raise ValueError(
+                f"Invalid every_n_steps: {every_n_steps!r}; use a positive int, or None for one snapshot per epoch"
+            )
+        check_method(method, every_n_steps, **method_kwargs)
+        self._time_saved = TimeSaved(monitor, mode)  # checks monitor and mode
+        if suffix is None:
+            suffix = f"_{method}"
+        if not isinstance(suffix, str) or not suffix:
+            raise ValueError(f"Invalid suffix: {suffix!r}; use a non-empty str such as '_lawa'")
+        if not any(bn is c for c in BN_CHOICES) and bn != "auto":
+            raise ValueError(f"Invalid bn: {bn!r}; use 'auto' (when the model has BatchNorm), True or False")
+        if bn_batches is not None and (
+            isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1
+        ):
+            raise ValueError(f"Invalid bn_batches: {bn_batches!r}; use a positive int or None for the whole loader")
+        if bn_forward is not None and not callable(bn_forward):
+            raise TypeError(f"Invalid bn_forward: {bn_forward!r} is not callable; use bn_forward(model, batch)")
+        if not isinstance(test, bool):
+            raise TypeError(f"Invalid test: {test!r}; use True or False")
+        self.method = method
+        self.method_kwargs = dict(method_kwargs)
+        self.every_n_steps = every_n_steps
+        self.monitor = monitor
+        self.mode = mode
+        self.suffix = suffix
+        self.bn = bn
+        self.bn_loader = bn_loader
+        self.bn_batches = bn_batches
+        self.bn_forward = bn_forward
+        self.test = test
+        self.observer: Observer | None = None
+        self.time_saved_summary: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self._snap_epoch = -1  # the epoch whose end-of-epoch snapshot was taken last
+        self._eval: StateSwap | None = None  # the average being evaluated, computed once per evaluation
+        self._eval_key: Any = None
+        self._loaded_average: dict[str, torch.Tensor] | None = None  # a checkpoint's average (test/validate)
+        self._warned: set[str] = set()
+        self._train_loader: Any = None
+
+    # ---------------------------------------------------------------------------------- names
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method, suffix=self.suffix)
+
+    @property
+    def average_key(self) -> str:
+        """The checkpoint key of the average's state dict: ``"lawa_state_dict"`` by default."""
+        return f"{self.suffix.lstrip('_')}_state_dict"
+
+    # ---------------------------------------------------------------------------------- setup
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_model(pl_module)
+            step = getattr(pl_module, "validation_step", None)
+            if step is not None and is_param_in_hook_signature(step, "dataloader_iter", explicit=True):
+                raise ValueError(
+                    "Invalid model: its validation_step takes dataloader_iter, which LAWACallback cannot run a "
+                    "second time for the average; take (batch, batch_idx) instead"
+                )
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"Invalid optimizers: LAWACallback observes one optimizer, configure_optimizers returned "
+                f"{len(trainer.optimizers)}; return one optimizer (with its scheduler)"
+            )
+        if self.observer is not None:  # a second fit with the same callback
+            self.observer.close()
+        self.observer = Observer(trainer.optimizers[0], self.method, period=self.every_n_steps, **self.method_kwargs)
+        self._drop_eval()
+        if self._pending is not None:
+            self._apply(self._pending)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self.observer is not None:
+            self.observer.close()  # the average (and its evaluation copy) stays, for trainer.test
+
+    # ---------------------------------------------------------------------------------- training
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._train_loader = trainer.train_dataloader  # for BatchNorm, also in a trainer.test after fit
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.every_n_steps is None and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._epoch_snapshot(trainer)  # before this epoch's validation
+        if self._eval is not None and self._eval_key != self._key():
+            self._drop_eval()  # free the stale average
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_steps is None:
+            self._epoch_snapshot(trainer)  # an epoch cut short (max_steps, limit_train_batches)
+
+    def _epoch_snapshot(self, trainer: Trainer) -> None:
+        if self.observer is None or self._snap_epoch == trainer.current_epoch or self.observer.num_steps == 0:
+            return
+        self.observer.snapshot()
+        self._snap_epoch = trainer.current_epoch
+
+    # ---------------------------------------------------------------------------------- evaluation
+    def _key(self) -> Any:
+        obs = self.observer
+        return (
+            None
+            if obs is None
+            else (obs.num_steps, obs.wrapper.num_snapshots, getattr(obs.wrapper, "snapshots_taken", 0))
+        )
+
+    def _drop_eval(self) -> None:
+        self._eval, self._eval_key = None, None
+
+    def _use_bn(self, pl_module: LightningModule) -> bool:
+        return self.bn is True or (self.bn == "auto" and has_batchnorm(pl_module))
+
+    def _average(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor] | None:
+        """The average as a state dict (BatchNorm recomputed if asked), or None if there is none."""
+        if self._loaded_average is not None and trainer.state.fn != TrainerFn.FITTING:
+            return self._loaded_average
+        if self.observer is None or not self.observer.ready:
+            return None
+        bn: dict[str, Any] = {}
+        if self._use_bn(pl_module):
+            loader = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader or self._train_loader
+            if loader is None or isinstance(loader, (dict, list, tuple)):
+                raise ValueError(
+                    f"Invalid bn_loader: the training dataloader is {type(loader).__name__}; pass "
+                    "LAWACallback(bn_loader=<one loader of training batches>) to recompute BatchNorm statistics"
+                )
+            bn = {"bn_loader": loader, "bn_batches": self.bn_batches, "bn_device": pl_module.device}
+            bn["bn_forward"] = self.bn_forward or model_input
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the recomputation must not shift the run's randomness
+            state = self.observer.averaged_state(pl_module, **bn)
+        if bn and trainer.world_size > 1:  # one set of statistics: the mean over the ranks' data
+            for name, _ in pl_module.named_buffers():
+                if name in state and state[name].is_floating_point():
+                    state[name] = trainer.strategy.reduce(state[name], reduce_op="mean")
+        return state
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        key = (
+            ("loaded", id(self._loaded_average))
+            if self._loaded_average is not None and (trainer.state.fn != TrainerFn.FITTING)
+            else self._key()
+        )
+        if self._eval is not None and self._eval_key == key:
+            return
+        state = self._average(trainer, pl_module)
+        self._eval = None if state is None else StateSwap(pl_module, state)
+        self._eval_key = key
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._prepare(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.test:
+            self._prepare(trainer, pl_module)
+            if self._eval is None:
+                self._warn_once(
+                    "test",
+                    "LAWACallback: no average to test (no snapshot yet, and the checkpoint has "
+                    f"no {self.average_key!r}); test_*{self.suffix} is not logged",
+                )
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        in_fit = trainer.state.fn == TrainerFn.FITTING
+        if self._eval is None and not in_fit:
+            return  # trainer.validate without an average
+        # In fit, before the first snapshot, the second pass runs on the raw weights: every
+        # validation logs the same keys, so a ModelCheckpoint/EarlyStopping monitoring them never misses one.
+        self._second_pass(trainer, pl_module, "validation_step", batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.test and self._eval is not None:
+            self._second_pass(trainer, pl_module, "test_step", batch, batch_idx, dataloader_idx)
+
+    def _second_pass(
+        self, trainer: Trainer, pl_module: LightningModule, hook: str, batch: Any, batch_idx: int, dataloader_idx: int
+    ) -> None:
+        args: list[Any] = [batch]
+        step_fx = getattr(pl_module, hook)
+        if is_param_in_hook_signature(step_fx, "batch_idx", min_args=2):
+            args.append(batch_idx)
+        counts = trainer.num_test_batches if hook == "test_step" else trainer.num_val_batches
+        if len(counts) > 1:
+            args.append(dataloader_idx)
+        log = pl_module.log
+        suffix = self.suffix
+
+        def log_average(name: str, value: Any, *a: Any, **kw: Any) -> None:
+            metric = sys.modules.get("torchmetrics")
+            if metric is not None and isinstance(value, (metric.Metric, metric.MetricCollection)):
+                raise TypeError(
+                    f"LAWACallback: {hook} logs {name!r} as a torchmetrics object, whose state the raw weights and "
+                    "the average would share; log its value instead (self.log(name, metric(preds, target)) or "
+                    "metric.compute() from separate metric objects)"
+                )
+            log(name + suffix, value, *a, **kw)
+
+        previous = pl_module._current_fx_name
+        pl_module.log = log_average  # type: ignore[method-assign]  # log_dict calls self.log too
+        pl_module._current_fx_name = hook
+        try:
+            if self._eval is None:
+                getattr(trainer.strategy, hook)(*args)
+            else:
+                with self._eval:
+                    getattr(trainer.strategy, hook)(*args)
+        finally:
+            del pl_module.log
+            pl_module._current_fx_name = previous
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        metrics = trainer.callback_metrics
+        raw, avg = metrics.get(self.monitor), metrics.get(self.monitor + self.suffix)
+        if raw is None:
+            self._warn_once(
+                "monitor",
+                f"LAWACallback: {self.monitor!r} is not logged (logged: {sorted(metrics)}); pass "
+                "monitor=<a metric your validation_step logs> to measure the time saved",
+            )
+            return
+        ready = self.observer is not None and self.observer.ready
+        self._time_saved.record(
+            trainer.global_step, trainer.current_epoch, float(raw), float(avg) if ready and avg is not None else None
+        )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.time_saved_summary = f"LAWACallback ({self.method}): " + self._time_saved.summary()
+        rank_zero_info(self.time_saved_summary)
+        result = self._time_saved.result()
+        if trainer.logger is not None and result is not None and "saved_steps" in result:
+            trainer.logger.log_metrics(
+                {
+                    f"time_saved_steps{self.suffix}": result["saved_steps"],
+                    f"time_saved_epochs{self.suffix}": result["saved_epochs"],
+                },
+                step=trainer.global_step,
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=2)
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        if self.observer is None:
+            return dict(self._pending or {})
+        return {
+            "format": STATE_FORMAT,
+            "method": self.method,
+            "observer": self.observer.state_dict(),
+            "snap_epoch": self._snap_epoch,
+            "time_saved": self._time_saved.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._loading_for_fit:
+            return  # trainer.test/validate(ckpt_path=...): the checkpoint's average is used instead
+        if not isinstance(state_dict, dict) or state_dict.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"Invalid LAWACallback state in the checkpoint (format {state_dict.get('format')!r}, expected "
+                f"{STATE_FORMAT}); resume with the lawa_optim version that wrote it"
+            )
+        if self.observer is not None:  # strategies that restore after setup
+            self._apply(state_dict)
+        else:
+            self._pending = state_dict
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        assert self.observer is not None
+        self.observer.load_state_dict(state["observer"])  # checks method, k, shapes before changing anything
+        self._snap_epoch = int(state["snap_epoch"])
+        self._time_saved.load_state_dict(state["time_saved"])
+        self._pending = None
+
+    _loading_for_fit = True
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._loading_for_fit = trainer.state.fn == TrainerFn.FITTING
+        if not self._loading_for_fit:
+            average = checkpoint.get(self.average_key)
+            self._loaded_average = average if isinstance(average, dict) else None
+            self._drop_eval()
+            return
+        self._loaded_average = None
+        if self.state_key not in (checkpoint.get("callbacks") or {}):
+            warnings.warn(
+                f"LAWACallback: the checkpoint has no {self.state_key} state (saved without this callback, or with "
+                "other arguments); the average starts afresh from the resumed weights",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._eval is not None and self._eval.active:  # saved from inside the average's pass
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **self._eval.training_state()}
+        if self.observer is None or not self.observer.ready:
+            return
+        self._prepare(trainer, pl_module)  # reuses this validation's average when nothing changed since
+        if self._eval is not None:
+            checkpoint[self.average_key] = {name: t.detach().clone() for name, t in self._eval.state.items()}
