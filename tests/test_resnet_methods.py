@@ -83,7 +83,10 @@ def test_plan_runs_places_it_by_changes_trajectory(dummy):
 
 def test_the_plots_colour_it(dummy, tmp_path):
     require("matplotlib")
+    from lawa_benchmarks import report, report_plots
     from lawa_benchmarks.report_plots import _style, family_color, plot_curves
+
+    assert report_plots._curve is report._curve  # one copy
 
     colours = {m: family_color(m) for m in lawa_optim.list_methods()}
     assert colours["dummy"] not in {c for m, c in colours.items() if m != "dummy"}
