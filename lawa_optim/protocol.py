@@ -49,14 +49,19 @@ STATE_FORMAT = 1
 _PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def _copy_list(dst: list[Tensor], src: list[Tensor]) -> None:
-    """``dst[i].copy_(src[i])``: one foreach call when all are plain tensors on one device."""
-    plain = not any(hasattr(t, "to_local") for t in dst)
-    if dst and plain and len({t.device for t in dst} | {t.device for t in src}) == 1:
-        torch._foreach_copy_([t.detach() for t in dst], src)
+def _copy_list(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
+    """``dst[i].copy_(src[i])``; one foreach call if ``foreach`` (plain tensors, one device)."""
+    if foreach and dst:
+        torch._foreach_copy_(dst, src)
     else:
         for d, t in zip(dst, src):
             d.detach().copy_(t)
+
+
+def _layout(params: list[Tensor]) -> tuple[bool, bool]:
+    """``(sharded, foreach)``: FSDP2 DTensors among them; all plain tensors on one device."""
+    sharded = any(hasattr(p, "to_local") for p in params)
+    return sharded, not sharded and len({p.device for p in params}) <= 1
 
 
 def _shared_of(obj: Any) -> dict[str, Any] | None:
@@ -151,6 +156,8 @@ class AveragingOptimizer(Optimizer):
     defaults = shared()
     num_steps = shared()
     _params = shared()
+    _sharded = shared()
+    _foreach = shared()
     _swap = shared()
     _backup = shared()
     _pending_buffers = shared()
@@ -174,6 +181,7 @@ class AveragingOptimizer(Optimizer):
         self.period = period
         self.num_steps = 0
         self._params = self._group_params()
+        self._sharded, self._foreach = _layout(self._params)
         self._swap: dict[str, Any] | None = None
         # The training weights' copy during a swap, when they are not the newest snapshot.
         self._backup: list[Tensor] | None = None
@@ -204,6 +212,8 @@ class AveragingOptimizer(Optimizer):
             super().__setstate__({**state, **mine})
             return
         mine.setdefault("keep_swap_buffer", False)
+        if "_sharded" not in mine and "_params" in mine:
+            mine["_sharded"], mine["_foreach"] = _layout(mine["_params"])
         mine.setdefault("_backup", None)
         mine.setdefault("_pending_buffers", None)
         self.__dict__.update(state)
@@ -308,6 +318,7 @@ class AveragingOptimizer(Optimizer):
         known = {id(p) for p in self._params}
         self.optimizer.add_param_group(param_group)
         self._params = self._group_params()
+        self._sharded, self._foreach = _layout(self._params)
         self._on_new_params([p for p in self._params if id(p) not in known])
 
     def snapshot(self) -> None:
@@ -346,7 +357,7 @@ class AveragingOptimizer(Optimizer):
         if bn_loader is not None and not isinstance(model, nn.Module):
             raise ValueError("Invalid model: bn_loader needs model=<the nn.Module whose BatchNorm to recompute>")
         params = self._params
-        if model is None and any(hasattr(p, "to_local") for p in params):
+        if model is None and self._sharded:
             raise ValueError(
                 "Invalid model: None, but the parameters are sharded (FSDP2 DTensors); pass model=<the "
                 "fully_shard-ed module> so its unsharded copies are released around the swap"
@@ -399,7 +410,7 @@ class AveragingOptimizer(Optimizer):
         ):
             self._backup = None  # free the old one before making the new one
             backup = [torch.empty_like(p.detach()) for p in params]
-        _copy_list(backup, [p.detach() for p in params])
+        _copy_list(backup, [p.detach() for p in params], self._foreach)
         self._backup = backup
         return backup
 
@@ -408,7 +419,7 @@ class AveragingOptimizer(Optimizer):
             if swap["backup"] is None:
                 self._restore_newest_snapshot(self._params)
             else:
-                _copy_list(self._params, swap["backup"])
+                _copy_list(self._params, swap["backup"], self._foreach)
                 if not self.keep_swap_buffer:
                     self._backup = None
             for dst, src in zip(swap["buffers"], swap["saved_buffers"]):
@@ -543,7 +554,7 @@ class AveragingOptimizer(Optimizer):
         self._load_method_state(mine)
         if mine.get("swapped_in"):  # saved mid-swap: the training weights go back into the parameters
             with torch.no_grad():
-                _copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)])
+                _copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)], False)
         self._pending_buffers = None if saved_buffers is None else [t.detach().clone() for t in saved_buffers]
         if saved_buffers is not None:
             warnings.warn(
@@ -614,8 +625,14 @@ class AveragingOptimizer(Optimizer):
         raise NotImplementedError  # only reached when _weights_are_newest_snapshot() said True
 
     def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
-        _copy_list(params, self._newest_snapshot_views())
+        _copy_list(params, self._newest_snapshot_views(), False)
 
     @property
     def num_snapshots(self) -> int:
+        """How many snapshots the evaluation weights combine now (0: they are the training weights)."""
         return 0
+
+    @property
+    def snapshots_taken(self) -> int:
+        """How many snapshots the method has taken since the start of training (>= num_snapshots)."""
+        return self.num_snapshots

@@ -187,6 +187,7 @@ class SnapshotRing:
         self.params: list[Tensor] = []
         self.groups: list[_Group] = []
         self._where: list[_Group] = []  # parameter index -> its group
+        self._slot_views: dict[int, list[Tensor]] = {}  # slot -> each parameter's view in it (see newest)
         self.count = 0  # snapshots taken in total
         self.size = 0  # filled slots, min(count, k)
         self.head = 0  # slot the next snapshot goes into
@@ -216,6 +217,7 @@ class SnapshotRing:
         return make(shape, dtype=dtype, device=device, pin_memory=pin)
 
     def _add(self, params: list[Tensor]) -> None:
+        self._slot_views = {}
         first = len(self.params)
         self.params.extend(params)
         keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
@@ -414,8 +416,10 @@ class SnapshotRing:
                                 out.add_(row, alpha=coeffs[pos])
                         if coeffs is None:
                             out.div_(j)
-                    targets = outs[b] if outs is not None else [pc.of(dst[pc.index]) for pc in pieces]
-                    _copy_all(targets, sources[b])
+                    if outs is not None:  # the ring's own parameters, on the group's device or not
+                        _copy_all(outs[b], sources[b], same_device=g.same_device)
+                    else:
+                        _copy_all([pc.of(dst[pc.index]) for pc in pieces], sources[b])
 
     def snapshots(self, i: int) -> list[Tensor]:
         """The filled slots of parameter ``i``, oldest first (views, for tests and exports)."""
@@ -429,7 +433,11 @@ class SnapshotRing:
         if self.size == 0:
             raise RuntimeError("The ring holds no snapshot yet")
         slot = (self.head - 1) % self.k
-        return [self._where[i].row_view(slot, i, p.shape) for i, p in enumerate(self.params)]
+        views = self._slot_views.get(slot)
+        if views is None:  # made once per slot: a swap restores from them without building views
+            views = [self._where[i].row_view(slot, i, p.shape) for i, p in enumerate(self.params)]
+            self._slot_views[slot] = views
+        return views
 
     def sum_of(self, i: int) -> Tensor:
         """The running sum of parameter ``i`` (a view)."""

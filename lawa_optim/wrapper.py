@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from ._checks import is_int
 from .averaging import resolve_weights, window_coefficients
 from .offload import check_offload, make_ring
-from .protocol import AveragingOptimizer, shared
+from .protocol import AveragingOptimizer, _copy_list, shared
 
 __all__ = ["LAWAWrapper"]
 NONFINITE_CHOICES = ("raise", "skip")
@@ -139,9 +139,10 @@ class LAWAWrapper(AveragingOptimizer):
         self._newest_key = self._weights_key()
 
     def _weights_key(self) -> tuple[int, list[int], list[int]] | None:
-        if any(hasattr(p, "to_local") for p in self._params):
+        if self._sharded:
             return None  # FSDP2: the ring holds local shards; always back up
-        return (self.num_steps, [p._version for p in self._params], [p.data_ptr() for p in self._params])
+        params = self._params
+        return (self.num_steps, [p._version for p in params], [p.data_ptr() for p in params])
 
     def _weights_are_newest_snapshot(self) -> bool:
         key = self._newest_key
@@ -151,7 +152,7 @@ class LAWAWrapper(AveragingOptimizer):
         return self._ring.newest()
 
     def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
-        super()._restore_newest_snapshot(params)
+        _copy_list(params, self._ring.newest(), self._foreach and self._ring.offload is None)
         self._newest_key = self._weights_key()  # they are the newest snapshot again
 
     def _before_copy(self) -> None:
@@ -169,7 +170,7 @@ class LAWAWrapper(AveragingOptimizer):
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
         j = min(k or self.k, self._ring.size)
         coeffs = window_coefficients(self.weights, self.coefficients, self.alpha, j)
-        self._ring.write_average([_local(p) for p in params], j, coeffs)
+        self._ring.write_average([_local(p) for p in params] if self._sharded else params, j, coeffs)
 
     def _on_new_params(self, params: list[Tensor]) -> None:
         self._ring.add_params([_local(p) for p in params])
