@@ -180,3 +180,35 @@ def test_nonfinite_safetensors_raise_or_skip(tmp_path):
         summary = write_average([tmp_path], out, nonfinite="skip")
     assert summary.skipped == (str(tmp_path / "c2.safetensors"),) and len(summary.files) == 3
     assert_equal_state(st.load_file(out), reference([states[i] for i in (0, 1, 3)]))
+
+
+def test_streamed_and_pickled_paths_give_the_same_bits_across_pieces(tmp_path):
+    """Tensors longer than one piece (accumulate.CHUNK) are summed piece by piece, a second thread reading ahead:
+    the result equals, bit for bit, the file-by-file path over the same weights saved with torch.save."""
+    st = require("safetensors.torch")
+    from lawa_optim.offline.accumulate import CHUNK
+
+    states = []
+    for i in range(5):
+        g = torch.Generator().manual_seed(i)
+        sd = {"big": torch.randn(2 * CHUNK + 123, generator=g) * (i + 1), "half": torch.randn(CHUNK + 7, generator=g)
+              .half(), "bf": torch.randn(3, CHUNK // 2 + 1, generator=g).bfloat16(), "empty": torch.zeros(0, 4)}
+        st.save_file(sd, tmp_path / f"s{i}.safetensors")
+        torch.save(sd, tmp_path / f"p{i}.pt")
+        states.append(sd)
+    streamed = sorted(tmp_path.glob("s*.safetensors"))
+    pickled = sorted(tmp_path.glob("p*.pt"))
+    assert_equal_state(average_checkpoints(streamed), reference(states))
+    for weights in ("exp", [0.1, 0.2, 0.3, 0.15, 0.25]):
+        assert_equal_state(average_checkpoints(streamed, weights=weights),
+                           average_checkpoints(pickled, weights=weights))
+    bad = dict(states[2], big=states[2]["big"].clone())
+    bad["big"][-5] = float("inf")  # in the last piece
+    st.save_file(bad, tmp_path / "s2.safetensors")
+    with pytest.raises(CheckpointError, match=r"s2\.safetensors holds NaN or Inf in 'big'"):
+        average_checkpoints(streamed)
+    with pytest.warns(RuntimeWarning, match=r"Skipping .*s2\.safetensors"):
+        got = average_checkpoints(streamed, nonfinite="skip", weights="exp")
+    torch.save(bad, tmp_path / "p2.pt")
+    with pytest.warns(RuntimeWarning, match=r"Skipping .*p2\.pt"):
+        assert_equal_state(got, average_checkpoints(pickled, nonfinite="skip", weights="exp"))

@@ -27,8 +27,13 @@ _COMMANDS: dict[str, dict[str, str]] = {
         "roberta": "lawa_benchmarks.roberta.cli:roberta",
         "overhead": "lawa_benchmarks.overhead.cli:overhead",
         "soak": "lawa_benchmarks.soak:soak",
+        "average-cost": "lawa_benchmarks.offline_cost:average_cost",
     },
 }
+
+
+# What `pip install 'lawa-optim[bench]'` brings; a command missing one of these gets that advice.
+_BENCH_DEPENDENCIES = ("lawa_benchmarks", "torchvision", "matplotlib", "yaml", "tqdm", "pydantic")
 
 
 class LazyGroup(click.Group):
@@ -47,9 +52,8 @@ class LazyGroup(click.Group):
             try:
                 return getattr(importlib.import_module(module), attr)
             except ModuleNotFoundError as err:
-                if not module.startswith("lawa_benchmarks") or not (err.name or "").split(".")[0] in (
-                    "lawa_benchmarks", "torchvision", "matplotlib", "yaml", "tqdm", "pydantic",
-                ):
+                missing = (err.name or "").split(".")[0]
+                if not module.startswith("lawa_benchmarks") or missing not in _BENCH_DEPENDENCIES:
                     raise
                 raise click.ClickException(
                     f"`lawa {ctx.info_name} {name}` needs the benchmarks and their dependencies "

@@ -10,9 +10,9 @@ Two ways through the same numerics, for every entry of a state dict:
   are copied from the newest checkpoint, never divided.
 
 :class:`Accumulator` adds whole state dicts, one file after the other (pickled formats, where a
-file is loaded at once): the float64 sums of every tensor are held. :func:`average_tensor` sums
-one tensor over all files (safetensors, which reads one tensor at a time): one float64 sum is held.
-Both give bit-identical results for the same inputs.
+file is loaded at once): the float64 sums of every tensor are held. :func:`average_pieces` sums
+one piece of one tensor over all files at a time (safetensors, which can be read at any offset):
+one float64 piece of a few MiB is held. Both give bit-identical results for the same inputs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ import torch
 from ..averaging import resolve_weights, window_coefficients
 from ..io import CheckpointError
 
-__all__ = ["Accumulator", "average_state_dicts", "average_tensor", "coefficients", "is_averaged", "listing"]
+__all__ = ["Accumulator", "average_pieces", "average_state_dicts", "coefficients", "is_averaged", "listing"]
 
 _NONFINITE = ("raise", "skip")
 _MAX_LISTED = 8
@@ -75,35 +76,64 @@ def warn_skipped(name: str, bad: Iterable[str]) -> None:
     warnings.warn(f"Skipping {name}: it holds NaN or Inf in {listing(bad)}", RuntimeWarning, stacklevel=4)
 
 
-def average_tensor(
-    tensors: Iterable[torch.Tensor], coeffs: Sequence[float] | None, total: float | None = None
-) -> torch.Tensor:
-    """The average of one tensor over the checkpoints (``tensors`` oldest first, read one at a time).
+# Elements per piece of :func:`average_pieces`: a float64 sum of 2 MiB and its input stay in the cache.
+CHUNK = 1 << 18
 
-    ``coeffs`` are the coefficients of the tensors (``None``: uniform, the sum divided by the
-    count); a weighted sum is divided by ``total`` when given (the coefficients' sum, after a
-    checkpoint was skipped). Same numerics as :class:`Accumulator`.
+
+def average_pieces(
+    read_into: Callable[[int, int, torch.Tensor], None], count: int, numel: int, dtype: torch.dtype,
+    coeffs: Sequence[float] | None, total: float | None = None, chunk: int = CHUNK, executor: Executor | None = None,
+) -> Iterator[torch.Tensor]:
+    """The float64 average of one tensor over ``count`` checkpoints, piece by piece (flattened, in order).
+
+    ``read_into(i, start, out)`` fills the 1-D ``out`` with elements ``start ..`` of checkpoint
+    ``i``'s tensor (oldest first). ``coeffs``: the checkpoints' coefficients (``None``: uniform,
+    the sum divided by ``count``); a weighted sum is divided by ``total`` when given (the
+    coefficients' sum, after a checkpoint was skipped). Each yielded piece is the float64 average
+    (a reused buffer: use it before taking the next). The same operations, element by element, as
+    :class:`Accumulator`, so both give the same bits. With an ``executor`` (one thread) the next
+    piece is read while this one is summed.
     """
-    acc, dtype, count = None, None, 0
-    for i, value in enumerate(tensors):
-        if acc is None:
-            dtype = value.dtype
-            acc = value.to(_sum_dtype(dtype), copy=True)  # the float64 copy: the same value as zeros + x
+    if numel == 0:
+        yield torch.empty(0, dtype=_sum_dtype(dtype))
+        return
+    size = min(chunk, numel)
+    acc_all = torch.empty(size, dtype=_sum_dtype(dtype))
+    bufs = torch.empty(2 if executor else 1, count, size, dtype=dtype)  # two slots: one read while one is summed
+    starts = range(0, numel, chunk)
+
+    def fill(slot: int, start: int) -> None:
+        m = min(chunk, numel - start)
+        for i in range(count):
+            read_into(i, start, bufs[slot, i, :m])
+
+    pending = executor.submit(fill, 0, 0) if executor else None
+    try:
+        for n, start in enumerate(starts):
+            m = min(chunk, numel - start)
+            slot = n % 2 if executor else 0
+            if pending is not None:
+                pending.result()
+                pending = executor.submit(fill, 1 - slot, starts[n + 1]) if n + 1 < len(starts) else None
+            else:
+                fill(slot, start)
+            acc, buf = acc_all[:m], bufs[slot, :, :m]
+            acc.copy_(buf[0])  # exactly 0 + x
             if coeffs is not None:
-                acc.mul_(coeffs[i])
-        elif coeffs is None:
-            acc.add_(value)
-        else:
-            acc.add_(value, alpha=coeffs[i])
-        count += 1
-        del value
-    if acc is None:
-        raise ValueError("Invalid tensors: none given")
-    if coeffs is None:
-        acc.div_(count)
-    elif total is not None:
-        acc.div_(total)
-    return acc.to(dtype)
+                acc.mul_(coeffs[0])
+            for i in range(1, count):
+                if coeffs is None:
+                    acc.add_(buf[i])  # in float64: exact sums keep the uniform mean exact
+                else:
+                    acc.add_(buf[i], alpha=coeffs[i])
+            if coeffs is None:
+                acc.div_(count)
+            elif total is not None:
+                acc.div_(total)
+            yield acc
+    finally:
+        if pending is not None:  # never leave a read running into buffers (or files) about to go away
+            pending.exception()
 
 
 def _ties(sd: Mapping[str, Any]) -> dict[str, str]:

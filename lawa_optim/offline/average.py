@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,16 @@ from . import safetensors_io as st
 from .accumulate import check_nonfinite_arg
 from .pickled import average_pickled
 from .select import HF_WEIGHT_FILES, select
-from .streamed import MemorySource, averaged_tensors, open_sources, st_order, st_summary, with_skips, write_hf_folder
+from .streamed import (
+    MemorySource,
+    averaged_tensors,
+    collect,
+    open_sources,
+    st_order,
+    st_summary,
+    with_skips,
+    write_hf_folder,
+)
 from .summary import AverageSummary
 
 __all__ = ["AverageSummary", "average_checkpoints", "write_average"]
@@ -212,32 +220,36 @@ def _average(paths, out: Path | None, *, last, weights, alpha, force, sort, key,
             return result, summary
         if kind == "huggingface-bin":
             source = MemorySource(result, selected[-1])
-            write_hf_folder(out, [source], source, lambda *_: ((k, result[k]) for k in st_order(source)), summary,
-                             force)
+            write_hf_folder(out, [source], source, lambda *_: averaged_tensors([source], st_order(source), None, None,
+                                                                               nonfinite, None), summary, force)
         else:
             atomic_save(result, out)
         return result, dataclasses.replace(summary, out=str(out))
 
     sources = open_sources(selected, kind)  # every header read and compared before any weight
-    newest = sources[-1]
-    order = st_order(newest)
+    try:
+        newest = sources[-1]
+        order = st_order(newest)
 
-    def tensors(used, coeffs, total):
-        return averaged_tensors(used, order, coeffs, total, nonfinite, progress)
+        def tensors(used, coeffs, total):
+            return averaged_tensors(used, order, coeffs, total, nonfinite, progress)
 
-    if out is None:
-        result, used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite,
-                                                    lambda *a: OrderedDict(tensors(*a)))
-        return result, dataclasses.replace(st_summary(sources, used, skipped, coeffs, kind), ignored=ignored)
-    if kind == "safetensors":
-        def run(used, coeffs, total):
-            atomic_write_bytes(out, lambda f: st.write_shard(f, order, newest.layout, newest.metadata,
-                                                             tensors(used, coeffs, total)))
-        _, used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
-        summary = st_summary(sources, used, skipped, coeffs, kind)
-    else:
-        summary = write_hf_folder(out, sources, newest, tensors, None, force, weights=weights, alpha=alpha,
-                                   nonfinite=nonfinite)
+        if out is None:
+            result, used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite,
+                                                        lambda *a: collect(tensors(*a), newest.layout))
+            return result, dataclasses.replace(st_summary(sources, used, skipped, coeffs, kind), ignored=ignored)
+        if kind == "safetensors":
+            def run(used, coeffs, total):
+                atomic_write_bytes(out, lambda f: st.write_shard(f, order, newest.layout, newest.metadata,
+                                                                 tensors(used, coeffs, total)))
+            _, used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
+            summary = st_summary(sources, used, skipped, coeffs, kind)
+        else:
+            summary = write_hf_folder(out, sources, newest, tensors, None, force, weights=weights, alpha=alpha,
+                                      nonfinite=nonfinite)
+    finally:
+        for source in sources:
+            source.close()
     return None, dataclasses.replace(summary, ignored=ignored, out=str(out))
 
 

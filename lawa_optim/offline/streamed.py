@@ -13,7 +13,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,11 @@ import torch
 
 from ..io import CheckpointError
 from . import safetensors_io as st
-from .accumulate import average_tensor, check_same_layout, coefficients, listing, nonfinite_error, warn_skipped
+from .accumulate import average_pieces, check_same_layout, coefficients, listing, nonfinite_error, warn_skipped
 from .select import HF_WEIGHT_FILES, PROVENANCE
 from .summary import AverageSummary
 
-__all__ = ["MemorySource", "averaged_tensors", "open_sources", "st_order", "st_summary", "with_skips",
+__all__ = ["MemorySource", "averaged_tensors", "collect", "open_sources", "st_order", "st_summary", "with_skips",
            "write_hf_folder"]
 
 
@@ -54,23 +56,48 @@ def averaged_tensors(
     sources: Sequence[st.SafetensorsSource], order: Sequence[str], coeffs: list[float] | None, total: float | None,
     nonfinite: str, progress: Callable[[int, str], None] | None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(key, average)`` in ``order``; each tensor read from every checkpoint, one at a time."""
+    """Yield ``(key, piece)``: the average of each tensor of ``order``, in pieces (flattened, in order).
+
+    A second thread reads the next piece of every checkpoint while this one is summed (reading and
+    summing each take about as long; both release the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lawa-read") as executor:
+        yield from _averaged(sources, order, coeffs, total, nonfinite, progress, executor)
+
+
+def _averaged(sources, order, coeffs, total, nonfinite, progress, executor) -> Iterator[tuple[str, torch.Tensor]]:
     newest = sources[-1]
     for n, key in enumerate(order):
-        dtype = st._dtype(newest.layout[key][0])
+        code, shape = newest.layout[key]
+        dtype = st._dtype(code)
         if not (dtype.is_floating_point or dtype.is_complex):
-            yield key, newest.read(key)  # integer and bool tensors: the newest checkpoint's, never divided
+            yield key, newest.read(key).reshape(-1)  # integer and bool tensors: the newest's, never divided
         else:
-            avg = average_tensor((s.read(key) for s in sources), coeffs, total)
-            if not bool(torch.isfinite(avg).all()):  # a NaN/Inf input makes the float64 sum non-finite
-                bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
-                if nonfinite == "raise":
-                    raise nonfinite_error(sources[bad[0]].name, [key])
-                raise _Skip(bad[0], key)
-            yield key, avg
-            del avg
+            def read_into(i: int, start: int, out: torch.Tensor, key: str = key) -> None:
+                sources[i].read_into(key, start, out)
+
+            numel = math.prod(shape)
+            for piece in average_pieces(read_into, len(sources), numel, dtype, coeffs, total, executor=executor):
+                # a NaN/Inf input makes the float64 sum non-finite, and so the piece's sum (one cheap pass)
+                if not bool(torch.isfinite(piece.sum())) and not bool(torch.isfinite(piece).all()):
+                    bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
+                    if nonfinite == "raise":
+                        raise nonfinite_error(sources[bad[0]].name, [key])
+                    raise _Skip(bad[0], key)
+                yield key, piece.to(dtype)
         if progress is not None:
             progress(n, key)
+
+
+def collect(parts: Iterator[tuple[str, torch.Tensor]], layout) -> OrderedDict:
+    """The pieces put together: ``{key: tensor}`` in memory (for :func:`average_checkpoints`)."""
+    out: OrderedDict = OrderedDict()
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for key, part in parts:
+        pieces.setdefault(key, []).append(part)
+    for key, (_, shape) in layout.items():
+        out[key] = torch.cat(pieces.pop(key)).reshape(shape)
+    return out
 
 
 def with_skips(sources, weights, alpha, nonfinite, run):
@@ -121,7 +148,7 @@ class MemorySource(st.SafetensorsSource):
     kind = "huggingface"
 
     def __init__(self, state: Mapping[str, Any], folder: Path) -> None:
-        self.path, self.name, self.metadata = folder, str(folder), {"format": "pt"}
+        self.path, self.name, self.metadata, self.state = folder, str(folder), {"format": "pt"}, state
         seen: dict[tuple, str] = {}
         self.layout, self.index = {}, None
         for k, v in state.items():
@@ -145,6 +172,12 @@ class MemorySource(st.SafetensorsSource):
             assert n >= 1
         else:
             self.shards = {"model.safetensors": list(self.layout)}
+
+    def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
+        out.copy_(self.state[key].reshape(-1)[start:start + out.numel()])
+
+    def close(self) -> None:
+        pass
 
 
 def write_hf_folder(out: Path, sources, newest, tensors, summary, force, *, weights="uniform", alpha=0.9,
