@@ -115,3 +115,26 @@ def test_cli_wikitext_and_epochs_apply_before_validation(tmp_path):
     assert res.exit_code == 2, res.output
     assert "corpus.path" not in res.output and "train.epochs" not in res.output
     assert "WikiText-103 folder" in res.output and "no such dir" in res.output and "does not exist" in res.output
+
+
+def test_offload_is_the_librarys_option(tmp_path):
+    """lawa.offload takes lawa_optim.offload's names; disk needs offload_dir, which reaches fairseq-train."""
+    from lawa_benchmarks.roberta.runner import fairseq_train_command
+
+    from lawa_optim.offload import OFFLOAD_NAMES
+
+    for name in OFFLOAD_NAMES:
+        extra = {"offload_dir": str(tmp_path)} if name == "disk" else {}
+        assert parse_config({"name": "x", "lawa": {"offload": name, **extra}}).lawa.offload == name
+    with pytest.raises(ConfigError) as err:
+        parse_config({"name": "x", "lawa": {"offload": "disk"}, "train": {"lr": 0}})
+    assert [e.split(":")[0] for e in err.value.errors] == ["train.lr", "lawa"]
+    assert "offload='disk' needs the path of a directory" in str(err.value)
+    with pytest.raises(ConfigError, match="Invalid offload: 'gpu'"):
+        parse_config({"name": "x", "lawa": {"offload": "gpu"}})
+    cfg = parse_config({"name": "x", "lawa": {"offload": "disk", "offload_dir": str(tmp_path)}})
+    cmd = fairseq_train_command(cfg, tmp_path / "bin", tmp_path / "ckpt", updates_plan(cfg, 10))
+    i = cmd.index("--lawa-offload")
+    assert cmd[i + 1] == "disk" and cmd[cmd.index("--lawa-offload-dir") + 1] == str(tmp_path)
+    plain = parse_config({"name": "x"})
+    assert "--lawa-offload-dir" not in fairseq_train_command(plain, tmp_path, tmp_path, updates_plan(plain, 10))

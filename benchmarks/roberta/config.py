@@ -9,7 +9,7 @@ A config has a name and five sections; every key is optional except ``name``::
     train:     {epochs, batch_size, max_sentences, tokens_per_sample, lr, warmup_updates,
                 total_num_update, adam_betas, adam_eps, weight_decay, clip_norm, dropout,
                 attention_dropout, sample_break_mode, seed, cpu, fp16, threads, extra_args}
-    lawa:      {k: 10, period_updates: 0, weights: uniform, alpha: 0.9, offload: none}
+    lawa:      {k: 10, period_updates: 0, weights: uniform, alpha: 0.9, offload: none, offload_dir: null}
 
 ``warmup_updates`` and ``total_num_update`` take an update count or a percentage of the run's
 updates (``"10%"``), resolved once the data is binarized and the updates per epoch are known.
@@ -127,7 +127,18 @@ class LAWACfg(Section):
     period_updates: Annotated[int, Field(ge=0)] = 0  # 0: one snapshot per epoch
     weights: Literal["uniform", "exp"] = "uniform"
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.9
-    offload: Literal["none", "cpu"] = "none"  # the fairseq task's --lawa-offload
+    offload: str = "none"  # the fairseq task's --lawa-offload: lawa_optim.offload.OFFLOAD_NAMES (none, cpu, disk)
+    offload_dir: str | None = None  # offload: disk: an existing directory for the ring's files
+
+    @model_validator(mode="after")
+    def _offload_is_the_librarys(self) -> LAWACfg:
+        from lawa_optim.offload import check_offload, parse_offload
+
+        try:
+            check_offload(parse_offload(self.offload), self.offload_dir)
+        except (TypeError, ValueError) as err:  # the library's message names the argument and the fix
+            raise ValueError(str(err)) from None
+        return self
 
 
 class RobertaBenchConfig(Section):

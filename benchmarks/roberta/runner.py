@@ -203,6 +203,7 @@ def fairseq_train_command(cfg: RobertaBenchConfig, data_bin: Path, save_dir: Pat
         "--log-format", "json", "--log-interval", "50",
         "--lawa-k", str(la.k), "--lawa-period-updates", str(la.period_updates), "--lawa-weights", la.weights,
         "--lawa-alpha", str(la.alpha), "--lawa-offload", la.offload,
+        *(["--lawa-offload-dir", la.offload_dir] if la.offload_dir else []),
     ]
     for key, value in cfg.model.args.items():
         if value is True:
