@@ -54,8 +54,9 @@ def test_pairs_are_matched_and_ratio_is_median_of_pair_ratios():
 def test_floors_count_bytes():
     figures, _, _ = _bench()
     f32 = figures.floors(torch.float32, 6)
-    # copy moves 8 B per float32; snapshot 4*4 + 2*8 = 32 B; swap in+out 5*4 + 8 = 28 B
-    assert f32["snapshot"] == 4.0 and f32["averaged"] == 3.5
+    # copy moves 8 B per float32; snapshot 4*4 + 2*8 = 32 B; swap in+out from the ring 3*4 + 8 = 20 B,
+    # with a backup 5*4 + 8 = 28 B
+    assert f32["snapshot"] == 4.0 and f32["averaged"] == 2.5 and f32["averaged_after_step"] == 3.5
     # LAWA update 32 + 12 = 44 B; Algorithm 1: 8 + 48 + 28 + 8 = 92 B
     assert f32["lawa_vs_alg1"] == pytest.approx(44 / 92)
     bf16 = figures.floors(torch.bfloat16, 6)  # float32 sums for half precision
@@ -113,7 +114,8 @@ def test_run_writes_json_table_and_plot(tmp_path):
     assert data["clock"] == "thread_time" and data["config"]["sizes"] == [2000, 4000]
     names = [(f["figure"], f["size"]) for f in data["figures"]]
     for size in (2000, 4000):
-        for name in ("snapshot", "averaged", "snapshot_k5_vs_k2", "lawa_update_k3", "ema_update", "disk_snapshot"):
+        for name in ("snapshot", "averaged", "averaged_after_step", "snapshot_k5_vs_k2", "lawa_update_k3",
+                     "ema_update", "disk_snapshot"):
             assert (name, size) in names
     for f in data["figures"]:
         assert {"ratio", "ratio_q1", "ratio_q3", "figure_s", "reference_s", "floor", "target", "met"} <= set(f)
