@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -113,7 +114,10 @@ def run(pl, tmp_path_factory):
     ckpt = pl.callbacks.ModelCheckpoint(
         dirpath=root / "ckpt", filename="{epoch}", save_top_k=-1, save_last=True, save_on_train_epoch_end=False
     )
-    trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=[history, cb, ckpt], logger=pl.loggers.CSVLogger(root), **QUIET)
+    best = pl.callbacks.ModelCheckpoint(dirpath=root / "best", monitor="val_loss_lawa", filename="best")
+    stop = pl.callbacks.EarlyStopping(monitor="val_loss_lawa", patience=EPOCHS)
+    callbacks = [history, cb, ckpt, best, stop]
+    trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=callbacks, logger=pl.loggers.CSVLogger(root), **QUIET)
     torch.manual_seed(0)
     trainer.fit(model, train, val)
     final = _params(model)
@@ -122,7 +126,16 @@ def run(pl, tmp_path_factory):
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
     return dict(
-        root=root, model=model, final=final, history=history.weights, cb=cb, metrics=metrics, tested=tested, rows=rows
+        root=root,
+        model=model,
+        final=final,
+        history=history.weights,
+        cb=cb,
+        metrics=metrics,
+        tested=tested,
+        rows=rows,
+        best=best,
+        stop=stop,
     )
 
 
@@ -154,6 +167,15 @@ def test_checkpoints_hold_training_weights_and_a_loadable_average(pl, run):
     assert all(torch.equal(mid["state_dict"][n], w.float()) for n, w in zip(names, run["history"][1]))
     for n, ref in zip(names, reference_average(run["history"][:2], K)):
         torch.testing.assert_close(mid["lawa_state_dict"][n].double(), ref, rtol=0, atol=1e-6)
+
+
+def test_model_checkpoint_and_early_stopping_monitor_the_average(run):
+    lawa = [float(r["val_loss_lawa"]) for r in run["rows"]]
+    assert run["best"].best_model_score.item() == pytest.approx(min(lawa), abs=1e-7)
+    best_epoch = lawa.index(min(lawa))
+    ckpt = torch.load(run["best"].best_model_path, weights_only=True)
+    assert ckpt["epoch"] == best_epoch and "lawa_state_dict" in ckpt
+    assert run["stop"].best_score.item() == pytest.approx(min(lawa), abs=1e-7)
 
 
 def test_resume_from_a_checkpoint_written_during_validation_is_bit_exact(pl, run):
@@ -306,6 +328,56 @@ def test_bad_setups_fail_before_the_first_step(pl, case):
     with pytest.raises(error, match=match):
         trainer.fit(model, train, val)
     assert all(torch.equal(a, b) for a, b in zip(before, _params(model)))
+
+
+def test_several_validation_loaders_each_get_their_average(pl):
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    train, val, test = _data()
+    model, history = _module(pl), _history_callback(pl)
+
+    def validation_step(batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        model.log("val_loss", nn.functional.mse_loss(model(x), y))
+
+    model.validation_step = validation_step
+    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False, **QUIET)
+    with pytest.warns(UserWarning, match="'val_loss' is not logged"):  # it is val_loss/dataloader_idx_0 here
+        trainer.fit(model, train, [val, test])
+    ref = reference_average(history.weights, 2)
+    for i, loader in enumerate([val, test]):
+        logged = trainer.callback_metrics[f"val_loss_lawa/dataloader_idx_{i}"].item()
+        assert logged == pytest.approx(_evaluate(model, loader, ref), abs=1e-6)
+
+
+def test_torchmetrics_objects_are_refused_with_the_fix(pl):
+    torchmetrics = require("torchmetrics", "Lightning's metrics")
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    train, val, _ = _data()
+    model = _module(pl)
+    model.mse = torchmetrics.MeanSquaredError()
+
+    def validation_step(batch, batch_idx):
+        x, y = batch
+        model.mse(model(x), y)
+        model.log("val_mse", model.mse)
+
+    model.validation_step = validation_step
+    trainer = pl.Trainer(max_epochs=1, callbacks=[LAWACallback()], logger=False, enable_checkpointing=False, **QUIET)
+    with pytest.raises(TypeError, match="'val_mse' as a torchmetrics object.*log its value instead"):
+        trainer.fit(model, train, val)
+
+
+def test_sharding_strategies_are_refused(pl):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    # Lightning's FSDP needs CUDA, so no Trainer with it can start here: the guard is called directly
+    trainer = SimpleNamespace(strategy=FSDPStrategy(), optimizers=[torch.optim.SGD(_module(pl).parameters(), lr=1)])
+    with pytest.raises(ValueError, match="FSDPStrategy shards the weights"):
+        LAWACallback().on_fit_start(trainer, _module(pl))
 
 
 def test_checkpoint_without_the_callback_resumes_with_a_fresh_ring(pl, tmp_path):

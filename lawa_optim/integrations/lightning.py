@@ -161,6 +161,13 @@ class LAWACallback(Callback):
                 )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        if isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
+            raise ValueError(
+                f"Invalid strategy: {type(trainer.strategy).__name__} shards the weights, which LAWACallback does "
+                "not support; use strategy='ddp' (or a single device)"
+            )
         if len(trainer.optimizers) != 1:
             raise ValueError(
                 f"Invalid optimizers: LAWACallback observes one optimizer, configure_optimizers returned "
