@@ -194,6 +194,31 @@ def test_resume_from_a_checkpoint_written_during_validation_is_bit_exact(pl, run
     assert cb.time_saved_summary == run["cb"].time_saved_summary  # the records of epochs 0-1 came along
 
 
+def test_a_save_from_inside_the_averages_pass_still_holds_the_training_weights(pl, tmp_path):
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    train, val, _ = _data()
+    model, history = _module(pl), _history_callback(pl)
+    saved = []
+
+    def validation_step(batch, batch_idx):
+        x, y = batch
+        model.log("val_loss", nn.functional.mse_loss(model(x), y))
+        if model.current_epoch == 1 and batch_idx == 0:  # the raw pass, then the average's pass
+            saved.append(tmp_path / f"inside{len(saved)}.ckpt")
+            model.trainer.save_checkpoint(saved[-1])
+
+    model.validation_step = validation_step
+    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False, **QUIET)
+    trainer.fit(model, train, val)
+    assert len(saved) == 2
+    raw, inside = (torch.load(path, weights_only=True) for path in saved)
+    names = [n for n, _ in model.named_parameters()]
+    for name, w, ref in zip(names, history.weights[1], reference_average(history.weights, 2)):
+        assert torch.equal(inside["state_dict"][name], w.float()) and torch.equal(raw["state_dict"][name], w.float())
+        torch.testing.assert_close(inside["lawa_state_dict"][name].double(), ref, rtol=0, atol=1e-6)
+
+
 def test_trainer_test_evaluates_the_average_also_from_a_checkpoint(pl, run):
     from lawa_optim.integrations.lightning import LAWACallback
 
