@@ -94,11 +94,17 @@ def test_state_dict_taken_while_swapped_in_records_training_weights_only():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obs = Observer(opt, k=2, period=1)
     _train(model, opt, 3)
-    with obs.averaged(model):
+    inner, model = model, nn.Sequential(model, nn.BatchNorm1d(2))
+    with obs.averaged(model, bn_loader=[torch.randn(4, 3)]):
         state = obs.state_dict()
-    fresh = Observer(torch.optim.SGD(model.parameters(), lr=0.1), k=2, period=1)
+    assert state["wrapper"]["lawa"]["swapped_in"] is False
+    assert state["wrapper"]["lawa"]["training_weights"] is None
+    assert state["wrapper"]["lawa"].get("training_buffers") is None
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = Observer(torch.optim.SGD(inner.parameters(), lr=0.1), k=2, period=1)
     fresh.load_state_dict(state)
     assert not fresh.swapped_in
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.items())  # the model is left alone
 
 
 def test_new_param_group_is_tracked_and_close_stops_counting():

@@ -212,7 +212,10 @@ class Observer:
         sd = self.wrapper.state_dict()
         mine = sd.get(STATE_KEY)
         if isinstance(mine, dict) and mine.get("swapped_in"):
-            sd[STATE_KEY] = {**mine, "swapped_in": False, "training_weights": None}
+            sd[STATE_KEY] = {**mine, "swapped_in": False}
+            for key in ("training_weights", "training_buffers"):  # the framework saves those itself
+                if key in mine:
+                    sd[STATE_KEY][key] = None
         return {"format": STATE_FORMAT, "method": self.method, "wrapper": sd}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
