@@ -308,6 +308,35 @@ def test_every_n_steps_and_other_methods(pl):
     assert trainer.callback_metrics["val_loss_ema"].item() == pytest.approx(_evaluate(model, val, avg), abs=1e-6)
 
 
+def test_gradient_accumulation_counts_optimizer_steps(pl):
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    class Steps(pl.Callback):
+        def __init__(self):
+            self.weights, self.seen = [], 0
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step != self.seen:  # an optimizer step happened on this batch
+                self.seen = trainer.global_step
+                self.weights.append([p.detach().double().clone() for p in pl_module.parameters()])
+
+    train, val, _ = _data()
+    model, steps, cb = _module(pl), Steps(), LAWACallback(k=2, every_n_steps=2)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        callbacks=[steps, cb],
+        logger=False,
+        enable_checkpointing=False,
+        **QUIET,
+    )
+    trainer.fit(model, train, val)
+    assert cb.observer.num_steps == trainer.global_step == len(steps.weights) == 6  # 12 batches, 6 steps
+    assert cb.observer.wrapper.snapshots_taken == 3
+    ref = reference_average(steps.weights[1::2], 2)  # snapshots after optimizer steps 2, 4, 6
+    assert trainer.callback_metrics["val_loss_lawa"].item() == pytest.approx(_evaluate(model, val, ref), abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
