@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import logging
 import os
 import subprocess
@@ -421,6 +422,25 @@ def test_torchmetrics_objects_are_refused_with_the_fix(pl):
     trainer = pl.Trainer(max_epochs=1, callbacks=[LAWACallback()], logger=False, enable_checkpointing=False, **QUIET)
     with pytest.raises(TypeError, match="'val_mse' as a torchmetrics object.*log its value instead"):
         trainer.fit(model, train, val)
+
+
+def test_missing_lightning_names_the_extra(pl, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning", None)  # `import lightning` now raises ImportError
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "lawa_optim.integrations.lightning", raising=False)
+    with pytest.raises(ImportError, match=r"pip install lawa-optim\[lightning\]"):
+        importlib.import_module("lawa_optim.integrations.lightning")
+
+
+def test_the_lightning_extra_is_declared_and_installed(pl):
+    from packaging.requirements import Requirement
+
+    tomllib = require("tomllib", "Python >= 3.11 reads pyproject.toml")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    (req,) = [Requirement(r) for r in extras["lightning"]]
+    assert req.name == "lightning" and pl.__version__ in req.specifier
+    assert any("lightning" in r for r in extras["dev"] if r.startswith("lawa-optim["))  # make test installs it
 
 
 def test_sharding_strategies_are_refused(pl):

@@ -28,12 +28,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
+
+try:
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.trainer.states import TrainerFn
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+except ImportError as err:
+    raise ImportError(
+        f"lawa_optim.integrations.lightning needs Lightning 2.x ({err}); install it with "
+        "`pip install lawa-optim[lightning]` (or `pip install lightning`)"
+    ) from err
 
 from ..bn import has_batchnorm, model_input
 from .observer import Observer, StateSwap, TimeSaved, check_method, check_model
