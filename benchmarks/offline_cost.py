@@ -10,6 +10,8 @@ alternating, each in a fresh process so its peak memory is its own:
 - **read**: read every byte of the k weight files once (``readinto`` a reused 1 MiB buffer, which
   stays in the CPU cache: faster here than larger buffers): the physical floor of any averaging,
   which must read them all;
+- **read+sum**: the same reads, each 1 MiB piece added into a float64 buffer: the floor of any
+  float64 average (every value read once and added once), without the writing;
 - **average**: ``write_average`` of the k folders into a new folder (what ``lawa average DIR
   --out OUT`` runs), written and fsynced.
 
@@ -18,14 +20,15 @@ The files are read once before the first measurement, so every run finds them in
 ``repeats`` of the time and of the peak RSS (``VmHWM``), the RSS after the imports (the
 interpreter and torch: the same in both), and the ratios average/read for the time and
 (peak - imports)/fp32 size for the memory. Results: ``results.json`` and ``results.csv`` in ``--out``.
-Both run with torch's default threads, as ``lawa average`` does. The CPU may be shared: compare
-the ratios, not the absolute times.
+Both run on one thread (``OMP_NUM_THREADS=1``): on a shared CPU more threads only add noise.
+Compare the ratios, not the absolute times.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -49,15 +52,18 @@ def status_mib(field):  # VmHWM: this process's peak (ru_maxrss would include th
         return int(f.read().split(field + ":")[1].split()[0]) / 1024
 
 task, args = sys.argv[1], json.loads(sys.argv[2])
+torch.set_num_threads(1)
 base = status_mib("VmRSS")
 start = time.perf_counter()
-if task == "read":
-    buf = memoryview(bytearray(1 << 20))
-    total = 0
+if task in ("read", "read+sum"):
+    buf = torch.empty(1 << 18)  # 1 MiB
+    acc = torch.zeros(1 << 18, dtype=torch.float64)
+    raw = memoryview(buf.view(torch.uint8).numpy())
     for name in args["files"]:
         with open(name, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
+            while n := f.readinto(raw):
+                if task == "read+sum":  # the floor of a float64 average: every value read once and added once
+                    acc[: n // 4].add_(buf[: n // 4])
 else:
     write_average(args["folders"], args["out"])
 elapsed = time.perf_counter() - start
@@ -103,7 +109,8 @@ def make_checkpoints(cfg: CostConfig, folder: Path) -> tuple[list[Path], int]:
 
 def _child(task: str, args: dict) -> dict:
     env_cmd = [sys.executable, "-c", _CHILD, task, json.dumps(args)]
-    proc = subprocess.run(env_cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(env_cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"the {task} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -121,7 +128,7 @@ def run(cfg: CostConfig, progress=None) -> dict:
     _child("read", {"files": files})  # warm the page cache: both measurements find the files in memory
     rows = []
     for r in range(cfg.repeats):
-        for task in ("read", "average"):
+        for task in ("read", "read+sum", "average"):
             out = cfg.out / "lawa"
             shutil.rmtree(out, ignore_errors=True)
             row = _child(task, {"files": files, "folders": [str(f) for f in folders], "out": str(out)})
@@ -137,13 +144,14 @@ def run(cfg: CostConfig, progress=None) -> dict:
     def median(task, field):
         return statistics.median(row[field] for row in rows if row["task"] == task)
 
-    read_s, avg_s = median("read", "seconds"), median("average", "seconds")
+    read_s, avg_s, floor_s = median("read", "seconds"), median("average", "seconds"), median("read+sum", "seconds")
     base = median("average", "rss_after_imports_mib")
     peak = median("average", "peak_rss_mib")
     results = {
         "config": {**asdict(cfg), "out": str(cfg.out)},
         "parameters": params, "fp32_mib": fp32_mib, "files_mib": nbytes / 2**20,
-        "read_seconds": read_s, "average_seconds": avg_s, "time_ratio": avg_s / read_s,
+        "read_seconds": read_s, "read_sum_seconds": floor_s, "average_seconds": avg_s,
+        "time_ratio": avg_s / read_s, "floor_ratio": floor_s / read_s, "time_ratio_to_floor": avg_s / floor_s,
         "average_peak_rss_mib": peak, "average_rss_after_imports_mib": base,
         "read_peak_rss_mib": median("read", "peak_rss_mib"),
         "memory_ratio_above_imports": (peak - base) / fp32_mib, "memory_ratio_total": peak / fp32_mib,
@@ -176,9 +184,10 @@ def average_cost(out, k, repeats, layers, hidden, vocab, keep_checkpoints) -> No
     cfg = CostConfig(out=out, k=k, repeats=repeats, hidden=hidden, layers=layers, vocab=vocab,
                      keep_checkpoints=keep_checkpoints)
     res = run(cfg, progress=lambda row: click.echo(
-        f"  {row['task']:8s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:7.0f} MiB", err=True))
+        f"  {row['task']:9s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:7.0f} MiB", err=True))
     click.echo(f"{res['parameters'] / 1e6:.1f}M parameters ({res['fp32_mib']:.0f} MiB fp32), k={k}: "
-               f"average {res['time_ratio']:.2f}x the read time (target <= 1.5); peak RSS "
+               f"average {res['time_ratio']:.2f}x the read time (target <= 1.5; read+float64 sum: "
+               f"{res['floor_ratio']:.2f}x); peak RSS "
                f"{res['average_peak_rss_mib']:.0f} MiB = {res['memory_ratio_above_imports']:.2f}x fp32 above the "
                f"{res['average_rss_after_imports_mib']:.0f} MiB of the imports ({res['memory_ratio_total']:.2f}x "
                f"in all; target <= 2.2). Results in {out}")

@@ -21,7 +21,6 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
 from typing import Any
 
 import torch
@@ -82,58 +81,44 @@ CHUNK = 1 << 18
 
 def average_pieces(
     read_into: Callable[[int, int, torch.Tensor], None], count: int, numel: int, dtype: torch.dtype,
-    coeffs: Sequence[float] | None, total: float | None = None, chunk: int = CHUNK, executor: Executor | None = None,
-) -> Iterator[torch.Tensor]:
-    """The float64 average of one tensor over ``count`` checkpoints, piece by piece (flattened, in order).
+    coeffs: Sequence[float] | None, total: float | None = None, chunk: int = CHUNK,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The average of one tensor over ``count`` checkpoints, piece by piece (flattened, in order).
 
     ``read_into(i, start, out)`` fills the 1-D ``out`` with elements ``start ..`` of checkpoint
     ``i``'s tensor (oldest first). ``coeffs``: the checkpoints' coefficients (``None``: uniform,
     the sum divided by ``count``); a weighted sum is divided by ``total`` when given (the
-    coefficients' sum, after a checkpoint was skipped). Each yielded piece is the float64 average
-    (a reused buffer: use it before taking the next). The same operations, element by element, as
-    :class:`Accumulator`, so both give the same bits. With an ``executor`` (one thread) the next
-    piece is read while this one is summed.
+    coefficients' sum, after a checkpoint was skipped). Yields ``(sum, average)`` per piece: the
+    float64 average (for checks) and the average in ``dtype``, both reused buffers (use them before
+    taking the next). The same operations, element by element, as :class:`Accumulator`, so both
+    give the same bits.
     """
     if numel == 0:
-        yield torch.empty(0, dtype=_sum_dtype(dtype))
+        yield torch.empty(0, dtype=_sum_dtype(dtype)), torch.empty(0, dtype=dtype)
         return
     size = min(chunk, numel)
     acc_all = torch.empty(size, dtype=_sum_dtype(dtype))
-    bufs = torch.empty(2 if executor else 1, count, size, dtype=dtype)  # two slots: one read while one is summed
-    starts = range(0, numel, chunk)
-
-    def fill(slot: int, start: int) -> None:
+    buf_all = torch.empty(size, dtype=dtype)
+    out_all = torch.empty(size, dtype=dtype)
+    for start in range(0, numel, chunk):
         m = min(chunk, numel - start)
+        acc, buf, out = acc_all[:m], buf_all[:m], out_all[:m]
         for i in range(count):
-            read_into(i, start, bufs[slot, i, :m])
-
-    pending = executor.submit(fill, 0, 0) if executor else None
-    try:
-        for n, start in enumerate(starts):
-            m = min(chunk, numel - start)
-            slot = n % 2 if executor else 0
-            if pending is not None:
-                pending.result()
-                pending = executor.submit(fill, 1 - slot, starts[n + 1]) if n + 1 < len(starts) else None
+            read_into(i, start, buf)
+            if i == 0:
+                acc.copy_(buf)  # exactly 0 + x
+                if coeffs is not None:
+                    acc.mul_(coeffs[0])
+            elif coeffs is None:
+                acc.add_(buf)  # in float64: exact sums keep the uniform mean exact
             else:
-                fill(slot, start)
-            acc, buf = acc_all[:m], bufs[slot, :, :m]
-            acc.copy_(buf[0])  # exactly 0 + x
-            if coeffs is not None:
-                acc.mul_(coeffs[0])
-            for i in range(1, count):
-                if coeffs is None:
-                    acc.add_(buf[i])  # in float64: exact sums keep the uniform mean exact
-                else:
-                    acc.add_(buf[i], alpha=coeffs[i])
-            if coeffs is None:
-                acc.div_(count)
-            elif total is not None:
-                acc.div_(total)
-            yield acc
-    finally:
-        if pending is not None:  # never leave a read running into buffers (or files) about to go away
-            pending.exception()
+                acc.add_(buf, alpha=coeffs[i])
+        if coeffs is None:
+            acc.div_(count)
+        elif total is not None:
+            acc.div_(total)
+        out.copy_(acc)  # rounded once to the stored dtype
+        yield acc, out
 
 
 def _ties(sd: Mapping[str, Any]) -> dict[str, str]:

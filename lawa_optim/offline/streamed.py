@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +55,7 @@ def averaged_tensors(
     sources: Sequence[st.SafetensorsSource], order: Sequence[str], coeffs: list[float] | None, total: float | None,
     nonfinite: str, progress: Callable[[int, str], None] | None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(key, piece)``: the average of each tensor of ``order``, in pieces (flattened, in order).
-
-    A second thread reads the next piece of every checkpoint while this one is summed (reading and
-    summing each take about as long; both release the GIL).
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lawa-read") as executor:
-        yield from _averaged(sources, order, coeffs, total, nonfinite, progress, executor)
-
-
-def _averaged(sources, order, coeffs, total, nonfinite, progress, executor) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, piece)``: the average of each tensor of ``order``, in pieces (flattened, in order)."""
     newest = sources[-1]
     for n, key in enumerate(order):
         code, shape = newest.layout[key]
@@ -77,14 +67,14 @@ def _averaged(sources, order, coeffs, total, nonfinite, progress, executor) -> I
                 sources[i].read_into(key, start, out)
 
             numel = math.prod(shape)
-            for piece in average_pieces(read_into, len(sources), numel, dtype, coeffs, total, executor=executor):
+            for acc, piece in average_pieces(read_into, len(sources), numel, dtype, coeffs, total):
                 # a NaN/Inf input makes the float64 sum non-finite, and so the piece's sum (one cheap pass)
-                if not bool(torch.isfinite(piece.sum())) and not bool(torch.isfinite(piece).all()):
+                if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
                     bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
                     if nonfinite == "raise":
                         raise nonfinite_error(sources[bad[0]].name, [key])
                     raise _Skip(bad[0], key)
-                yield key, piece.to(dtype)
+                yield key, piece
         if progress is not None:
             progress(n, key)
 
@@ -94,7 +84,7 @@ def collect(parts: Iterator[tuple[str, torch.Tensor]], layout) -> OrderedDict:
     out: OrderedDict = OrderedDict()
     pieces: dict[str, list[torch.Tensor]] = {}
     for key, part in parts:
-        pieces.setdefault(key, []).append(part)
+        pieces.setdefault(key, []).append(part.clone())  # the pieces are reused buffers
     for key, (_, shape) in layout.items():
         out[key] = torch.cat(pieces.pop(key)).reshape(shape)
     return out
