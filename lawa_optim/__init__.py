@@ -4,6 +4,7 @@ from .averaging import exp_coefficients
 from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, ScheduleFreeAdapter, SWAWrapper
 from .bn import recompute_bn
 from .io import CheckpointError, atomic_save, safe_load
+from .offline import average_checkpoints, average_state_dicts, write_average
 from .protocol import AveragingOptimizer
 from .registry import MethodInfo, create, get_method_info, list_methods
 from .unwrap import unwrap
@@ -21,6 +22,8 @@ __all__ = [
     "CheckpointError",
     "LAWAWrapper",
     "atomic_save",
+    "average_checkpoints",
+    "average_state_dicts",
     "create",
     "exp_coefficients",
     "get_method_info",
@@ -28,5 +31,6 @@ __all__ = [
     "recompute_bn",
     "safe_load",
     "unwrap",
+    "write_average",
 ]
 __version__ = "0.1.0"
