@@ -271,16 +271,17 @@ class AveragingOptimizer(Optimizer):
         torch's global optimizer hooks run once, in the base optimizer's ``step()``.
         """
         self = _owner(self)  # the wrapper, also when called through a framework proxy
-        self._require_training_weights("step()")
-        assert self.optimizer is not None
+        mine = self.__dict__["_shared"]  # read directly: this runs every step
+        if mine["_swap"] is not None:
+            self._require_training_weights("step()")
         args: tuple[Any, ...] = (self,) if closure is None else (self, closure)
         kwargs: dict[str, Any] = {}
         for pre_hook in self._optimizer_step_pre_hooks.values():
             result = pre_hook(self, args, kwargs)
             if result is not None:
                 args, kwargs = result
-        loss = self.optimizer.step(*args[1:], **kwargs)
-        self.observe_step()
+        loss = self.optimizer.step(*args[1:], **kwargs)  # type: ignore[union-attr]
+        self._count_step(mine)
         for post_hook in self._optimizer_step_post_hooks.values():
             post_hook(self, args, kwargs)
         return loss
@@ -299,9 +300,12 @@ class AveragingOptimizer(Optimizer):
         """
         self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("step()")
-        self.num_steps += 1
+        self._count_step(self.__dict__["_shared"])
+
+    def _count_step(self, mine: dict[str, Any]) -> None:
+        n = mine["num_steps"] = mine["num_steps"] + 1
         self._after_step()
-        if self.period is not None and self.num_steps % self.period == 0:
+        if self.period is not None and n % self.period == 0:
             self.snapshot()
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -180,11 +180,15 @@ class ScheduleFreeAdapter(AveragingOptimizer):
     # --------------------------------------------------------------------------- hooks
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
         assert self.optimizer is not None
+        state = self.optimizer.state
+        known = set(state)
         try:
             self.optimizer.eval()  # the parameters now hold x
         finally:
             for g in self.optimizer.param_groups:  # swap_out restores y from the protocol's copy
                 g["train_mode"] = True
+            for p in [p for p in state if p not in known and not state[p]]:
+                del state[p]  # the package's eval() made empty entries for parameters never stepped
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`AveragingOptimizer.load_state_dict`; refuses a state saved in eval mode."""
