@@ -454,6 +454,21 @@ def test_sharding_strategies_are_refused(pl):
         LAWACallback().on_fit_start(trainer, _module(pl))
 
 
+def test_a_second_fit_continues_the_ring(pl):
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    train, val, _ = _data()
+    model, history, cb = _module(pl), _history_callback(pl), LAWACallback(k=K)
+    for epochs in (1, 3):  # a new Trainer counts its epochs from 0 again
+        trainer = pl.Trainer(
+            max_epochs=epochs, callbacks=[history, cb], logger=False, enable_checkpointing=False, **QUIET
+        )
+        trainer.fit(model, train, val)
+    assert cb.observer.wrapper.snapshots_taken == len(history.weights) == 4
+    ref = reference_average(history.weights, K)
+    assert trainer.callback_metrics["val_loss_lawa"].item() == pytest.approx(_evaluate(model, val, ref), abs=1e-6)
+
+
 def test_checkpoint_without_the_callback_resumes_with_a_fresh_ring(pl, tmp_path):
     from lawa_optim.integrations.lightning import LAWACallback
 

@@ -180,12 +180,20 @@ class LAWACallback(Callback):
                 f"Invalid optimizers: LAWACallback observes one optimizer, configure_optimizers returned "
                 f"{len(trainer.optimizers)}; return one optimizer (with its scheduler)"
             )
-        if self.observer is not None:  # a second fit with the same callback
+        previous = None
+        if self.observer is not None:  # a second fit with the same callback continues its ring
             self.observer.close()
+            previous = None if self._pending is not None else self.state_dict()
         self.observer = Observer(trainer.optimizers[0], self.method, period=self.every_n_steps, **self.method_kwargs)
         self._drop_eval()
         if self._pending is not None:
             self._apply(self._pending)
+        elif previous is not None:
+            try:
+                self._apply(previous)
+                self._snap_epoch = -1  # this fit's epochs are counted afresh
+            except ValueError as err:  # e.g. the new optimizer trains other parameters
+                warnings.warn(f"LAWACallback: the average starts afresh in this fit ({err})", UserWarning, stacklevel=2)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self.observer is not None:
