@@ -92,9 +92,24 @@ def _guard(rank, worker, world, port, *args) -> None:
 
 
 # ----------------------------------------------------------------------------- DDP
+def _exact_allreduce(_state, bucket):
+    """DDP's gradient all-reduce with the sum in float64: the sum of a few float32 values is then
+    exact, so it does not depend on the order gloo adds the ranks in (which, with 3 ranks, differs
+    between buckets of a fresh and of a running DDP and broke bit-identical resumes)."""
+    total = bucket.buffer().double()
+
+    def mean(fut):
+        buffer = bucket.buffer()
+        buffer.copy_(fut.value()[0].div_(dist.get_world_size()))
+        return buffer
+
+    return dist.all_reduce(total, async_op=True).get_future().then(mean)
+
+
 def _ddp_build(seed: int):
     model = _model(seed)
     ddp = nn.parallel.DistributedDataParallel(model)
+    ddp.register_comm_hook(None, _exact_allreduce)
     base = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     wrappers = {
         "lawa": LAWAWrapper(base, k=K, period=PERIOD),
