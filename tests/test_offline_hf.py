@@ -196,3 +196,65 @@ def test_index_naming_a_missing_shard(trainer_run, tmp_path):
     with pytest.raises(CheckpointError, match=rf"names shard '{missing.name}', which does not exist"):
         write_average([trainer_run / "checkpoint-10", folder], out)
     _nothing_written(tmp_path, out)
+
+
+def _readme_block(marker: str) -> str:
+    """The fenced python block right after the README line holding ``marker``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = text[text.index(marker):]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_evaluation_loop_runs_on_a_real_trainer(trainer_run, tmp_path, monkeypatch, capsys):
+    """The README's k = 1..K evaluation loop, as written, on a real Trainer and its run folder."""
+    transformers = require("transformers")
+    code = _readme_block("tests/test_offline_hf.py runs this block on a real Trainer run")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "out").symlink_to(trainer_run)
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(2)
+    evaluation = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 31, (16, 8), generator=g)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "eval"), per_device_eval_batch_size=8,
+                                          report_to=[], use_cpu=True, disable_tqdm=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(trainer_run / "checkpoint-2")
+    trainer = transformers.Trainer(model=model, args=args, eval_dataset=evaluation)
+    exec(compile(code, "README.md", "exec"), {"trainer": trainer})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("LAWA")]  # not the Trainer's
+    assert [line.split(":")[0] for line in lines] == [f"LAWA k={k}" for k in range(1, 7)]
+    assert sorted(p.name for p in tmp_path.glob("runs/out-lawa*")) == [f"out-lawa{k}" for k in range(1, 7)]
+    # k=1 is the newest checkpoint itself; after the loop the trainer's model holds the k=6 average
+    newest = transformers.AutoModelForCausalLM.from_pretrained(trainer_run / "checkpoint-12")
+    trainer.model.load_state_dict(newest.state_dict())
+    assert lines[0] == f"LAWA k=1: eval_loss {trainer.evaluate()['eval_loss']:.4f}"
+    want = _reference(sorted(trainer_run.glob("checkpoint-*")))
+    got = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "out-lawa6").state_dict()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_an_interrupted_folder_write_leaves_no_folder_and_force_replaces_whole(trainer_run, tmp_path, monkeypatch):
+    """The output folder appears only by a rename once complete: an interrupt mid-write leaves nothing at --out."""
+    from lawa_optim.offline import safetensors_io
+
+    out = tmp_path / "lawa"
+    real = safetensors_io.write_shard
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # after the shard is written, before the folder is complete
+
+    monkeypatch.setattr(safetensors_io, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_average([trainer_run], out, last=2)
+    assert calls and not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(safetensors_io, "write_shard", real)
+    out.mkdir()
+    (out / "stale.txt").write_text("an older average")
+    with pytest.raises(ValueError, match=r"Invalid out: .*lawa' already exists; .*force=True"):
+        write_average([trainer_run], out, last=2)
+    assert (out / "stale.txt").exists()
+    write_average([trainer_run], out, last=2, force=True)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lawa"]  # no temporary or old folder left
