@@ -231,6 +231,12 @@ def test_trainer_test_evaluates_the_average_also_from_a_checkpoint(pl, run):
     trainer = pl.Trainer(callbacks=[LAWACallback(k=K)], logger=False, enable_checkpointing=False, **QUIET)
     again = trainer.test(_module(pl), test, ckpt_path=run["root"] / "ckpt" / "last.ckpt", verbose=False)[0]
     assert again == pytest.approx(run["tested"], abs=1e-7)
+    # trainer.validate from an earlier checkpoint: that checkpoint's average, not the fit's last one
+    _, val, _ = _data()
+    trainer = pl.Trainer(callbacks=[LAWACallback(k=K)], logger=False, enable_checkpointing=False, **QUIET)
+    mid = trainer.validate(_module(pl), val, ckpt_path=run["root"] / "ckpt" / "epoch=1.ckpt", verbose=False)[0]
+    assert mid["val_loss_lawa"] == pytest.approx(float(run["rows"][1]["val_loss_lawa"]), abs=1e-7)
+    assert mid["val_loss"] == pytest.approx(float(run["rows"][1]["val_loss"]), abs=1e-7)
 
 
 def test_time_saved_line_matches_the_logged_metrics(run):
