@@ -18,12 +18,10 @@ Subclasses implement the method itself through a few hooks:
 - ``_newest_snapshot()``: the snapshot the training weights still equal, if the method keeps one
   (LAWA's ring): a swap then restores from it instead of backing the weights up.
 
-Framework proxies: Lightning's ``LightningOptimizer`` is an object of a class derived from the
-wrapper's class that forwards attribute reads to the wrapper (older versions held a shallow copy
-of its ``__dict__``), and whose ``optimizer`` property is the wrapper itself. Every attribute that changes
-after ``__init__`` is therefore declared with :class:`shared` and lives in one dict both objects
-reach, and the public methods run on the wrapper itself whoever they are called through
-(:func:`_owner`), so ``self.optimizers().swap_in()`` swaps the one wrapper.
+Framework proxies (Lightning's ``self.optimizers()``): every attribute that changes after
+``__init__`` is declared with ``shared`` and the public methods run on the wrapper itself whoever
+they are called through, so ``self.optimizers().swap_in()`` swaps the one wrapper; see
+:mod:`lawa_optim._shared`.
 """
 
 from __future__ import annotations
@@ -39,9 +37,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._checks import check_not_wrapped, is_int
+from ._shared import _owner, shared
 from .bn import recompute_bn
 
-__all__ = ["STATE_KEY", "AveragingOptimizer", "shared"]
+__all__ = ["STATE_KEY", "AveragingOptimizer"]
 
 STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
 STATE_FORMAT = 1
@@ -62,49 +61,6 @@ def _layout(params: list[Tensor]) -> tuple[bool, bool]:
     """``(sharded, foreach)``: FSDP2 DTensors among them; all plain tensors on one device."""
     sharded = any(hasattr(p, "to_local") for p in params)
     return sharded, not sharded and len({p.device for p in params}) <= 1
-
-
-def _shared_of(obj: Any) -> dict[str, Any] | None:
-    """The dict of shared state ``obj`` holds or reaches: its own, or through a proxy's forwarding
-    ``__getattr__`` (Lightning 2.6's ``LightningOptimizer`` forwards to ``._optimizer``)."""
-    mine = obj.__dict__.get("_shared")
-    if mine is None:
-        mine = getattr(obj, "_shared", None)  # not a class attribute: only a forwarding __getattr__ finds it
-    return mine
-
-
-def _owner(obj: Any) -> AveragingOptimizer:
-    """The wrapper itself, whether ``obj`` is the wrapper or a framework's proxy of it."""
-    mine = _shared_of(obj)
-    return obj if mine is None else mine.get("owner", obj)
-
-
-class shared:  # noqa: N801 - used like a field declaration
-    """A wrapper attribute stored in the one dict the wrapper and its proxies reach.
-
-    A data descriptor: reads and writes go to the wrapper's ``_shared`` dict, made first thing in
-    ``__init__``. A framework proxy of the wrapper (an object of a class derived from the
-    wrapper's, like Lightning's ``LightningOptimizer``) reaches the same dict, whether it holds a
-    shallow copy of the wrapper's ``__dict__`` or forwards attribute reads to it, so its reads see
-    the wrapper's current state and its writes change the wrapper.
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        mine = _shared_of(obj)
-        if mine is None or self.name not in mine:
-            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}")
-        return mine[self.name]
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        mine = _shared_of(obj)
-        if mine is None:  # before __init__ made it (a subclass setting attributes early)
-            mine = obj.__dict__["_shared"] = {"owner": obj}
-        mine[self.name] = value
 
 
 class _Swap:

@@ -11,9 +11,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import is_int
+from ._shared import shared
 from .averaging import resolve_weights, window_coefficients
 from .offload import check_offload, make_ring
-from .protocol import AveragingOptimizer, _copy_list, shared
+from .protocol import AveragingOptimizer, _copy_list
 
 __all__ = ["LAWAWrapper"]
 NONFINITE_CHOICES = ("raise", "skip")

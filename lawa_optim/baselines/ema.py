@@ -8,7 +8,7 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .._checks import is_int, is_number
-from ..protocol import shared
+from .._shared import shared
 from ._shadow import ShadowWrapper
 
 __all__ = ["EMAWrapper"]

@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checks import check_not_wrapped, is_int, is_number
-from ..protocol import AveragingOptimizer, _owner
+from .._shared import _owner
+from ..protocol import AveragingOptimizer
 from ._optional import import_optional
 
 __all__ = ["ScheduleFreeAdapter"]
