@@ -40,3 +40,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Folders frameworks write into the working directory when a test forgets to give them tmp_path.
+_STRAY = ("checkpoints", "lightning_logs", "trainer_output", "wandb", "mlruns")
+
+
+@pytest.fixture(autouse=True)
+def _no_files_left_in_the_checkout():
+    """Fail the test that leaves a framework's default output folder in the repository root."""
+    before = {name for name in _STRAY if os.path.exists(os.path.join(_ROOT, name))}
+    yield
+    after = {name for name in _STRAY if os.path.exists(os.path.join(_ROOT, name))}
+    if after - before:
+        pytest.fail(f"the test wrote {sorted(after - before)} into {_ROOT}: give the framework tmp_path "
+                    "(default_root_dir=, output_dir=, dirpath=)")

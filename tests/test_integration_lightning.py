@@ -210,7 +210,8 @@ def test_a_save_from_inside_the_averages_pass_still_holds_the_training_weights(p
             model.trainer.save_checkpoint(saved[-1])
 
     model.validation_step = validation_step
-    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False, **QUIET)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False,
+                         default_root_dir=tmp_path, **QUIET)
     trainer.fit(model, train, val)
     assert len(saved) == 2
     raw, inside = (torch.load(path, weights_only=True) for path in saved)
@@ -391,7 +392,7 @@ def test_bad_setups_fail_before_the_first_step(pl, case):
     assert all(torch.equal(a, b) for a, b in zip(before, _params(model)))
 
 
-def test_several_validation_loaders_each_get_their_average(pl):
+def test_several_validation_loaders_each_get_their_average(pl, tmp_path):
     from lawa_optim.integrations.lightning import LAWACallback
 
     train, val, test = _data()
@@ -402,7 +403,8 @@ def test_several_validation_loaders_each_get_their_average(pl):
         model.log("val_loss", nn.functional.mse_loss(model(x), y))
 
     model.validation_step = validation_step
-    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False, **QUIET)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[history, LAWACallback(k=2)], logger=False,
+                         default_root_dir=tmp_path, **QUIET)
     with pytest.warns(UserWarning, match="'val_loss' is not logged"):  # it is val_loss/dataloader_idx_0 here
         trainer.fit(model, train, [val, test])
     ref = reference_average(history.weights, 2)
