@@ -23,7 +23,7 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config_base import ConfigError, Section, load_yaml, validate
 
@@ -46,6 +46,18 @@ class _Workload(Section):
     warmup_epochs: NonNegInt = 0  # linear warm-up, then cosine to 0 over the remaining steps
     target: float | None = None  # null: the baseline's final validation metric averaged over seeds
     methods: dict[str, Any] = Field(default_factory=dict)  # merged over the top-level methods
+
+    @model_validator(mode="after")
+    def _check(self) -> _Workload:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be below epochs={self.epochs}")
+        heads = getattr(self, "heads", None)
+        if getattr(self, "arch", "vit") == "vit" and heads and self.width % heads:
+            raise ValueError(f"width={self.width} is not a multiple of heads={heads}")
+        patch = getattr(self, "patch", None)
+        if getattr(self, "arch", None) == "vit" and 28 % patch:
+            raise ValueError(f"patch={patch} does not divide the 28-pixel images; use 4, 7 or 14")
+        return self
 
 
 class ImageConfig(_Workload):
@@ -140,32 +152,35 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def methods_for(cfg: SuiteConfig, name: str) -> Any:
-    """The validated methods section of workload ``name`` (the ResNet benchmark's ``MethodsConfig``)."""
+def _methods(raw_methods: Any, raw_workload: Any, epochs: Any, source: str) -> Any:
     from ..resnet.config import parse_config as parse_resnet
 
+    over = raw_workload.get("methods") if isinstance(raw_workload, dict) else None
+    merged = _merge(raw_methods if isinstance(raw_methods, dict) else {}, over if isinstance(over, dict) else {})
+    return parse_resnet({"methods": merged, "train": {"epochs": epochs}}, (), source).methods
+
+
+def methods_for(cfg: SuiteConfig, name: str) -> Any:
+    """The validated methods section of workload ``name`` (the ResNet benchmark's ``MethodsConfig``)."""
     w = cfg.workload(name)
-    raw = {"methods": _merge(cfg.methods, w.methods), "train": {"epochs": w.epochs}}
-    return parse_resnet(raw, (), f"workloads.{name}").methods
+    return _methods(cfg.methods, {"methods": w.methods}, w.epochs, f"workloads.{name}")
 
 
-def _errors(cfg: SuiteConfig) -> list[str]:
+def _method_errors(raw: dict) -> list[str]:
+    """Each workload's methods (the top level merged with its own), checked by the ResNet benchmark's config."""
     errors = []
-    for name in cfg.workload_names():
-        w = cfg.workload(name)
+    workloads = raw.get("workloads") if isinstance(raw.get("workloads"), dict) else {}
+    for name, model in WorkloadsConfig.model_fields.items():
+        section = workloads.get(name) if isinstance(workloads.get(name), dict) else {}
+        epochs = section.get("epochs", model.annotation.model_fields["epochs"].default)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            epochs = 1
         try:
-            methods_for(cfg, name)
+            _methods(raw.get("methods"), section, epochs, name)
         except ConfigError as err:
-            errors += [f"workloads.{name}.{e}" for e in err.errors]
-        if isinstance(w, ImageConfig) and w.arch == "vit" and 28 % w.patch:
-            errors.append(f"workloads.{name}.patch: {w.patch} does not divide the 28-pixel images; use 4, 7 or 14")
-        if isinstance(w, ImageConfig) and w.arch == "vit" and w.width % w.heads:
-            errors.append(f"workloads.{name}.width: {w.width} is not a multiple of heads={w.heads}")
-        if isinstance(w, GPTConfig) and w.width % w.heads:
-            errors.append(f"workloads.{name}.width: {w.width} is not a multiple of heads={w.heads}")
-        if w.warmup_epochs >= w.epochs:
-            errors.append(f"workloads.{name}.warmup_epochs: {w.warmup_epochs} must be below epochs={w.epochs}")
-    return errors
+            own = isinstance(section.get("methods"), dict) and section["methods"]
+            errors += [f"workloads.{name}.{e}" if own else e for e in err.errors]
+    return list(dict.fromkeys(errors))  # a top-level problem once, not once per workload
 
 
 def parse_config(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> SuiteConfig:
@@ -174,11 +189,7 @@ def parse_config(raw: dict | None, overrides: list[str] | tuple[str, ...] = (), 
     Raises:
         ConfigError: listing every problem found.
     """
-    cfg = validate(SuiteConfig, raw, overrides, source)
-    errors = _errors(cfg)
-    if errors:
-        raise ConfigError(errors, source)
-    return cfg
+    return validate(SuiteConfig, raw, overrides, source, checks=_method_errors)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> SuiteConfig:

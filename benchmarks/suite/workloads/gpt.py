@@ -38,11 +38,18 @@ def char_corpus(path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, li
     text: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     for book, _chapter, verse in bible_verses(path):
         text[bible_split(book)].append(verse)
+    import numpy as np
+
     train, valid = "\n".join(text["train"]), "\n".join(text["valid"])
-    vocab = ["<unk>"] + sorted(set(train))
-    index = {c: i for i, c in enumerate(vocab)}
-    encode = lambda s: torch.tensor([index.get(c, 0) for c in s], dtype=torch.int16)  # noqa: E731
-    return encode(train), encode(valid), vocab
+    points = lambda s: np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)  # noqa: E731  (one code point each)
+    chars = np.unique(points(train))  # sorted by code point, as sorted() sorts characters
+
+    def encode(s: str) -> torch.Tensor:
+        p = points(s)
+        i = np.searchsorted(chars, p).clip(max=len(chars) - 1)
+        return torch.from_numpy(np.where(chars[i] == p, i + 1, 0).astype(np.int16))
+
+    return encode(train), encode(valid), ["<unk>"] + [chr(c) for c in chars]
 
 
 class GPTWorkload(Workload):
