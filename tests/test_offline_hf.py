@@ -140,10 +140,47 @@ def test_pytorch_model_bin_folders_average_to_safetensors(trainer_run, tmp_path)
     summary = write_average([bins], out)
     assert summary.format == "huggingface" and len(summary.files) == 2
     assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    stored = _reference([out])
+    assert "transformer.wte.weight" in stored and "lm_head.weight" not in stored  # the tied copy is stored once
     want = _reference([trainer_run / f"checkpoint-{s}" for s in (10, 12)])
     got = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+def test_sharded_pytorch_model_bin_folders_average_to_sharded_safetensors(trainer_run, tmp_path):
+    """transformers 5 no longer writes .bin files: the shards and index are laid out here as transformers 4's
+    save_pretrained(safe_serialization=False, max_shard_size=...) wrote them (torch.save of each shard's dict)."""
+    transformers = require("transformers")
+    bins = tmp_path / "bins"
+    for step in (10, 12):
+        folder = bins / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(trainer_run / f"checkpoint-{step}")
+        model.config.save_pretrained(folder)
+        sd = model.state_dict()
+        del sd["lm_head.weight"]  # tied to wte: save_pretrained left it out
+        keys = list(sd)
+        shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+                  "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+        for name, part in shards.items():
+            torch.save({k: sd[k] for k in part}, folder / name)
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": 0}, "weight_map": {k: name for name, part in shards.items() for k in part}}))
+    out = tmp_path / "lawa"
+    write_average([bins], out)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model-00001-of-00002.safetensors",
+                                                                 "model-00002-of-00002.safetensors"]
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert weight_map["transformer.wte.weight"] == "model-00001-of-00002.safetensors"
+    want = _reference([trainer_run / f"checkpoint-{s}" for s in (10, 12)])
+    got = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    (bins / "checkpoint-12" / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"names shard 'pytorch_model-00002-of-00002\.bin', which does not"):
+        write_average([bins], tmp_path / "lawa2")
+    assert not (tmp_path / "lawa2").exists()
 
 
 # --------------------------------------------------------------- bad input: one clear error, nothing written
