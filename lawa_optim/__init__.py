@@ -2,6 +2,7 @@
 
 from .averaging import exp_coefficients
 from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, ScheduleFreeAdapter, SWAWrapper
+from .baselines.jump import LAWAJumpWrapper
 from .bn import recompute_bn
 from .io import CheckpointError, atomic_save, safe_load
 from .offline import average_checkpoints, average_state_dicts, write_average
@@ -20,6 +21,7 @@ __all__ = [
     "SWAWrapper",
     "ScheduleFreeAdapter",
     "CheckpointError",
+    "LAWAJumpWrapper",
     "LAWAWrapper",
     "atomic_save",
     "average_checkpoints",

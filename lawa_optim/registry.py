@@ -17,6 +17,7 @@ from typing import Any
 from torch.optim import Optimizer
 
 from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, ScheduleFreeAdapter, SWAWrapper
+from .baselines.jump import LAWAJumpWrapper
 from .protocol import AveragingOptimizer
 from .wrapper import LAWAWrapper
 
@@ -131,6 +132,15 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="the schedule-free average x",
                 changes_trajectory=True,
                 requires="schedulefree",
+            ),
+            _info(  # issue 15: the paper's open question (Section 4), not a method of the paper
+                "lawa_jump",
+                LAWAJumpWrapper,
+                {"k": 6, "every": 6},
+                source="LAWA paper, Section 4 (open question: continue training from the average)",
+                description="LAWA that writes its average into the training weights every `every` snapshots",
+                evaluates="mean of the k latest snapshots",
+                changes_trajectory=True,
             ),
         )
     }

@@ -309,6 +309,7 @@ ZOO_KWARGS = {
     "swa": {"period": 2, "swa_start": 1},
     "ema": {"decay": 0.9},
     "lookahead": {"k": 3},
+    "lawa_jump": {"k": 3, "period": 2, "every": 2, "start": 2},
 }
 
 

@@ -9,8 +9,17 @@ only when constructed. Create them by name with :func:`lawa_optim.create`.
 from .bare import BareWrapper
 from .ema import EMAWrapper
 from .exp import EXPWrapper
+from .jump import LAWAJumpWrapper
 from .lookahead import LookaheadWrapper
 from .schedule_free import ScheduleFreeAdapter
 from .swa import SWAWrapper
 
-__all__ = ["BareWrapper", "EMAWrapper", "EXPWrapper", "LookaheadWrapper", "ScheduleFreeAdapter", "SWAWrapper"]
+__all__ = [
+    "BareWrapper",
+    "EMAWrapper",
+    "EXPWrapper",
+    "LAWAJumpWrapper",
+    "LookaheadWrapper",
+    "ScheduleFreeAdapter",
+    "SWAWrapper",
+]
