@@ -71,6 +71,9 @@ def averaged_tensors(
                 # a NaN/Inf input makes the float64 sum non-finite, and so the piece's sum (one cheap pass)
                 if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
                     bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
+                    if not bad:  # finite inputs, float64 sum beyond 1.8e308: only float64 weights near the limit
+                        raise CheckpointError(f"Tensor {key!r} overflows float64 when summed over the checkpoints; "
+                                              "its values are too large to average")
                     if nonfinite == "raise":
                         raise nonfinite_error(sources[bad[0]].name, [key])
                     raise _Skip(bad[0], key)
