@@ -25,8 +25,8 @@ number, and all are put in natural order (checkpoint-500 before checkpoint-1000)
 --as-given. The output has the inputs' format. Floating tensors are averaged in float64 and
 cast back to their stored dtype; integer and bool buffers (num_batches_tracked) and other
 entries are copied from the newest checkpoint, without optimizer or trainer state.
-safetensors are read and written one tensor at a time. The output appears atomically: a
-crash leaves the old file (or no folder).
+safetensors are read and written in 1 MiB pieces (a few MiB of memory whatever the model).
+The output appears atomically: a crash leaves the old file (or no folder).
 """
 
 
@@ -59,7 +59,7 @@ crash leaves the old file (or no folder).
 @click.option("--trust-pickle", is_flag=True,
               help="Fully unpickle files that torch.load(weights_only=True) refuses. "
                    "ONLY for files you trust: a crafted checkpoint runs code.")
-@click.option("--force", is_flag=True, help="Allow --out to be one of the inputs (it is replaced atomically).")
+@click.option("--force", is_flag=True, help="Allow --out to be one of the inputs or an existing folder (it is replaced atomically).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, drop, trust_pickle,
             force, quiet) -> None:
