@@ -59,7 +59,8 @@ The output appears atomically: a crash leaves the old file (or no folder).
 @click.option("--trust-pickle", is_flag=True,
               help="Fully unpickle files that torch.load(weights_only=True) refuses. "
                    "ONLY for files you trust: a crafted checkpoint runs code.")
-@click.option("--force", is_flag=True, help="Allow --out to be one of the inputs or an existing folder (it is replaced atomically).")
+@click.option("--force", is_flag=True,
+              help="Allow --out to be one of the inputs or an existing folder (it is replaced atomically).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, drop, trust_pickle,
             force, quiet) -> None:
