@@ -295,3 +295,26 @@ def test_an_interrupted_folder_write_leaves_no_folder_and_force_replaces_whole(t
     write_average([trainer_run], out, last=2, force=True)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lawa"]  # no temporary or old folder left
+
+
+def test_cli_on_a_trainer_output_folder_after_save_model(trainer_run, tmp_path):
+    """`lawa average RUN --last 2`: RUN also holds the final model (Trainer.save_model); its checkpoints are used."""
+    click_testing = require("click.testing")
+    from lawa_optim.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trainer_run, run, ignore=shutil.ignore_patterns("checkpoint-[2468]"))
+    for name in ("model.safetensors", "config.json"):  # what save_model writes into the output folder
+        shutil.copy(trainer_run / "checkpoint-12" / name, run / name)
+    out = tmp_path / "lawa2"
+    result = click_testing.CliRunner().invoke(main, ["average", str(run), "--last", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Averaged 2 Hugging Face checkpoints, uniform weights (oldest first: 0.5, 0.5)" in result.output
+    assert f"  {run / 'checkpoint-10'}\n  {run / 'checkpoint-12'}\n" in result.output
+    assert f"Wrote {out} (" in result.output
+    want = _reference([trainer_run / "checkpoint-10", trainer_run / "checkpoint-12"])
+    got = _reference([out])
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    result = click_testing.CliRunner().invoke(main, ["average", str(run), "--last", "2", "--out", str(out)])
+    assert result.exit_code == 2 and "already exists; pick a new folder, or pass --force" in result.output
