@@ -21,7 +21,9 @@ and ``RUN_DIR/metrics.csv`` holds the same rows, long format, one row per (seed,
 **The report** (in ``RUN_DIR/report/``): ``summary.csv/json`` (mean, std and count over seeds of
 every column per method and epoch), ``final.csv`` (each method at its last epoch and at its
 best), ``time_saved.csv/json`` (see :func:`time_saved`, the headline against the baseline, and
-the longest lead of every method), ``report.md`` (the tables), and the plots ``curves.png``
+the longest lead of every method), ``report.md`` (opening with one sentence: the headline's lead
+over the better baseline at the levels where it exceeds the seed spread, or that there is none —
+:mod:`lawa_benchmarks.lead` —, then the tables), and the plots ``curves.png``
 (every metric per epoch, mean ± std), ``k_sensitivity.png`` (the paper's Figure 2) and
 ``time_saved.png`` (its Figure 1).
 
@@ -42,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from .lead import lead_sentence, robust_lead
 
 __all__ = ["SCHEMA", "format_duration", "load_metrics", "report", "summarize", "time_saved", "write_metrics",
            "write_report"]
@@ -245,6 +249,17 @@ def _method_time_saved(summary, baseline, method, metric, hib):
                       method_times=_times(summary, method, me, True), higher_is_better=hib)
 
 
+def _baselines(meta: dict[str, Any], methods: list[str], baseline: str) -> list[str]:
+    """The baseline and, where the run has them, the raw weights with BatchNorm statistics recomputed as the
+    averages get them (``base_bn``; the ResNet benchmark's ``lawa_k1``, the mean of one snapshot, is the same):
+    a method's lead is measured against the better of them, so that what is credited to averaging is averaging."""
+    if meta.get("baselines"):
+        return [b for b in meta["baselines"] if b in methods] or [baseline]
+    extra = [m for m in ("base_bn", "lawa_k1") if m in methods and meta.get("methods", {}).get(m, {}).get("bn")
+             == "recompute"]
+    return [baseline] + extra[:1] if baseline == "base" else [baseline]
+
+
 # ------------------------------------------------------------------------------ text
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None:
@@ -326,6 +341,20 @@ def write_report(
         lead = longest_lead(_method_time_saved(summary, baseline, m, metric, hib))
         leads.append({"method": m, "label": label(m), **(lead or {"level": None, "method_epoch": None,
                       "base_epoch": None, "epochs_saved": None, "hours_saved": None})})
+    baselines = _baselines(meta, methods, baseline)
+    robust = {}  # the spread-aware lead of every method against the better baseline (benchmarks/lead.py)
+    for m in methods:
+        if m not in baselines:
+            robust[m] = robust_lead(rows, baselines, m, metric, hib, meta.get("steps_per_epoch"))
+    for lv in leads:
+        r = robust.get(lv["method"])
+        lv["robust"] = None if r is None else {k: r[k] for k in ("n_seeds", "median_saved", "max_saved", "largest")} \
+            | {"levels": len(r["levels"]), "significant": len(r["significant"])}
+    base_names = " / ".join(label(b) if b != "lawa_k1" else f"{label(baseline)} with BN recomputed (LAWA k=1)"
+                            for b in baselines)
+    base_text = f"the better of {base_names}" if len(baselines) > 1 else base_names
+    head_robust = robust.get(headline) if headline else None
+    sentence = lead_sentence(head_robust, label(headline), base_text) if head_robust is not None else None
     headline_rows = _method_time_saved(summary, baseline, headline, metric, hib) if headline else []
     headline_lead = longest_lead(headline_rows)
     per_seed = []  # the headline's longest lead in each seed alone: its spread
@@ -344,13 +373,15 @@ def write_report(
         _atomic_text(out / name, text)
         files[name] = str(out / name)
     doc = {"metric": metric, "higher_is_better": hib, "baseline": baseline, "headline": headline,
+           "baselines": baselines, "sentence": sentence, "robust_lead": head_robust,
            "headline_lead_per_seed": per_seed,
            "headline_lead": headline_lead, "time_saved": headline_rows, "leads": leads, "final": final}
     _atomic_text(out / "time_saved.json", json.dumps(doc, indent=1))
     _atomic_text(out / "summary.json", json.dumps({"meta": meta, "summary": summary}, indent=1))
     files["time_saved.json"], files["summary.json"] = str(out / "time_saved.json"), str(out / "summary.json")
 
-    text = _report_text(metric, baseline, headline, label, final, leads, headline_rows, headline_lead, per_seed)
+    text = _report_text(metric, baseline, headline, label, final, leads, headline_rows, headline_lead, per_seed,
+                        sentence, base_text, plots and headline is not None)
     _atomic_text(out / "report.md", text + "\n")
     files["report.md"] = str(out / "report.md")
     if plots:
@@ -362,8 +393,10 @@ def write_report(
             files["k_sensitivity.png"] = k_png
         if headline:
             files["time_saved.png"] = plot_time_saved(out / "time_saved.png", summary, baseline, headline, metric,
-                                                      headline_rows, headline_lead, info)
+                                                      headline_rows, headline_lead, info, robust=head_robust,
+                                                      base_text=base_text)
     return {"summary": summary, "final": final, "time_saved": headline_rows, "leads": leads, "per_seed": per_seed,
+            "sentence": sentence, "robust_lead": head_robust, "baselines": baselines,
             "headline_lead": headline_lead, "text": text, "files": files, "metric": metric,
             "baseline": baseline, "headline": headline}
 
@@ -382,21 +415,43 @@ def format_duration(hours: float | None) -> str:
     return f"{hours:.1f} h"
 
 
-def _report_text(metric, baseline, headline, label, final, leads, headline_rows, lead, per_seed) -> str:
+def _robust_cell(r: dict[str, Any] | None) -> str:
+    if not r or not r["levels"]:
+        return "-"
+    if r["n_seeds"] < 2:
+        return "one seed: no spread"
+    if not r["significant"]:
+        return f"none of {r['levels']} levels"
+    mx = r["max_saved"]
+    return (f"{r['significant']} of {r['levels']} levels; median {r['median_saved']:.1f}, at most "
+            f"{mx['mean']:.1f} ± {mx['std']:.1f} at {mx['level']:.4g}")
+
+
+def _report_text(metric, baseline, headline, label, final, leads, headline_rows, lead, per_seed, sentence=None,
+                 base_text=None, with_plot=False) -> str:
     base = label(baseline)
-    parts = [f"# Report ({metric}; baseline {base})", "", "## Last and best epoch (mean ± std over seeds)", ""]
+    base_text = base_text or base
+    parts = [f"# Report ({metric}; baseline {base_text})", ""]
+    if sentence:
+        parts += [sentence, ""]
+    if with_plot:
+        parts += ["![time saved](time_saved.png)", ""]
+    parts += ["## Last and best epoch (mean ± std over seeds)", ""]
     parts.append(_md_table(
         ["method", "epoch", metric, "± std", "best epoch", f"best {metric}", "seeds"],
         [[label(f["method"]), f["epoch"], f[f"{metric}_mean"], f[f"{metric}_std"], f["best_epoch"],
           f[f"best_{metric}_mean"], f["n_seeds"]] for f in final]))
-    parts += ["", f"## Longest lead over {base} (epochs saved at one {metric} level)", ""]
+    parts += ["", f"## Lead over {base_text} beyond the seed spread (epochs saved, each seed against its own "
+              "baseline; a level counts where mean - std > 0)", ""]
     parts.append(_md_table(
-        ["method", f"{metric} level", "method epoch", "baseline epoch", "epochs saved", "time saved"],
-        [[lv["label"], lv["level"], lv["method_epoch"], lv["base_epoch"], lv["epochs_saved"],
+        ["method", "levels with a lead beyond the spread: epochs saved", f"longest lead at one {metric} level "
+         f"(mean curves, against {base}; fragile)", "time saved there"],
+        [[lv["label"], _robust_cell(lv.get("robust")),
+          "-" if lv["level"] is None else f"{_fmt(lv['epochs_saved'])} at {lv['level']:.4g}",
           format_duration(lv["hours_saved"])] for lv in leads]))
     if headline:
         head = label(headline)
-        parts += ["", f"## Time saved: {head} against {base}", ""]
+        parts += ["", f"## Time saved: {head} against {base} (mean curves)", ""]
         parts.append(_md_table(
             [f"{metric} level", f"{head} epoch", f"{base} epoch", "epochs saved", "time saved"],
             [[r["level"], r["method_epoch"], r["base_epoch"] if r["base_epoch"] is not None else "never",
@@ -404,7 +459,8 @@ def _report_text(metric, baseline, headline, label, final, leads, headline_rows,
         never = [r for r in headline_rows if r["base_epoch"] is None]
         parts.append("")
         if lead is not None and lead["epochs_saved"] > 0:
-            parts.append(f"Longest lead at a level both reach: {head} reaches {metric} {lead['level']:.2f} at epoch "
+            parts.append(f"Longest lead at a single level both reach (the paper's Figure 1 figure; fragile where "
+                         f"{base}'s curve is flat): {head} reaches {metric} {lead['level']:.2f} at epoch "
                          f"{lead['method_epoch']}, {base} at epoch {lead['base_epoch']}: "
                          f"{lead['epochs_saved']} epoch(s) saved, {format_duration(lead['hours_saved'])} of wall-clock "
                          "training (the method's own averaging time, avg_time_s, counted against it).")

@@ -169,15 +169,34 @@ def plot_k_sensitivity(path: Path, summary: list[dict[str, Any]], methods: list[
 
 
 def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, headline: str, metric: str,
-                    rows: list[dict[str, Any]], lead: dict[str, Any] | None, info: dict[str, Any]) -> str:
-    """The headline against the baseline with the longest lead drawn as an arrow, and epochs saved per level."""
+                    rows: list[dict[str, Any]], lead: dict[str, Any] | None, info: dict[str, Any],
+                    robust: dict[str, Any] | None = None, base_text: str | None = None) -> str:
+    """The headline against the baseline(s), and the epochs saved per level.
+
+    With ``robust`` (:func:`lawa_benchmarks.lead.robust_lead`, two seeds or more): the largest lead
+    beyond the seed spread is drawn as an arrow, and the right panel shows each level's epochs saved,
+    mean ± std over seeds, blue where the lead exceeds the spread, grey where it does not. Else: the
+    longest lead of the mean curves, and its epochs saved per level.
+    """
     from .report import format_duration
 
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12.4, 4.4))
-    _band(a, summary, baseline, metric, info, baseline)
+    for m in dict.fromkeys([baseline] + list((robust or {}).get("baseline", []))):
+        _band(a, summary, m, metric, info, baseline, **({"ls": "--", "color": "dimgray"} if m != baseline else {}))
     _band(a, summary, headline, metric, info, baseline)
-    if lead is not None and lead["epochs_saved"] > 0:
+    spread = robust is not None and robust["n_seeds"] > 1 and robust["levels"]
+    if spread and robust["max_saved"] is not None:
+        mx = robust["max_saved"]
+        x = next((e for e, v in zip(*_curve(summary, headline, metric)[:2])
+                  if (v >= mx["level"] - 1e-12 if robust["higher_is_better"] else v <= mx["level"] + 1e-12)), None)
+        if x is not None:
+            a.annotate("", xy=(x + mx["mean"], mx["level"]), xytext=(x, mx["level"]),
+                       arrowprops={"arrowstyle": "<->", "color": "tab:red", "lw": 1.5})
+            a.annotate(f"{mx['mean']:.1f} ± {mx['std']:.1f} epochs", xy=(x + mx["mean"] / 2, mx["level"]),
+                       xytext=(0, 6), textcoords="offset points", color="tab:red", ha="center", va="bottom",
+                       fontsize=9)
+    elif not spread and lead is not None and lead["epochs_saved"] > 0:
         a.annotate("", xy=(lead["base_epoch"], lead["level"]), xytext=(lead["method_epoch"], lead["level"]),
                    arrowprops={"arrowstyle": "<->", "color": "tab:red", "lw": 1.5})
         hours = lead["hours_saved"]
@@ -194,14 +213,23 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
         _zoom(a, summary, [baseline, headline], metric)
         lo, hi = a.get_ylim()
         a.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the annotation
-    reached = [r for r in rows if r["epochs_saved"] is not None]
-    b.bar(range(len(reached)), [r["epochs_saved"] for r in reached], color="tab:blue")
-    b.set_xticks(range(len(reached)))
-    b.set_xticklabels([f"{r['level']:.1f}" for r in reached], rotation=60, fontsize=7)
+    if spread:
+        lv = robust["levels"]
+        b.bar(range(len(lv)), [x["mean"] for x in lv], yerr=[x["std"] for x in lv], capsize=2,
+              color=["tab:blue" if x["significant"] else "lightgray" for x in lv])
+        b.set_xticks(range(len(lv)))
+        b.set_xticklabels([f"{x['level']:.3g}" for x in lv], rotation=60, fontsize=7)
+        b.set_title(f"epochs saved against {base_text or _label(baseline, info)}, mean ± std over "
+                    f"{robust['n_seeds']} seeds\n(blue: beyond the seed spread)", fontsize=9)
+    else:
+        reached = [r for r in rows if r["epochs_saved"] is not None]
+        b.bar(range(len(reached)), [r["epochs_saved"] for r in reached], color="tab:blue")
+        b.set_xticks(range(len(reached)))
+        b.set_xticklabels([f"{r['level']:.1f}" for r in reached], rotation=60, fontsize=7)
+        b.set_title(f"epochs {_label(baseline, info)} needs beyond {_label(headline, info)} to reach each level")
     b.axhline(0, color="black", lw=0.8)
     b.set_xlabel(f"{metric} level")
     b.set_ylabel("epochs saved")
-    b.set_title(f"epochs {_label(baseline, info)} needs beyond {_label(headline, info)} to reach each level")
     b.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)

@@ -102,7 +102,7 @@ def test_write_report_files_hold_the_numbers(tmp_path):
     final = {r["method"]: r for r in info["final"]}
     assert final["lawa_k4"]["top1_mean"] == pytest.approx(91.0)
     assert final["lawa_k4"]["top1_std"] == pytest.approx(statistics.stdev([90.0, 92.0]))
-    assert "| LAWA k=2" in info["text"] and "Longest lead" in info["text"]
+    assert "| LAWA k=2" in info["text"] and "beyond the seed spread" in info["text"]
     leads = {r["method"]: r for r in info["leads"]}
     assert leads["lawa_k2_bncopy"]["epochs_saved"] is None or leads["lawa_k2_bncopy"]["epochs_saved"] <= 0
 

@@ -72,3 +72,27 @@ def test_one_seed_says_there_is_no_spread():
     assert lead["significant"] == [] and lead["n_seeds"] == 1
     assert lead_sentence(lead, "LAWA", "SGD").startswith("One seed only")
     assert not math.isnan(lead["largest"]["mean"])
+
+
+def test_report_opens_with_the_spread_aware_sentence_against_the_better_baseline(tmp_path):
+    """`lawa report`: report.md opens with the sentence and the plot; lawa_k1 with BN recomputed is a baseline."""
+    from lawa_benchmarks.report import write_metrics, write_report
+
+    base = [[50, 60, 70, 80], [52, 61, 69, 80], [51, 59, 71, 80]]
+    k1 = [[55, 65, 75, 80], [56, 66, 74, 80], [55, 64, 76, 80]]  # the raw weights, BN recomputed: ahead of base
+    lawa = [[60, 70, 80, 81], [61, 70, 80, 81], [60, 71, 79, 81]]
+    rows = _rows("base", base) + _rows("lawa_k1", k1) + _rows("lawa_k6", lawa)
+    meta = {"baseline": "base", "headline": "lawa_k6", "metric": "top1", "higher_is_better": True,
+            "methods": {"base": {"label": "SGD"}, "lawa_k1": {"label": "LAWA k=1", "bn": "recompute", "k": 1},
+                        "lawa_k6": {"label": "LAWA k=6", "bn": "recompute", "k": 6}}}
+    write_metrics(tmp_path, rows, meta)
+    info = write_report(tmp_path)
+    assert info["baselines"] == ["base", "lawa_k1"]
+    text = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert text[2].startswith("LAWA k=6 is ahead of the better of SGD / SGD with BN recomputed (LAWA k=1) "
+                              "beyond the seed spread (3 seeds)")
+    assert text[4] == "![time saved](time_saved.png)"
+    # against the better baseline the lead is smaller than against SGD alone
+    alone = robust_lead(rows, "base", "lawa_k6", "top1")
+    assert info["robust_lead"]["median_saved"] < alone["median_saved"]
+    assert (tmp_path / "report" / "time_saved.png").read_bytes()[:4] == b"\x89PNG"
