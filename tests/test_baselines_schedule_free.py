@@ -80,3 +80,27 @@ def test_eval_mode_is_refused_for_step_and_state(sf):
     with pytest.raises(ValueError, match="eval mode"):
         opt.load_state_dict(bad)
     opt.load_state_dict(sd)
+
+
+def test_a_group_added_later_trains_and_swapping_changes_no_state(sf):
+    """The package gives a new group train_mode=False (its eval mode): the adapter keeps every group
+    in train mode, so the new group steps, and a swap leaves the state dict as an unswapped twin's."""
+    twins = []
+    for swap in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = create("schedulefree", torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        extra = torch.nn.Parameter(torch.ones(2))
+        opt.add_param_group({"params": [extra], "lr": 0.05})
+        if swap:
+            with opt.averaged():
+                pass
+        for i in range(3):
+            opt.zero_grad()
+            (model(torch.randn(4, 3, generator=torch.Generator().manual_seed(i))).sum() + extra.pow(2).sum()).backward()
+            opt.step()
+        assert not torch.equal(extra.detach(), torch.ones(2))
+        twins.append((opt.state_dict(), [p.detach().clone() for p in (*model.parameters(), extra)]))
+    (sd_a, w_a), (sd_b, w_b) = twins
+    assert sd_a["param_groups"] == sd_b["param_groups"] and sd_a["state"].keys() == sd_b["state"].keys()
+    assert all(torch.equal(a, b) for a, b in zip(w_a, w_b))

@@ -120,6 +120,7 @@ def _lightning_run(tmp_path, epochs, ckpt_path=None, bn=True):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_on_train_epoch_end=False, save_top_k=-1, monitor=None)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        default_root_dir=tmp_path,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[checkpoint], deterministic=True,
     )
     with warnings.catch_warnings():

@@ -179,6 +179,11 @@ class ScheduleFreeAdapter(AveragingOptimizer):
         return super().step(closure)
 
     # --------------------------------------------------------------------------- hooks
+    def _on_new_params(self, params: list[Tensor]) -> None:
+        assert self.optimizer is not None
+        for g in self.optimizer.param_groups:  # a new group starts in the package's eval mode;
+            g["train_mode"] = True  # its parameters have no state yet, so y = x: nothing moves
+
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
         assert self.optimizer is not None
         state = self.optimizer.state
