@@ -8,6 +8,7 @@ from .io import CheckpointError, atomic_save, safe_load
 from .offline import average_checkpoints, average_state_dicts, write_average
 from .protocol import AveragingOptimizer
 from .registry import MethodInfo, create, get_method_info, list_methods
+from .select_k import OnlineK
 from .unwrap import unwrap
 from .wrapper import LAWAWrapper
 
@@ -18,6 +19,7 @@ __all__ = [
     "EXPWrapper",
     "LookaheadWrapper",
     "MethodInfo",
+    "OnlineK",
     "SWAWrapper",
     "ScheduleFreeAdapter",
     "CheckpointError",
