@@ -89,8 +89,9 @@ Examples:
   lawa bench roberta --config configs/roberta_small.yaml                # fairseq MLM: Adam vs LAWA
   lawa bench overhead --out runs/overhead                               # LAWA's cost, side by side
   lawa bench soak --out runs/soak                                       # a long run vs a float64 reference
+  lawa bench average-cost --out runs/average_cost                       # lawa average vs reading the files
 """,
 )
 def bench() -> None:
     """Run a benchmark: `resnet` (image classification), `roberta` (fairseq MLM), `overhead` (cost),
-    `soak` (long-run exactness)."""
+    `soak` (long-run exactness), `average-cost` (offline averaging against reading the files)."""
