@@ -22,7 +22,8 @@ def fairseq_user_dir() -> None:
     \b
     The plugin registers the task masked_lm_lawa (masked_lm + LAWA); its flags:
       --lawa-k 10  --lawa-period-updates 0 (0: a snapshot per epoch)
-      --lawa-weights uniform|exp  --lawa-alpha 0.9  --lawa-offload none|cpu
+      --lawa-weights uniform|exp  --lawa-alpha 0.9
+      --lawa-offload none|cpu|disk  --lawa-offload-dir DIR (with disk)
     """
     from lawa_optim.integrations.fairseq import user_dir
 
