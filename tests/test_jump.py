@@ -244,3 +244,36 @@ def test_bad_input_is_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="'lawa'"):
         opt.load_state_dict(lawa_sd)  # a LAWA state is not a lawa_jump state
     assert _same(_weights(model), weights) and opt.jumps == []
+
+
+def test_jump_if_ahead_compares_both_sides_with_batchnorm_recomputed():
+    """With bn_loader the training weights are scored with recomputed statistics too (the lead is the
+    weights', not the stale running statistics'), and the model's buffers are restored."""
+    from lawa_optim import recompute_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    opt = LAWAJumpWrapper(_base(model, "sgd"), k=3, period=2)
+    data, selection = _data(), _data(3, seed=5)
+    bn_loader = [x for x, _ in data[:4]]
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            out = sum(F.cross_entropy(model(x), y).item() for x, y in selection)
+        model.train()
+        return out
+
+    for i in range(8):
+        _step(model, opt, data[i])
+    buffers = [b.clone() for b in model.buffers()]
+    twin = copy.deepcopy(model)
+    recompute_bn(twin, bn_loader)
+    twin.eval()
+    with torch.no_grad():
+        raw_bn = sum(F.cross_entropy(twin(x), y).item() for x, y in selection)
+    with opt.averaged(model=model, bn_loader=bn_loader):
+        avg = evaluate()
+    jumped = opt.jump_if_ahead(evaluate, model=model, bn_loader=bn_loader)
+    assert opt.last_lead == pytest.approx(raw_bn - avg) and jumped == (raw_bn > avg)
+    assert _same(list(model.buffers()), buffers)  # a jump moves the weights, never the statistics

@@ -31,6 +31,7 @@ import torch
 
 from .._checks import is_int, is_number
 from .._shared import _owner, shared
+from ..bn import recompute_bn
 from ..wrapper import LAWAWrapper
 
 __all__ = ["OPTIMIZER_STATE_CHOICES", "LAWAJumpWrapper"]
@@ -160,7 +161,9 @@ class LAWAJumpWrapper(LAWAWrapper):
                 accuracy) computed on the model as it is when called.
             threshold (float, optional): the lead ``evaluate(training) - evaluate(average)`` needed,
                 in ``evaluate``'s units (default: 0.0, any lead).
-            **swap_kwargs: passed to :meth:`averaged` (``model=..., bn_loader=...`` for BatchNorm).
+            **swap_kwargs: passed to :meth:`averaged` (``model=..., bn_loader=...`` for BatchNorm: the
+                training weights then get their statistics recomputed over ``bn_loader`` too, then
+                restored, so that the lead is the weights' and not the statistics').
 
         Returns True if it jumped; the lead is kept in :attr:`last_lead`.
         """
@@ -171,7 +174,7 @@ class LAWAJumpWrapper(LAWAWrapper):
             raise ValueError(f"Invalid threshold: {threshold!r}; use a finite number in evaluate()'s units")
         self._require_training_weights("jump_if_ahead()")
         self._check_can_average(None)
-        raw = float(evaluate())
+        raw = float(self._evaluate_training(evaluate, swap_kwargs))
         with self.averaged(**swap_kwargs):
             avg = float(evaluate())
         self.last_lead = raw - avg
@@ -179,6 +182,25 @@ class LAWAJumpWrapper(LAWAWrapper):
             self._jump()
             return True
         return False
+
+    @staticmethod
+    def _evaluate_training(evaluate: Callable[[], float], swap_kwargs: dict[str, Any]) -> float:
+        """``evaluate()`` on the training weights; with ``bn_loader``, their BatchNorm statistics are
+        recomputed the same way first (and restored after), so both sides are compared alike."""
+        loader = swap_kwargs.get("bn_loader")
+        model = swap_kwargs.get("model")
+        if loader is None or not isinstance(model, torch.nn.Module):
+            return evaluate()
+        buffers = list(model.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            recompute_bn(model, loader, max_batches=swap_kwargs.get("bn_batches"), device=swap_kwargs.get("bn_device"),
+                         forward=swap_kwargs.get("bn_forward"))
+            return evaluate()
+        finally:
+            with torch.no_grad():
+                for b, t in zip(buffers, saved):
+                    b.copy_(t)
 
     def _jump(self) -> None:
         with torch.no_grad():

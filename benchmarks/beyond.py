@@ -1,0 +1,296 @@
+"""``lawa bench beyond``: the paper's open questions measured on the suite's ResNet workload.
+
+Issue 15. Two questions, one run folder:
+
+1. **Online k.** One baseline run per seed (the suite's ResNet-10 / Fashion-MNIST recipe, bit for
+   bit: same workload, seeds and schedule). After each epoch every window ``j = 1..K`` of one LAWA
+   ring is swapped in (BatchNorm recomputed) and scored on a *selection split* — Fashion-MNIST
+   training images outside the training subset, never trained on and never reported — on a
+   *training-loss proxy* (the epoch's last training batches) and on the validation split. The
+   online strategies of :mod:`lawa_optim.select_k` are deterministic functions of the scores they
+   look at, so each is replayed from the table with exactly the choices it would make online; the
+   validation metric of its choice is its curve. The cost of each is counted in passes.
+2. **Jumps.** One run per jump policy per seed with :class:`lawa_optim.LAWAJumpWrapper` driving:
+   the training weights (what training continues from) and the average are evaluated each epoch.
+
+Everything is written to ``OUT/beyond.json`` (per seed, per epoch, per window) after each run
+(a killed run resumes: finished runs are skipped) and summarised in ``OUT/beyond.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from torch import nn
+
+__all__ = ["JUMP_POLICIES", "analyse", "beyond", "run"]
+
+JUMP_POLICIES: dict[str, dict[str, Any]] = {  # LAWAJumpWrapper options; "lead": jump_if_ahead each epoch
+    "jump_every6": {"every": 6, "start": 6},  # the registry's default: one jump per filled ring
+    "jump_every2": {"every": 2, "start": 6},
+    "jump_every2_resetmom": {"every": 2, "start": 6, "optimizer_state": "reset_momentum"},
+    "jump_lead": {"every": None, "lead_start": 3},
+    "lookahead": {"driver": "lookahead", "k": 5, "alpha": 0.8},  # the paper's Appendix B comparator
+}
+
+
+def _selection_split(workload: Any, n: int) -> torch.utils.data.TensorDataset:
+    """``n`` Fashion-MNIST training images after the training subset in the same fixed permutation."""
+    from .resnet.data import DEFAULT_FASHION_MNIST, _fashion_mnist
+
+    train, _ = _fashion_mnist(Path(workload.data_cfg.root or DEFAULT_FASHION_MNIST))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # as _fixed_subset's
+    used = workload.cfg.train_images
+    idx = perm[used:used + n].sort().values
+    assert not set(idx.tolist()) & set(perm[:used].tolist())
+    return torch.utils.data.TensorDataset(*(t[idx] for t in train.tensors))
+
+
+def _score(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    loss, hits, n = 0.0, 0, 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in batches:
+            out = model(x)
+            loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+            hits += (out.argmax(1) == y).sum().item()
+            n += len(y)
+    model.train()
+    return {"loss": loss / n, "top1": 100.0 * hits / n}
+
+
+class _Run:
+    def __init__(self, workload: Any, seed: int, epochs: int, warmup: int, driver: str | None,
+                 kwargs: dict[str, Any], k: int) -> None:
+        import lawa_optim
+
+        from .suite.workloads.base import warmup_cosine
+
+        torch.manual_seed(seed)
+        random.seed(seed)
+        self.w, self.seed = workload, seed
+        self.model = workload.build_model()
+        self.base = workload.optimizer(self.model)
+        spe = workload.steps_per_epoch
+        if driver is None:
+            self.driver, self.lawa = self.base, lawa_optim.LAWAWrapper(self.base, k=k, period=spe)
+        else:
+            period = {"period": spe} if "period" in lawa_optim.get_method_info(driver).accepted_kwargs() else {}
+            self.driver = lawa_optim.create(driver, self.base, **period, **kwargs)
+            self.lawa = self.driver
+        self.scheduler = warmup_cosine(self.driver, warmup * spe, epochs * spe)
+        self.last: list[Any] = []
+
+    def train_epoch(self, epoch: int, proxy_batches: int) -> float:
+        t0 = time.perf_counter()
+        batches = list(self.w.train_batches(self.seed, epoch))
+        for batch in batches:
+            self.driver.zero_grad(set_to_none=True)
+            self.w.loss(self.model, batch).backward()
+            self.driver.step()
+            self.scheduler.step()
+            if self.lawa is not self.driver:
+                self.lawa.observe_step()
+        self.last = batches[-proxy_batches:]
+        return time.perf_counter() - t0
+
+    def swap(self, j: int | None) -> Any:
+        return self.lawa.averaged(j, model=self.model, bn_loader=self.w.bn_batches())
+
+
+def _base_run(workload: Any, seed: int, cfg: dict[str, Any], selection: list[Any]) -> dict[str, Any]:
+    run = _Run(workload, seed, cfg["epochs"], cfg["warmup_epochs"], None, {}, cfg["k_max"])
+    rows, t_train, t_select = [], 0.0, 0.0
+    for epoch in range(cfg["epochs"]):
+        t_train += run.train_epoch(epoch, cfg["proxy_batches"])
+        row = {"epoch": epoch + 1, "base": _score(run.model, workload._val), "windows": {}}
+        for j in range(1, run.lawa.num_snapshots + 1):
+            with run.swap(j):
+                t0 = time.perf_counter()
+                sel = _score(run.model, selection)
+                t_select += time.perf_counter() - t0
+                row["windows"][j] = {"sel": sel, "proxy": _score(run.model, run.last),
+                                     "val": _score(run.model, workload._val)}
+        rows.append(row)
+    return {"rows": rows, "train_time_s": t_train, "select_pass_s": t_select / max(1, sum(len(r["windows"])
+                                                                                         for r in rows))}
+
+
+def _jump_run(workload: Any, seed: int, cfg: dict[str, Any], policy: dict[str, Any], selection: list[Any]
+              ) -> dict[str, Any]:
+    opts = {k: v for k, v in policy.items() if k not in ("lead_start", "driver")}
+    driver = policy.get("driver", "lawa_jump")
+    kwargs = opts if driver != "lawa_jump" else {"k": cfg["k"], **opts}
+    run = _Run(workload, seed, cfg["epochs"], cfg["warmup_epochs"], driver, kwargs, cfg["k"])
+    rows, t_train = [], 0.0
+    for epoch in range(cfg["epochs"]):
+        t_train += run.train_epoch(epoch, 1)
+        if "lead_start" in policy and run.lawa.num_snapshots >= policy["lead_start"]:
+            run.lawa.jump_if_ahead(lambda: _score(run.model, selection)["loss"], 0.0, model=run.model,
+                                   bn_loader=workload.bn_batches())
+        row = {"epoch": epoch + 1, "raw": _score(run.model, workload._val),
+               "jumps": list(getattr(run.lawa, "jumps", []))}
+        with run.swap(None):  # lawa_jump: its LAWA average; Lookahead: the slow weights
+            row["lawa"] = _score(run.model, workload._val)
+        if driver == "lawa_jump":
+            with run.swap(1):  # the training weights' newest snapshot with BatchNorm recomputed
+                row["raw_bn"] = _score(run.model, workload._val)
+        rows.append(row)
+    return {"rows": rows, "train_time_s": t_train}
+
+
+def run(cfg: dict[str, Any], out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run every seed's baseline and jump runs into ``out_dir`` (finished runs are skipped); then :func:`analyse`."""
+    from .suite.config import load_config
+    from .suite.workloads import build
+
+    torch.set_num_threads(cfg["threads"])
+    suite = load_config(cfg["suite_config"], cfg["overrides"])
+    wcfg = suite.workload("resnet")
+    cfg = {**cfg, "epochs": wcfg.epochs, "warmup_epochs": wcfg.warmup_epochs}
+    workload = build("resnet", wcfg, None)
+    sel_ds = _selection_split(workload, cfg["selection_images"])
+    selection = [(sel_ds.tensors[0][i:i + 500], sel_ds.tensors[1][i:i + 500]) for i in range(0, len(sel_ds), 500)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "beyond.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"config": cfg, "runs": {}}
+    if data["config"] != json.loads(json.dumps(cfg)):
+        raise click.UsageError(f"{str(out)!r} holds results of another configuration; use another --out")
+    for seed in range(cfg["seeds"]):
+        for name in ["base", *cfg["policies"]]:
+            key = f"{name}_seed{seed}"
+            if key in data["runs"]:
+                continue
+            t0 = time.perf_counter()
+            data["runs"][key] = (_base_run(workload, seed, cfg, selection) if name == "base" else
+                                 _jump_run(workload, seed, cfg, JUMP_POLICIES[name], selection))
+            data["runs"][key]["wall_s"] = time.perf_counter() - t0
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+            if progress:
+                click.echo(f"{key}: {data['runs'][key]['wall_s']:.0f} s", err=True)
+    text = analyse(json.loads(json.dumps(data)))
+    (out / "beyond.md").write_text(text)
+    return {"data": data, "text": text}
+
+
+# ----------------------------------------------------------------------------------- analysis
+def _choose(strategy: str, scores_by_epoch: list[dict[int, float]]) -> tuple[list[int], int]:
+    """Replay an online strategy: its choice at each epoch and the passes it took in all."""
+    from lawa_optim.select_k import candidate_windows
+
+    picks, passes, prev = [], 0, None
+    for scores in scores_by_epoch:
+        cands = candidate_windows(strategy, max(scores), prev)
+        passes += len(cands)
+        prev = min(cands, key=lambda j: (scores[j], j))
+        picks.append(prev)
+    return picks, passes
+
+
+def _epochs_to(curve: list[float], target: float) -> float:
+    return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-9), math.inf)
+
+
+def _fmt(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        return f"not reached in {len(values) - len(finite)}/{len(values)} seeds"
+    return f"{statistics.mean(finite):.1f} ± {statistics.pstdev(finite):.1f}"
+
+
+def analyse(data: dict[str, Any]) -> str:
+    """The markdown summary: online k against every fixed k, and the jump policies, epochs to the target."""
+    cfg, runs = data["config"], data["runs"]
+    seeds = [s for s in range(cfg["seeds"]) if f"base_seed{s}" in runs]
+    if not seeds:
+        return "no finished baseline run yet\n"
+    base = {s: runs[f"base_seed{s}"]["rows"] for s in seeds}
+    epochs = len(base[seeds[0]])
+    target = statistics.mean(base[s][-1]["base"]["top1"] for s in seeds)
+    curves: dict[str, dict[int, list[float]]] = {"SGD (model's BN)": {s: [r["base"]["top1"] for r in base[s]]
+                                                                     for s in seeds}}
+    passes: dict[str, float] = {}
+    notes: list[str] = []
+    for j in range(1, cfg["k_max"] + 1):
+        curves[f"LAWA k={j} (fixed)"] = {s: [r["windows"][str(min(j, len(r["windows"])))]["val"]["top1"]
+                                             for r in base[s]] for s in seeds}
+    for strategy in ("all", "doubling", "local"):
+        for signal in ("sel", "proxy"):
+            name = f"online k: {strategy}, {'selection loss' if signal == 'sel' else 'train-batch proxy'}"
+            curves[name], total = {}, 0
+            for s in seeds:
+                scores = [{int(j): w[signal]["loss"] for j, w in r["windows"].items()} for r in base[s]]
+                picks, n = _choose(strategy, scores)
+                total += n
+                curves[name][s] = [base[s][e]["windows"][str(j)]["val"]["top1"] for e, j in enumerate(picks)]
+                if strategy == "all" and signal == "sel":
+                    curves.setdefault(name + " (choices)", {})[s] = picks
+            passes[name] = total / len(seeds) / epochs
+    curves["per-epoch best k on validation (oracle, not usable)"] = {
+        s: [max(w["val"]["top1"] for w in r["windows"].values()) for r in base[s]] for s in seeds}
+    for policy in cfg["policies"]:
+        done = [s for s in seeds if f"{policy}_seed{s}" in runs]
+        if done:
+            parts = (("raw", "fast weights"), ("lawa", "slow weights")) if policy == "lookahead" else (
+                ("raw", "training weights"), ("raw_bn", "training weights, BN recomputed"),
+                ("lawa", "its LAWA average"))
+            for part, label in parts:
+                curves[f"{policy}: {label}"] = {s: [r[part]["top1"] for r in runs[f"{policy}_seed{s}"]["rows"]]
+                                               for s in done}
+            jumps = [runs[f"{policy}_seed{s}"]["rows"][-1]["jumps"] for s in done]
+            if any(jumps):
+                notes.append(f"- {policy}: jumps at steps {jumps} (per seed)")
+    lines = [f"# Beyond the paper: online k and jumps (ResNet workload, {len(seeds)} seeds, {epochs} epochs)", "",
+             f"Target: SGD's final top-1 averaged over seeds = {target:.2f}%. Epochs to reach it (mean ± std "
+             "over seeds), the metric's mean over epochs 3..end (area under the curve), and the final value.", "",
+             "| method | epochs to target | mean top-1, epochs 3+ | final top-1 | selection passes / epoch |",
+             "|---|---|---|---|---|"]
+    for name, per_seed in curves.items():
+        if name.endswith("(choices)"):
+            continue
+        to = [_epochs_to(c, target) for c in per_seed.values()]
+        area = [statistics.mean(c[2:]) for c in per_seed.values()]
+        final = [c[-1] for c in per_seed.values()]
+        cost = f"{passes[name]:.1f}" if name in passes else ""
+        lines.append(f"| {name} | {_fmt(to)} | {_fmt(area)} | {_fmt(final)} | {cost} |")
+    choices = curves["online k: all, selection loss (choices)"]
+    lines += ["", "Windows chosen online (exhaustive search on the selection loss), per epoch:", ""]
+    lines += [f"- seed {s}: {c}" for s, c in choices.items()]
+    if notes:
+        lines += ["", "Jumps made:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+@click.command("beyond")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/beyond"),
+              show_default=True)
+@click.option("--config", "suite_config", default="configs/suite.yaml", show_default=True,
+              help="The suite config whose ResNet workload is used.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--k-max", type=click.IntRange(min=1), default=12, show_default=True, help="Windows 1..K scored.")
+@click.option("--k", type=click.IntRange(min=1), default=6, show_default=True, help="The jump runs' LAWA k.")
+@click.option("--policies", default=",".join(JUMP_POLICIES), show_default=True, help="Jump policies to run.")
+@click.option("--selection-images", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.argument("overrides", nargs=-1)
+def beyond(out_dir: Path, suite_config: str, seeds: int, k_max: int, k: int, policies: str, selection_images: int,
+           threads: int, overrides: tuple[str, ...]) -> None:
+    """Online k and jumps to the average (issue 15) on the suite's ResNet workload; OVERRIDES as the suite's."""
+    names = [p for p in policies.split(",") if p]
+    unknown = [p for p in names if p not in JUMP_POLICIES]
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; use some of {list(JUMP_POLICIES)}", param_hint="--policies")
+    cfg = {"suite_config": suite_config, "overrides": list(overrides), "seeds": seeds, "k_max": k_max, "k": k,
+           "policies": names, "selection_images": selection_images, "threads": threads, "proxy_batches": 2}
+    click.echo(run(cfg, out_dir)["text"])
