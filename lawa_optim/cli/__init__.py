@@ -29,6 +29,7 @@ _COMMANDS: dict[str, dict[str, str]] = {
         "soak": "lawa_benchmarks.soak:soak",
         "average-cost": "lawa_benchmarks.offline_cost:average_cost",
         "suite": "lawa_benchmarks.suite.cli:suite",
+        "beyond": "lawa_benchmarks.beyond:beyond",
     },
 }
 
