@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import require
+
 from lawa_benchmarks.beyond import _choose, _epochs_to, analyse, beyond
 from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST
 

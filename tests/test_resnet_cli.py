@@ -15,6 +15,7 @@ for _module in ("click", "yaml", "tqdm", "matplotlib", "torchvision"):
     require(_module)
 
 from click.testing import CliRunner  # noqa: E402
+
 from lawa_benchmarks.report import summarize, time_saved  # noqa: E402
 from lawa_benchmarks.resnet.cli import resnet  # noqa: E402
 from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402

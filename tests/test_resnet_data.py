@@ -183,8 +183,9 @@ def test_val_class_unknown_to_train_is_refused(tmp_path):
 def test_flat_val_folder_gets_the_runners_message(tmp_path):
     """ImageNet's raw validation layout: files directly in val/. The CLI says what to do, no traceback."""
     from click.testing import CliRunner
-    from lawa_benchmarks.resnet.cli import resnet
     from PIL import Image
+
+    from lawa_benchmarks.resnet.cli import resnet
 
     _image_tree(tmp_path, {"train": ["ant", "bee"]})
     (tmp_path / "val").mkdir()
@@ -247,6 +248,7 @@ def test_images_per_split_and_world_size_reach_the_results(tmp_path):
     import json
 
     from click.testing import CliRunner
+
     from lawa_benchmarks.resnet.cli import resnet
 
     _image_tree(tmp_path / "data", {"train": ["ant", "bee", "cat"], "val": ["ant", "bee", "cat"]}, per_class=3)

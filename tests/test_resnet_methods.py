@@ -21,10 +21,9 @@ from tests.conftest import require
 require("yaml")
 require("pydantic")
 
+import lawa_optim  # noqa: E402
 from lawa_benchmarks.resnet.config import ConfigError, load_config, parse_config  # noqa: E402
 from lawa_benchmarks.resnet.methods import plan_runs  # noqa: E402
-
-import lawa_optim  # noqa: E402
 from lawa_optim import registry  # noqa: E402
 
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"

@@ -20,11 +20,10 @@ from tests.conftest import require
 for _module in ("click", "yaml", "tqdm", "torchvision"):
     require(_module)
 
+import lawa_optim  # noqa: E402
 from lawa_benchmarks.resnet.config import load_config  # noqa: E402
 from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 from lawa_benchmarks.resnet.runner import ResumeError, run  # noqa: E402
-
-import lawa_optim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quick.yaml"
@@ -98,6 +97,7 @@ def test_sigkilled_process_resumes_to_the_same_numbers(tmp_path, uninterrupted):
     assert proc.returncode == -signal.SIGKILL
     # the same command again, in this process (saves an interpreter start)
     from click.testing import CliRunner
+
     from lawa_benchmarks.resnet.cli import resnet
 
     res = CliRunner().invoke(resnet, cmd[5:], catch_exceptions=False)

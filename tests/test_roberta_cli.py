@@ -11,7 +11,6 @@ click_testing = pytest.importorskip("click.testing")
 
 from lawa_benchmarks.roberta.config import load_config  # noqa: E402
 from lawa_benchmarks.roberta.runner import fairseq_train_command, updates_plan  # noqa: E402
-
 from lawa_optim.cli import main  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -96,8 +95,8 @@ def _cfg(**train):
 def test_rerun_with_another_config_is_refused_before_anything_is_written(tmp_path):
     """No fairseq needed: the check runs before the data stages."""
     from click.testing import CliRunner
-    from lawa_benchmarks.roberta.runner import RUN_CONFIG, ResumeError, _record_config, check_resume
 
+    from lawa_benchmarks.roberta.runner import RUN_CONFIG, ResumeError, _record_config, check_resume
     from lawa_optim.cli import main
 
     out = tmp_path / "run"

@@ -104,6 +104,7 @@ def test_cli_wikitext_and_epochs_apply_before_validation(tmp_path):
     """`lawa bench roberta --wikitext DIR` makes a config without corpus.path valid: what stops it is the folder."""
     require("click")
     from click.testing import CliRunner
+
     from lawa_benchmarks.roberta.cli import roberta
 
     path = tmp_path / "wiki.yaml"
@@ -120,7 +121,6 @@ def test_cli_wikitext_and_epochs_apply_before_validation(tmp_path):
 def test_offload_is_the_librarys_option(tmp_path):
     """lawa.offload takes lawa_optim.offload's names; disk needs offload_dir, which reaches fairseq-train."""
     from lawa_benchmarks.roberta.runner import fairseq_train_command
-
     from lawa_optim.offload import OFFLOAD_NAMES
 
     for name in OFFLOAD_NAMES:

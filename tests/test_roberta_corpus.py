@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import require
+
 from lawa_benchmarks.roberta.corpus import bible_split, bible_verses, clean_verse, prepare_corpus
 
 

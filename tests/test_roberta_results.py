@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from lawa_benchmarks.roberta.results import epochs_saved, parse_log, saved_curve, write_results
 
 

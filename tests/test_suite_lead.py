@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from lawa_benchmarks.lead import lead_sentence, robust_lead
 
 
