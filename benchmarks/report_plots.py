@@ -219,8 +219,8 @@ def plot_time_saved(path: Path, summary: list[dict[str, Any]], baseline: str, he
               color=["tab:blue" if x["significant"] else "lightgray" for x in lv])
         b.set_xticks(range(len(lv)))
         b.set_xticklabels([f"{x['level']:.3g}" for x in lv], rotation=60, fontsize=7)
-        b.set_title(f"epochs saved against {base_text or _label(baseline, info)}, mean ± std over "
-                    f"{robust['n_seeds']} seeds\n(blue: beyond the seed spread)", fontsize=9)
+        b.set_title(f"epochs saved against {base_text or _label(baseline, info)}\nmean ± std over "
+                    f"{robust['n_seeds']} seeds (blue: beyond the seed spread)", fontsize=9)
     else:
         reached = [r for r in rows if r["epochs_saved"] is not None]
         b.bar(range(len(reached)), [r["epochs_saved"] for r in reached], color="tab:blue")

@@ -100,7 +100,7 @@ def test_the_plots_colour_it(dummy, tmp_path):
 
 def test_the_shipped_methods_are_planned_as_before():
     """The runs and keyword arguments the former hand-written plan made for configs/quick.yaml."""
-    cfg = load_config(QUICK)
+    cfg = load_config(QUICK, ["train.epochs=10", "methods.lawa.k=[2,4,6]"])  # the demo's former epochs and windows
     plans = plan_runs(cfg, None, steps_per_epoch=20)
     assert [p.run for p in plans] == ["base", "lookahead", "schedulefree"]
     base, la, sf = plans
