@@ -115,6 +115,7 @@ RULES: list[tuple[str, str, str]] = [
     (r"^torchrun .*lawa\)? bench resnet ", "slow", "test_readme_torchrun_command"),
     (r"^lawa report ", "run", ""),
     (r"^lawa bench roberta ", "help", ""),
+    (r"^lawa bench suite ", "help", ""),  # about an hour; tests/test_suite.py runs every workload end to end
     (r"^lawa bench overhead ", "run", "--sizes 1e4 --k 2,3,4 --repeats 1 --large-repeats 1 --no-models"),
     (r"^lawa bench soak ", "run", "--steps 200 --check-every 2"),
     (r"^lawa average ", "run", ""),
