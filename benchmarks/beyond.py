@@ -142,7 +142,7 @@ def _jump_run(workload: Any, seed: int, cfg: dict[str, Any], policy: dict[str, A
         with run.swap(None):  # lawa_jump: its LAWA average; Lookahead: the slow weights
             row["lawa"] = _score(run.model, workload._val)
         if driver == "lawa_jump":
-            with run.swap(1):  # the training weights' newest snapshot with BatchNorm recomputed
+            with run.swap(1):  # the newest snapshot, BatchNorm recomputed (see _part: not the weights after a jump)
                 row["raw_bn"] = _score(run.model, workload._val)
         rows.append(row)
     return {"rows": rows, "train_time_s": t_train}
@@ -199,6 +199,16 @@ def _choose(strategy: str, scores_by_epoch: list[dict[int, float]]) -> tuple[lis
     return picks, passes
 
 
+def _part(row: dict[str, Any], prev: dict[str, Any] | None, part: str) -> float:
+    """A jump run's top-1: ``trained`` is the training weights with BatchNorm recomputed. ``raw_bn`` scores
+    the newest snapshot, which they are except right after a jump (made after the snapshot): then the
+    ring (kept) averages to the jumped weights, so its average ``lawa`` is them, BatchNorm recomputed."""
+    if part != "trained":
+        return row[part]["top1"]
+    jumped = len(row["jumps"]) > (len(prev["jumps"]) if prev is not None else 0)
+    return row["lawa" if jumped else "raw_bn"]["top1"]
+
+
 def _epochs_to(curve: list[float], target: float) -> float:
     return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-9), math.inf)
 
@@ -244,11 +254,10 @@ def analyse(data: dict[str, Any]) -> str:
         done = [s for s in seeds if f"{policy}_seed{s}" in runs]
         if done:
             parts = (("raw", "fast weights"), ("lawa", "slow weights")) if policy == "lookahead" else (
-                ("raw", "training weights"), ("raw_bn", "training weights, BN recomputed"),
-                ("lawa", "its LAWA average"))
+                ("trained", "training weights (BN recomputed)"), ("lawa", "its LAWA average"))
             for part, label in parts:
-                curves[f"{policy}: {label}"] = {s: [r[part]["top1"] for r in runs[f"{policy}_seed{s}"]["rows"]]
-                                               for s in done}
+                curves[f"{policy}: {label}"] = {s: [_part(r, prev, part) for r, prev in zip(
+                    runs[f"{policy}_seed{s}"]["rows"], [None, *runs[f"{policy}_seed{s}"]["rows"]])] for s in done}
             jumps = [runs[f"{policy}_seed{s}"]["rows"][-1]["jumps"] for s in done]
             if any(jumps):
                 notes.append(f"- {policy}: jumps at steps {jumps} (per seed)")
