@@ -95,7 +95,7 @@ def workload_results(run_dir: str | Path, target: float | None = None, headline:
     baselines = [b for b in meta.get("baselines", ["base"]) if b in by]
     seeds = sorted(by["base"], key=str)
     finals = [by["base"][s][-1][metric] for s in seeds]
-    target_source = "config"
+    target_source = "fixed in the config"
     if target is None:
         target = sum(finals) / len(finals)
         target_source = f"mean final {metric} of the baseline over {len(seeds)} seed(s)"
