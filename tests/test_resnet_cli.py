@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.yaml")
 # A slice small enough for seconds: 256 training images, a ResNet-10 of width 4, 3 epochs.
 TINY = [
+    "seeds=1",  # configs/quick.yaml (the demo) runs 2
     "threads=1", "data.train_images=256", "data.val_images=128", "data.train_eval_images=64", "data.bn_images=64",
     "data.batch_size=64", "data.eval_batch_size=128", "model.width=4", "train.epochs=3", "methods.swa.start_epoch=1",
     "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1,2]", "methods.exp.k=2", "methods.ema.decay=0.9",
