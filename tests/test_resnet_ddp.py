@@ -19,6 +19,7 @@ from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
+    "seeds=1",  # configs/quick.yaml (the demo) runs 2
     "threads=1", "data.train_images=256", "data.val_images=128", "data.train_eval_images=64", "data.bn_images=64",
     "data.batch_size=64", "data.eval_batch_size=64", "model.width=4", "train.epochs=2",
     "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1]",
