@@ -2,8 +2,8 @@
 
 Issue 15. Two questions, one run folder:
 
-1. **Online k.** One baseline run per seed (the suite's ResNet-10 / Fashion-MNIST recipe, bit for
-   bit: same workload, seeds and schedule). After each epoch every window ``j = 1..K`` of one LAWA
+1. **Online k.** One baseline run per seed (the suite's workload, recipe, seeds and schedule, trained
+   by a plain loop). After each epoch every window ``j = 1..K`` of one LAWA
    ring is swapped in (BatchNorm recomputed) and scored on a *selection split* — Fashion-MNIST
    training images outside the training subset, never trained on and never reported — on a
    *training-loss proxy* (the epoch's last training batches) and on the validation split. The
