@@ -87,6 +87,8 @@ def main() -> None:
     epilog="""\b
 Examples:
   lawa bench resnet --config configs/quick.yaml --out runs/quick        # SGD vs the zoo on Fashion-MNIST
+  lawa bench suite --config configs/suite.yaml --out runs/suite         # steps to target on 3 workloads
+  lawa bench beyond --out runs/beyond                                   # online k and jumps to the average
   lawa bench roberta --config configs/roberta_small.yaml                # fairseq MLM: Adam vs LAWA
   lawa bench overhead --out runs/overhead                               # LAWA's cost, side by side
   lawa bench soak --out runs/soak                                       # a long run vs a float64 reference
@@ -94,5 +96,6 @@ Examples:
 """,
 )
 def bench() -> None:
-    """Run a benchmark: `resnet` (image classification), `roberta` (fairseq MLM), `overhead` (cost),
-    `soak` (long-run exactness), `average-cost` (offline averaging against reading the files)."""
+    """Run a benchmark: `resnet` (image classification), `suite` (steps to target across workloads),
+    `beyond` (online k and jumps), `roberta` (fairseq MLM), `overhead` (cost), `soak` (long-run
+    exactness), `average-cost` (offline averaging against reading the files)."""
