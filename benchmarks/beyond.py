@@ -40,6 +40,8 @@ JUMP_POLICIES: dict[str, dict[str, Any]] = {  # LAWAJumpWrapper options; "lead":
     "jump_every2_resetmom": {"every": 2, "start": 6, "optimizer_state": "reset_momentum"},
     "jump_lead": {"every": None, "lead_start": 3},
     "lookahead": {"driver": "lookahead", "k": 5, "alpha": 0.8},  # the paper's Appendix B comparator
+    "jump_every6_resetmom": {"every": 6, "start": 6, "optimizer_state": "reset_momentum"},
+    "jump_lead_restart": {"every": None, "lead_start": 3, "restart_ring": True},  # >= 3 snapshots between jumps
 }
 
 
@@ -164,10 +166,12 @@ def run(cfg: dict[str, Any], out_dir: str | Path, progress: bool = True) -> dict
     out.mkdir(parents=True, exist_ok=True)
     path = out / "beyond.json"
     data = json.loads(path.read_text()) if path.is_file() else {"config": cfg, "runs": {}}
-    same = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k != "seeds"}
-    if {k: v for k, v in data["config"].items() if k != "seeds"} != same:
+    same = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in ("seeds", "policies")}
+    if {k: v for k, v in data["config"].items() if k not in ("seeds", "policies")} != same:
         raise click.UsageError(f"{str(out)!r} holds results of another configuration; use another --out")
-    data["config"]["seeds"] = max(data["config"]["seeds"], cfg["seeds"])  # more seeds extend the folder
+    # more seeds or policies extend the folder
+    data["config"]["seeds"] = max(data["config"]["seeds"], cfg["seeds"])
+    data["config"]["policies"] += [p for p in cfg["policies"] if p not in data["config"]["policies"]]
     for seed in range(cfg["seeds"]):
         for name in ["base", *cfg["policies"]]:
             key = f"{name}_seed{seed}"
