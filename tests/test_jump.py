@@ -277,3 +277,19 @@ def test_jump_if_ahead_compares_both_sides_with_batchnorm_recomputed():
     jumped = opt.jump_if_ahead(evaluate, model=model, bn_loader=bn_loader)
     assert opt.last_lead == pytest.approx(raw_bn - avg) and jumped == (raw_bn > avg)
     assert _same(list(model.buffers()), buffers)  # a jump moves the weights, never the statistics
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_offloaded_rings_jump_and_restart_like_the_default(offload, tmp_path):
+    data = _data()
+    options = {"k": 3, "period": 2, "every": 2, "start": 2, "restart_ring": True}
+    runs = []
+    for extra in ({}, {"offload": offload, **({"offload_dir": str(tmp_path)} if offload == "disk" else {})}):
+        model = _model()
+        opt = LAWAJumpWrapper(_base(model, "sgd"), **options, **extra)
+        for i in range(13):
+            _step(model, opt, data[i])
+        with opt.averaged():
+            runs.append((opt.jumps, opt.num_snapshots, _weights(model)))
+    (jumps_a, n_a, avg_a), (jumps_b, n_b, avg_b) = runs
+    assert jumps_a == jumps_b == [4, 8, 12] and n_a == n_b == 1 and _same(avg_a, avg_b)
