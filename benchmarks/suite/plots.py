@@ -44,7 +44,7 @@ def plot_workload(path: Path, res: dict[str, Any]) -> str:
             style = {"color": "black", "lw": 2.0, "ls": "--" if m == "base_bn" else "-"}
         else:
             style = {"color": family_color(r["family"]), "lw": 1.5}
-            if m == res["tuned"] and m != "lawa_k6":
+            if m == res["tuned"] and m != res.get("headline", "lawa_k6"):
                 style["ls"] = "-."
             if "bncopy" in m:
                 style.update(ls=":", lw=1.2)

@@ -89,6 +89,7 @@ def workload_results(run_dir: str | Path, target: float | None = None, headline:
     rows, meta = load_metrics(run_dir)
     if not rows:
         raise ValueError(f"Invalid workload folder {str(run_dir)!r}: its metrics hold no rows yet")
+    headline = meta.get("headline") or headline  # roberta: the LAWA plugin's k (the config's), not the suite's
     metric, hib = meta["metric"], meta["higher_is_better"]
     sign = 1 if hib else -1
     by = _by(rows)
@@ -133,6 +134,8 @@ def workload_results(run_dir: str | Path, target: float | None = None, headline:
                         "final_mean": _mean_std(final)[0], "final_std": _mean_std(final)[1],
                         "best_mean": _mean_std(best_v)[0], "best_std": _mean_std(best_v)[1]})
     windows = [r for r in methods if r["family"] == "lawa" and "bncopy" not in r["method"]]
+    if meta.get("tuned_k") is False:  # one window only (roberta): nothing was tuned
+        windows = []
     tuned = min(windows, key=lambda r: (-r["reached"], r["fraction_mean"] if r["fraction_mean"] is not None
                                         else math.inf, -sign * (r["final_mean"] or 0.0))) if windows else None
     spe = meta.get("steps_per_epoch")
@@ -146,6 +149,7 @@ def workload_results(run_dir: str | Path, target: float | None = None, headline:
                                                             else base_label)}
     return {"workload": meta.get("workload", Path(run_dir).name), "label": meta.get("workload_label", ""),
             "metric": metric, "higher_is_better": hib, "target": target, "target_source": target_source,
+            "headline": headline,
             "baselines": baselines, "seeds": seeds, "epochs": meta.get("epochs"), "steps_per_epoch": spe,
             "budget_steps": max(b[0] for b in budget.values()), "methods": methods,
             "tuned": tuned["method"] if tuned else None, "leads": leads, "rows": rows, "meta": meta}
@@ -160,30 +164,34 @@ def _table_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows shown: baselines, LAWA k=6, LAWA tuned, one per other family (skipping other windows)."""
     shown = []
     for r in sorted(res["methods"], key=_order_key):
-        if r["family"] == "lawa" and r["method"] not in ("lawa_k6", res["tuned"]) and "bncopy" not in r["method"]:
+        if r["family"] == "lawa" and r["method"] not in (_headline(res), res["tuned"]) and "bncopy" not in r["method"]:
             continue
         shown.append(r)
     return shown
 
 
+def _headline(res: dict[str, Any]) -> str:
+    return res.get("headline") or "lawa_k6"
+
+
 def _row_name(r: dict[str, Any], res: dict[str, Any]) -> str:
-    if r["method"] == res["tuned"] and r["method"] != "lawa_k6":
+    if r["method"] == res["tuned"] and r["method"] != _headline(res):
         return f"LAWA tuned k (k={r['k']})"
     if r["method"] == res["tuned"]:
-        return "LAWA k=6 (also the tuned k)"
+        return f"{r['label']} (also the tuned k)"
     return r["label"]
 
 
 def _generic(r: dict[str, Any], res: dict[str, Any]) -> str:
     """The cross-workload row a method belongs to."""
-    if r["method"] == res["tuned"] and r["method"] != "lawa_k6":
+    if r["method"] == res["tuned"] and r["method"] != _headline(res):
         return "LAWA, tuned k"
     if r["method"] == "base":
-        return "baseline (SGD or AdamW)"
+        return "baseline (SGD, AdamW or Adam)"
     if r["method"] == "base_bn":
         return "baseline, BN recomputed"
-    if r["method"] == "lawa_k6":
-        return "LAWA k=6"
+    if r["method"] == _headline(res):
+        return "LAWA k=6"  # roberta's cell says its own k (the LAWA plugin's, from its config)
     if "bncopy" in r["method"]:
         return "LAWA k=6, BN copied" if r["method"] == "lawa_k6_bncopy" else r["method"]
     from ..resnet.methods import DISPLAY_NAMES
@@ -230,6 +238,11 @@ def write_suite_report(out_dir: str | Path, cfg: Any = None, plots: bool = True)
     return {"results": results, "text": text, "files": files}
 
 
+def _k_note(row: str, r: dict[str, Any] | None) -> str:
+    """`` (k=5)`` where a workload's cell of the LAWA k=6 row is another window (roberta's plugin k)."""
+    return f" (k={r['k']})" if r is not None and row == "LAWA k=6" and r.get("k") not in (None, 6) else ""
+
+
 def _cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return ""
@@ -252,8 +265,16 @@ def _suite_text(results: list[dict[str, Any]], cross: dict[str, dict[str, Any]])
         fr = [per[n]["fraction_mean"] for n in names if n in per and per[n]["fraction_mean"] is not None
               and per[n]["reached"] == per[n]["n_seeds"]]
         mean = f"{sum(fr) / len(fr):.2f}" if fr and len(fr) == sum(1 for n in names if n in per) else "-"
-        body.append([row] + [_cell(per.get(n)) for n in names] + [mean, _REFERENCE_CELLS.get(row, "")])
+        body.append([row] + [_cell(per.get(n)) + _k_note(row, per.get(n)) for n in names]
+                    + [mean, _REFERENCE_CELLS.get(row, "")])
     parts.append(_md_table(header, body))
+    only = [res for res in results if res["meta"].get("tuned_k") is False]
+    if only:
+        parts += ["", " ".join(
+            f"`{res['workload']}` ({res['label']}): fairseq's trainer with the LAWA plugin runs only the baseline "
+            f"and one LAWA window, {_headline(res).replace('lawa_k', 'k=')} (its config's), shown in the LAWA k=6 "
+            "row and counted in its mean; EMA, SWA, Lookahead and schedule-free are not wired into fairseq's loop "
+            "and EXP would need a second training run per seed, so their cells are empty." for res in only)]
     parts += ["", "The references in full (not measured here):", ""]
     parts += [f"- {who}: {what}." for who, what in REFERENCES]
     for res in results:

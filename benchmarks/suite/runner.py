@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .config import SuiteConfig, config_to_dict, methods_for
+from .config import FAIRSEQ_WORKLOADS, SuiteConfig, config_to_dict, methods_for
 
 __all__ = ["CHECKPOINT_FORMAT", "ResumeError", "plan_workload", "run", "run_workload"]
 
@@ -288,7 +288,8 @@ def run(cfg: SuiteConfig, out_dir: str | Path, *, workloads: list[str] | None = 
         cfg (SuiteConfig): the validated configuration.
         out_dir (path): the suite folder: one run folder per workload, the suite's tables and plots.
         workloads (list of str, optional): the workloads to run (default: those ``cfg`` enables).
-        families (list of str, optional): the methods to run, by registry name (default: those enabled).
+        families (list of str, optional): the methods to run, by registry name (default: those enabled);
+            ``roberta`` always runs Adam and the LAWA plugin (:mod:`.roberta`).
         data_dir (path, optional): where Fashion-MNIST lies (default: each workload's ``root``).
         progress (bool, optional): tqdm progress bars (default: True).
         fresh (bool, optional): ignore existing checkpoints (default: False).
@@ -313,8 +314,13 @@ def run(cfg: SuiteConfig, out_dir: str | Path, *, workloads: list[str] | None = 
     results: dict[str, Any] = {"workloads": {}, "report": None, "out": str(out)}
     for name in names:
         t0 = time.perf_counter()
-        results["workloads"][name] = run_workload(cfg, name, out, families=families, data_dir=data_dir,
-                                                  progress=progress, fresh=fresh, on_epoch_end=on_epoch_end)
+        if name in FAIRSEQ_WORKLOADS:  # fairseq's trainer, through the RoBERTa benchmark's runner
+            from .roberta import run_roberta
+
+            results["workloads"][name] = run_roberta(cfg, out, fresh=fresh, progress=progress)
+        else:
+            results["workloads"][name] = run_workload(cfg, name, out, families=families, data_dir=data_dir,
+                                                      progress=progress, fresh=fresh, on_epoch_end=on_epoch_end)
         _logger.info("%s done in %.0f s (this call)", name, time.perf_counter() - t0)
     if report:
         from .results import write_suite_report
