@@ -1,11 +1,12 @@
-"""``lawa bench beyond``: the paper's open questions measured on the suite's ResNet workload.
+"""``lawa bench beyond``: the paper's open questions measured on the suite's ResNet, ViT and GPT workloads.
 
 Issue 15. Two questions, one run folder:
 
 1. **Online k.** One baseline run per seed (the suite's workload, recipe, seeds and schedule, trained
    by a plain loop). After each epoch every window ``j = 1..K`` of one LAWA
    ring is swapped in (BatchNorm recomputed) and scored on a *selection split* — Fashion-MNIST
-   training images outside the training subset, never trained on and never reported — on a
+   training images outside the training subset, never trained on and never reported (GPT: the held-out
+   end of the training text, see :func:`_gpt_selection`) — on a
    *training-loss proxy* (the epoch's last training batches) and on the validation split. The
    online strategies of :mod:`lawa_optim.select_k` are deterministic functions of the scores they
    look at, so each is replayed from the table with exactly the choices it would make online; the
@@ -57,12 +58,38 @@ def _selection_split(workload: Any, n: int) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(*(t[idx] for t in train.tensors))
 
 
-def _score(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+def _gpt_selection(workload: Any, n: int) -> list[torch.Tensor]:
+    """``n`` windows of held-out Bible text for the GPT workload, cut off the end of its training text.
+
+    The training text (the training books joined) is cut at the newline before its last ``n`` windows'
+    worth of characters (the end of Revelation); ``workload.train_ids`` is shortened to the text before the
+    cut, so that no training window (they are drawn from ``train_ids``) ever reaches it. The selection split
+    is ``n`` consecutive, non-overlapping windows after the cut; the validation books are untouched.
+    """
+    span = workload.cfg.context + 1
+    ids = workload.train_ids
+    newlines = (ids[: len(ids) - n * span] == workload.vocab.index("\n")).nonzero()
+    if len(newlines) == 0:
+        raise click.BadParameter(f"{n} windows of {span} characters exceed the training text ({len(ids)})",
+                                 param_hint="--selection-images")
+    cut = int(newlines[-1])
+    workload.train_ids = ids[:cut]  # training windows: starts in [0, cut - span), so they end before the cut
+    held = ids[cut + 1:cut + 1 + n * span]
+    return list(held.long().view(n, span).split(64))
+
+
+def _score(model: nn.Module, batches: list[Any]) -> dict[str, float]:
+    """Images: mean cross-entropy and top-1 (%). Characters: loss per character (nats) and next-character top-1."""
     loss, hits, n = 0.0, 0, 0
     model.eval()
     with torch.no_grad():
-        for x, y in batches:
-            out = model(x)
+        for batch in batches:
+            if isinstance(batch, torch.Tensor):  # a GPT batch of windows: predict characters 1.. from 0..
+                x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
+                out = model(input_ids=x).logits.reshape(len(y), -1)
+            else:
+                x, y = batch
+                out = model(x)
             loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
             hits += (out.argmax(1) == y).sum().item()
             n += len(y)
@@ -109,19 +136,24 @@ class _Run:
         return self.lawa.averaged(j, model=self.model, bn_loader=self.w.bn_batches())
 
 
+def _val(workload: Any) -> Any:
+    """The workload's validation batches (GPT's: its fixed windows, 64 a batch, as its ``evaluate`` batches them)."""
+    return list(workload._val.split(64)) if isinstance(workload._val, torch.Tensor) else workload._val
+
+
 def _base_run(workload: Any, seed: int, cfg: dict[str, Any], selection: list[Any]) -> dict[str, Any]:
     run = _Run(workload, seed, cfg["epochs"], cfg["warmup_epochs"], None, {}, cfg["k_max"])
     rows, t_train, t_select = [], 0.0, 0.0
     for epoch in range(cfg["epochs"]):
         t_train += run.train_epoch(epoch, cfg["proxy_batches"])
-        row = {"epoch": epoch + 1, "base": _score(run.model, workload._val), "windows": {}}
+        row = {"epoch": epoch + 1, "base": _score(run.model, _val(workload)), "windows": {}}
         for j in range(1, run.lawa.num_snapshots + 1):
             with run.swap(j):
                 t0 = time.perf_counter()
                 sel = _score(run.model, selection)
                 t_select += time.perf_counter() - t0
                 row["windows"][j] = {"sel": sel, "proxy": _score(run.model, run.last),
-                                     "val": _score(run.model, workload._val)}
+                                     "val": _score(run.model, _val(workload))}
         rows.append(row)
     return {"rows": rows, "train_time_s": t_train, "select_pass_s": t_select / max(1, sum(len(r["windows"])
                                                                                          for r in rows))}
@@ -139,13 +171,13 @@ def _jump_run(workload: Any, seed: int, cfg: dict[str, Any], policy: dict[str, A
         if "lead_start" in policy and run.lawa.num_snapshots >= policy["lead_start"]:
             run.lawa.jump_if_ahead(lambda: _score(run.model, selection)["loss"], 0.0, model=run.model,
                                    bn_loader=workload.bn_batches())
-        row = {"epoch": epoch + 1, "raw": _score(run.model, workload._val),
+        row = {"epoch": epoch + 1, "raw": _score(run.model, _val(workload)),
                "jumps": list(getattr(run.lawa, "jumps", []))}
         with run.swap(None):  # lawa_jump: its LAWA average; Lookahead: the slow weights
-            row["lawa"] = _score(run.model, workload._val)
+            row["lawa"] = _score(run.model, _val(workload))
         if driver == "lawa_jump":
             with run.swap(1):  # the newest snapshot, BatchNorm recomputed (see _part: not the weights after a jump)
-                row["raw_bn"] = _score(run.model, workload._val)
+                row["raw_bn"] = _score(run.model, _val(workload))
         rows.append(row)
     return {"rows": rows, "train_time_s": t_train}
 
@@ -160,8 +192,11 @@ def run(cfg: dict[str, Any], out_dir: str | Path, progress: bool = True) -> dict
     wcfg = suite.workload(cfg.get("workload", "resnet"))
     cfg = {**cfg, "epochs": wcfg.epochs, "warmup_epochs": wcfg.warmup_epochs}
     workload = build(cfg.get("workload", "resnet"), wcfg, None)
-    sel_ds = _selection_split(workload, cfg["selection_images"])
-    selection = [(sel_ds.tensors[0][i:i + 500], sel_ds.tensors[1][i:i + 500]) for i in range(0, len(sel_ds), 500)]
+    if cfg.get("workload") == "gpt":
+        selection = _gpt_selection(workload, cfg["selection_images"])
+    else:
+        sel_ds = _selection_split(workload, cfg["selection_images"])
+        selection = [(sel_ds.tensors[0][i:i + 500], sel_ds.tensors[1][i:i + 500]) for i in range(0, len(sel_ds), 500)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "beyond.json"
@@ -205,18 +240,19 @@ def _choose(strategy: str, scores_by_epoch: list[dict[int, float]]) -> tuple[lis
     return picks, passes
 
 
-def _part(row: dict[str, Any], prev: dict[str, Any] | None, part: str) -> float:
-    """A jump run's top-1: ``trained`` is the training weights with BatchNorm recomputed. ``raw_bn`` scores
+def _part(row: dict[str, Any], prev: dict[str, Any] | None, part: str, key: str = "top1") -> float:
+    """A jump run's top-1 (``key``): ``trained`` is the training weights with BatchNorm recomputed. ``raw_bn`` scores
     the newest snapshot, which they are except right after a jump (made after the snapshot): then the
     ring (kept) averages to the jumped weights, so its average ``lawa`` is them, BatchNorm recomputed."""
     if part != "trained":
-        return row[part]["top1"]
+        return row[part][key]
     jumped = len(row["jumps"]) > (len(prev["jumps"]) if prev is not None else 0)
-    return row["lawa" if jumped else "raw_bn"]["top1"]
+    return row["lawa" if jumped else "raw_bn"][key]
 
 
-def _epochs_to(curve: list[float], target: float) -> float:
-    return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-9), math.inf)
+def _epochs_to(curve: list[float], target: float, sign: float = 1.0) -> float:
+    """The first epoch whose value reaches ``target`` (``sign=-1``: a loss, reached from above)."""
+    return next((i + 1 for i, v in enumerate(curve) if sign * v >= sign * target - 1e-9), math.inf)
 
 
 def _fmt(values: list[float], digits: int = 1, censored: int = 0) -> str:
@@ -233,12 +269,14 @@ def analyse(data: dict[str, Any]) -> str:
         return "no finished baseline run yet\n"
     base = {s: runs[f"base_seed{s}"]["rows"] for s in seeds}
     epochs = len(base[seeds[0]])
-    target = statistics.mean(base[s][-1]["base"]["top1"] for s in seeds)
-    curves: dict[str, dict[int, list[float]]] = {BASELINE: {s: [r["base"]["top1"] for r in base[s]] for s in seeds}}
+    # the reported metric: validation top-1 (higher is better), or GPT's validation loss (lower is better)
+    key, orient, digits = ("loss", -1.0, 3) if cfg.get("workload") == "gpt" else ("top1", 1.0, 1)
+    target = statistics.mean(base[s][-1]["base"][key] for s in seeds)
+    curves: dict[str, dict[int, list[float]]] = {BASELINE: {s: [r["base"][key] for r in base[s]] for s in seeds}}
     passes: dict[str, float] = {}
     notes: list[str] = []
     for j in range(1, cfg["k_max"] + 1):
-        curves[f"LAWA k={j} (fixed)"] = {s: [r["windows"][str(min(j, len(r["windows"])))]["val"]["top1"]
+        curves[f"LAWA k={j} (fixed)"] = {s: [r["windows"][str(min(j, len(r["windows"])))]["val"][key]
                                              for r in base[s]] for s in seeds}
     for strategy in ("all", "doubling", "local"):
         for signal, metric, label in (("sel", "loss", "selection loss"), ("sel", "top1", "selection top-1"),
@@ -250,18 +288,19 @@ def analyse(data: dict[str, Any]) -> str:
                 scores = [{int(j): sign * w[signal][metric] for j, w in r["windows"].items()} for r in base[s]]
                 picks, n = _choose(strategy, scores)
                 total += n
-                curves[name][s] = [base[s][e]["windows"][str(j)]["val"]["top1"] for e, j in enumerate(picks)]
+                curves[name][s] = [base[s][e]["windows"][str(j)]["val"][key] for e, j in enumerate(picks)]
                 curves.setdefault(name + " (choices)", {})[s] = picks
             passes[name] = total / len(seeds) / epochs
     curves["per-epoch best k on validation (oracle, not usable)"] = {
-        s: [max(w["val"]["top1"] for w in r["windows"].values()) for r in base[s]] for s in seeds}
+        s: [orient * max(orient * w["val"][key] for w in r["windows"].values()) for r in base[s]] for s in seeds}
     for policy in cfg["policies"]:
         done = [s for s in seeds if f"{policy}_seed{s}" in runs]
         if done:
             parts = (("raw", "fast weights"), ("lawa", "slow weights")) if policy == "lookahead" else (
-                ("trained", "training weights (BN recomputed)"), ("lawa", "its LAWA average"))
+                ("trained", "training weights (BN recomputed)" if key == "top1" else "training weights"),
+                ("lawa", "its LAWA average"))
             for part, label in parts:
-                curves[f"{policy}: {label}"] = {s: [_part(r, prev, part) for r, prev in zip(
+                curves[f"{policy}: {label}"] = {s: [_part(r, prev, part, key) for r, prev in zip(
                     runs[f"{policy}_seed{s}"]["rows"], [None, *runs[f"{policy}_seed{s}"]["rows"]])] for s in done}
             jumps = [runs[f"{policy}_seed{s}"]["rows"][-1]["jumps"] for s in done]
             if any(jumps):
@@ -276,23 +315,33 @@ def analyse(data: dict[str, Any]) -> str:
              "and the final value.", "",
              "| method | epochs to target | vs the better baseline | mean top-1, epochs 3+ | minus LAWA k=6's, "
              "paired | final top-1 | selection passes / epoch |", "|---|---|---|---|---|---|---|"]
+    if key == "loss":
+        lines[2:5] = [f"Target: the baseline's final validation loss (nats per character) averaged over seeds = "
+                      f"{target:.4f}. Epochs to reach it, i.e. to get at or below it (mean ± std over seeds; a seed "
+                      "that never reaches it counts as one epoch past the end, marked ≥), as a fraction of the "
+                      "baseline's per seed (no BatchNorm: LAWA k=1 is the baseline), the mean validation loss over "
+                      "epochs 3..end (area under the curve) and LAWA k=6's minus it on the same seed (paired: the "
+                      "seed's own noise cancels; positive is better, as for top-1), and the final value.", "",
+                      "| method | epochs to target | vs the better baseline | mean val loss, epochs 3+ | LAWA k=6's "
+                      "minus it, paired | final val loss | selection passes / epoch |"]
     k6 = {s: statistics.mean(c[2:]) for s, c in curves[f"LAWA k={min(6, cfg['k_max'])} (fixed)"].items()}
-    baselines = [min(_epochs_to(curves[b][s], target), epochs + 1) for b in (BASELINE, "LAWA k=1 (fixed)")
+    baselines = [min(_epochs_to(curves[b][s], target, orient), epochs + 1) for b in (BASELINE, "LAWA k=1 (fixed)")
                  for s in seeds]
     better = {s: min(baselines[i], baselines[i + len(seeds)]) for i, s in enumerate(seeds)}
     for name, per_seed in curves.items():
         if name.endswith("(choices)"):
             continue
-        raw_to = {s: _epochs_to(c, target) for s, c in per_seed.items()}
+        raw_to = {s: _epochs_to(c, target, orient) for s, c in per_seed.items()}
         missed = sum(not math.isfinite(v) for v in raw_to.values())
         to = {s: min(v, epochs + 1) for s, v in raw_to.items()}
         ratio = [to[s] / better[s] for s in per_seed]
         area = {s: statistics.mean(c[2:]) for s, c in per_seed.items()}
-        paired = [area[s] - k6[s] for s in per_seed]
+        paired = [orient * (area[s] - k6[s]) for s in per_seed]
         final = [c[-1] for c in per_seed.values()]
         cost = f"{passes[name]:.1f}" if name in passes else ""
         lines.append(f"| {name} | {_fmt(list(to.values()), 1, missed)} | {_fmt(ratio, 2, missed)} | "
-                     f"{_fmt(list(area.values()))} | {_fmt(paired, 2)} | {_fmt(final)} | {cost} |")
+                     f"{_fmt(list(area.values()), digits)} | {_fmt(paired, digits + 1)} | {_fmt(final, digits)} | "
+                     f"{cost} |")
     choices = curves["online k: all, selection loss (choices)"]
     lines += ["", "Windows chosen online (exhaustive search on the selection loss), per epoch:", ""]
     lines += [f"- seed {s}: {c}" for s, c in choices.items()]
@@ -311,18 +360,20 @@ def analyse(data: dict[str, Any]) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/beyond"),
               show_default=True)
 @click.option("--config", "suite_config", default="configs/suite.yaml", show_default=True,
-              help="The suite config whose ResNet workload is used.")
-@click.option("--workload", type=click.Choice(["resnet", "vit"]), default="resnet", show_default=True,
-              help="The suite's Fashion-MNIST workloads (the selection split is held-out training images).")
+              help="The suite config whose workload is used.")
+@click.option("--workload", type=click.Choice(["resnet", "vit", "gpt"]), default="resnet", show_default=True,
+              help="A suite workload. Fashion-MNIST (resnet, vit): the selection split is held-out training images; "
+                   "gpt: held-out windows cut off the end of the training text (reported metric: validation loss).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--k-max", type=click.IntRange(min=1), default=12, show_default=True, help="Windows 1..K scored.")
 @click.option("--k", type=click.IntRange(min=1), default=6, show_default=True, help="The jump runs' LAWA k.")
 @click.option("--policies", default=",".join(JUMP_POLICIES), show_default=True, help="Jump policies to run.")
-@click.option("--selection-images", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--selection-images", type=click.IntRange(min=1), default=None,
+              help="Size of the selection split: images (default 1000), or gpt's windows (default 128, as validation).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.argument("overrides", nargs=-1)
 def beyond(out_dir: Path, suite_config: str, workload: str, seeds: int, k_max: int, k: int, policies: str,
-           selection_images: int, threads: int, overrides: tuple[str, ...]) -> None:
+           selection_images: int | None, threads: int, overrides: tuple[str, ...]) -> None:
     """Online k and jumps to the average (issue 15) on a suite workload; OVERRIDES as the suite's."""
     names = [p for p in policies.split(",") if p]
     unknown = [p for p in names if p not in JUMP_POLICIES]
@@ -330,5 +381,6 @@ def beyond(out_dir: Path, suite_config: str, workload: str, seeds: int, k_max: i
         raise click.BadParameter(f"unknown {unknown}; use some of {list(JUMP_POLICIES)}", param_hint="--policies")
     cfg = {"suite_config": suite_config, "overrides": list(overrides), "seeds": seeds,
            **({"workload": workload} if workload != "resnet" else {}), "k_max": k_max, "k": k,
-           "policies": names, "selection_images": selection_images, "threads": threads, "proxy_batches": 2}
+           "policies": names, "selection_images": selection_images or (128 if workload == "gpt" else 1000),
+           "threads": threads, "proxy_batches": 2}
     click.echo(run(cfg, out_dir)["text"])

