@@ -32,14 +32,14 @@ def test_roberta_section_is_opt_in_and_has_no_suite_methods():
     assert not parse_config({}).workload("roberta").enabled  # the defaults need no fairseq
     cfg = load_config("configs/suite.yaml")
     w = cfg.workload("roberta")
-    assert w.enabled and w.epochs == 16 and w.config == "configs/roberta_small.yaml"
+    assert w.enabled and w.epochs is None and w.config == "configs/roberta_small.yaml"
     with pytest.raises(ValueError, match="fairseq's trainer runs only Adam"):
         methods_for(cfg, "roberta")
     from lawa_benchmarks.suite.roberta import roberta_config, roberta_seeds
 
     assert roberta_seeds(cfg) == [1, 2, 3]  # suite seeds 0-2; the benchmark's seeds are positive
     rcfg = roberta_config(cfg, 2)
-    assert (rcfg.train.epochs, rcfg.train.seed, rcfg.lawa.k) == (16, 2, 5)
+    assert (rcfg.train.epochs, rcfg.train.seed, rcfg.lawa.k) == (40, 2, 5)  # the config's epochs and k
 
 
 def test_rows_are_the_benchmarks_records():

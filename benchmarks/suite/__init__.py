@@ -5,6 +5,8 @@
   Fashion-MNIST, a GPT-2-style character LM on the World English Bible).
 - :mod:`.runner`: the skeleton they share (seeds, methods from the registry, evaluation every
   epoch, resumable checkpoints, metrics in the report schema).
+- :mod:`.roberta`: the RoBERTa masked LM, trained by fairseq through ``lawa bench roberta`` once per
+  seed (Adam and the LAWA plugin only), its results put into the same schema.
 - :mod:`.results` and :mod:`.plots`: steps to target, the table across workloads, one plot each.
 """
 

@@ -21,6 +21,9 @@ For each workload (a run folder ``OUT/<workload>/`` in the report schema):
   in hindsight, an optimistic figure by construction.
 - **lead**: :func:`lawa_benchmarks.lead.robust_lead` of the headline (LAWA k=6) and the tuned k
   against the better baseline, and its one sentence.
+- A workload's metadata may name its own headline (``roberta``: the LAWA plugin's one window, the
+  k of its config, shown in the "LAWA k=6" row with its k) and say ``tuned_k: false`` (one window
+  only: no tuned k).
 """
 
 from __future__ import annotations
