@@ -275,9 +275,10 @@ def _suite_text(results: list[dict[str, Any]], cross: dict[str, dict[str, Any]])
     if only:
         parts += ["", " ".join(
             f"`{res['workload']}` ({res['label']}): fairseq's trainer with the LAWA plugin runs only the baseline "
-            f"and one LAWA window, {_headline(res).replace('lawa_k', 'k=')} (its config's), shown in the LAWA k=6 "
-            "row and counted in its mean; EMA, SWA, Lookahead and schedule-free are not wired into fairseq's loop "
-            "and EXP would need a second training run per seed, so their cells are empty." for res in only)]
+            f"and one LAWA window, {_headline(res).replace('lawa_k', 'k=')} (its config's; no k is tuned), shown in "
+            "the LAWA k=6 row and counted in its mean; EMA, SWA, Lookahead and schedule-free are not wired into "
+            "fairseq's loop and EXP would need a second training run per seed, so their cells are empty."
+            for res in only)]
     parts += ["", "The references in full (not measured here):", ""]
     parts += [f"- {who}: {what}." for who, what in REFERENCES]
     for res in results:
