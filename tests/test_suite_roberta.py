@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_roberta_workload_end_to_end_matches_the_runners_results(tmp_path):
 
     (tmp_path / "tiny.yaml").write_text(TINY)
     cfg = load_config("configs/suite.yaml", ["seeds=2", f"workloads.roberta.config={tmp_path / 'tiny.yaml'}",
-                                             "workloads.roberta.epochs=2"])
+                                             "workloads.roberta.epochs=2", "workloads.roberta.target=null"])
     out = tmp_path / "suite"
     res = run(cfg, out, workloads=["roberta"], progress=False)
     # the benchmark's own results of each seed, as `lawa bench roberta` wrote them
@@ -101,6 +102,7 @@ def test_roberta_workload_end_to_end_matches_the_runners_results(tmp_path):
     assert by["base"]["final_mean"] == pytest.approx(target)
     text = (out / "suite.md").read_text()
     assert "roberta (val_ppl <= " in text and "fairseq's trainer with the LAWA plugin runs only" in text
+    assert re.search(r"\| LAWA k=6 +\| [^|\n]*\(k=2\) +\|", text)  # its one window, in the LAWA k=6 row, says its k
     assert (out / "roberta.png").is_file()
     # rerun: the finished seeds are read, not trained again; the same rows
     logs = {s: (out / "roberta" / f"seed{s}" / "train.log").read_text() for s in (1, 2)}
