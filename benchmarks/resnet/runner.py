@@ -31,16 +31,16 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..run_state import RunState
 from .config import Config, config_to_dict
 from .data import DataBundle, eval_loader, load_data, num_train_batches, shard, train_loader
-from .methods import EvalSpec, RunPlan, plan_runs
+from .methods import RunPlan, plan_runs
 from .models import build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "ResumeError", "run"]
@@ -151,8 +151,10 @@ def _config_hash(cfg: Config, plans: list[RunPlan]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _Trainer:
+class _Trainer(RunState):
     """One training run of one seed: model, optimizers, wrappers, scheduler, metrics."""
+
+    CHECKPOINT_FORMAT = CHECKPOINT_FORMAT
 
     def __init__(self, cfg: Config, plan: RunPlan, seed: int, data: DataBundle, dist: _Dist,
                  loaders: dict[str, Any]) -> None:
@@ -181,45 +183,6 @@ class _Trainer:
         self.observe_time = dict.fromkeys(self.observers, 0.0)
         self.rows: list[dict[str, Any]] = []
 
-    # -------------------------------------------------------------------------- state
-    def state_dict(self, cfg_hash: str) -> dict[str, Any]:
-        base_sd = self.base.state_dict() if self.plan.driver is None else None
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config_hash": cfg_hash,
-            "run": self.plan.run,
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": base_sd if base_sd is not None else self.driver.state_dict(),
-            # observers share the base optimizer's state: keep only their own part
-            "observers": {n: w.state_dict()["lawa"] for n, w in self.observers.items()},
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-            },
-            "train_time_s": self.train_time,
-            "rows": self.rows,
-        }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.driver.load_state_dict(sd["optimizer"])
-        plain = self.base.state_dict()
-        for name, w in self.observers.items():
-            w.load_state_dict({**plain, "lawa": sd["observers"][name]})
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(sd["scheduler"])
-        torch.set_rng_state(sd["rng"]["torch"])
-        if sd["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
-        random.setstate(_as_tuple(sd["rng"]["python"]))
-        self.epoch = int(sd["epoch"])
-        self.train_time = float(sd["train_time_s"])
-        self.rows = list(sd["rows"])
-
     # -------------------------------------------------------------------------- training
     def train_epoch(self, progress: bool) -> float:
         from tqdm.auto import tqdm
@@ -245,24 +208,9 @@ class _Trainer:
             _sync(self.device)
             t1 = time.perf_counter()
             self.train_time += t1 - t0
-            for name, w in self.observers.items():
-                w.observe_step()
-                t2 = time.perf_counter()
-                self.observe_time[name] += t2 - t1
-                t1 = t2
+            self.observe_step(t1)
         self.epoch += 1
         return loss_sum / max(n, 1)
-
-    def _wrapper(self, spec: EvalSpec) -> Any:
-        return self.driver if spec.wrapper == "driver" else self.observers[spec.wrapper]
-
-    def _swap(self, spec: EvalSpec) -> Any:
-        if spec.wrapper is None:
-            return nullcontext()
-        w = self._wrapper(spec)
-        if spec.bn == "recompute":
-            return w.averaged(spec.k, model=self.model, bn_loader=self.loaders["bn"], bn_device=self.device)
-        return w.averaged(spec.k)
 
     def evaluate_epoch(self, running_loss: float) -> list[dict[str, Any]]:
         rows = []
@@ -270,9 +218,9 @@ class _Trainer:
         for spec in self.plan.evals:
             _sync(self.device)
             t0 = time.perf_counter()
-            if spec.wrapper is not None and self._wrapper(spec).num_snapshots == 0:
+            if spec.wrapper is not None and self.wrapper(spec).num_snapshots == 0:
                 continue  # nothing to average yet (SWA before its start epoch)
-            with self._swap(spec):
+            with self.swap(spec, self.loaders["bn"]):
                 _sync(self.device)
                 t1 = time.perf_counter()
                 val = _evaluate(self.model, self.loaders["val"], self.device, self.dist)
@@ -280,7 +228,7 @@ class _Trainer:
                 _sync(self.device)
                 t2 = time.perf_counter()
             t3 = time.perf_counter()
-            observe = self.observe_time.get(spec.wrapper, 0.0) if spec.wrapper not in (None, "driver") else 0.0
+            observe = self.observe_cost(spec)
             rows.append({
                 "run": self.plan.run, "method": spec.name, "seed": self.seed, "epoch": self.epoch,
                 "train_loss": tr["loss"], "train_top1": tr["top1"],
@@ -290,10 +238,6 @@ class _Trainer:
                 "steps": self.epoch * self.steps_per_epoch,
             })
         return rows
-
-
-def _as_tuple(obj: Any) -> Any:
-    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 # ------------------------------------------------------------------------------ the benchmark

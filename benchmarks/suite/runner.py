@@ -31,12 +31,12 @@ import random
 import time
 import types
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..run_state import RunState
 from .config import FAIRSEQ_WORKLOADS, SuiteConfig, config_to_dict, methods_for
 
 __all__ = ["CHECKPOINT_FORMAT", "ResumeError", "plan_workload", "run", "run_workload"]
@@ -70,8 +70,10 @@ def plan_workload(cfg: SuiteConfig, name: str, workload: Any, families: list[str
     return plans
 
 
-class _Trainer:
+class _Trainer(RunState):
     """One training run of one seed of one workload."""
+
+    CHECKPOINT_FORMAT = CHECKPOINT_FORMAT
 
     def __init__(self, workload: Any, plan: Any, seed: int, epochs: int, warmup_epochs: int,
                  device: torch.device) -> None:
@@ -97,32 +99,6 @@ class _Trainer:
         self.observe_time = dict.fromkeys(self.observers, 0.0)
         self.rows: list[dict[str, Any]] = []
 
-    def state_dict(self, cfg_hash: str) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT, "config_hash": cfg_hash, "run": self.plan.run, "seed": self.seed,
-            "epoch": self.epoch, "model": self.model.state_dict(),
-            "optimizer": self.driver.state_dict(),
-            "observers": {n: w.state_dict()["lawa"] for n, w in self.observers.items()},
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "train_time_s": self.train_time, "rows": self.rows,
-        }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.driver.load_state_dict(sd["optimizer"])
-        plain = self.base.state_dict()
-        for name, w in self.observers.items():
-            w.load_state_dict({**plain, "lawa": sd["observers"][name]})
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(sd["scheduler"])
-        torch.set_rng_state(sd["rng"]["torch"])
-        if sd["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
-        random.setstate(_as_tuple(sd["rng"]["python"]))
-        self.epoch, self.train_time, self.rows = int(sd["epoch"]), float(sd["train_time_s"]), list(sd["rows"])
-
     def train_epoch(self, progress: bool) -> float:
         from tqdm.auto import tqdm
 
@@ -145,40 +121,26 @@ class _Trainer:
             n += 1
             t1 = time.perf_counter()
             self.train_time += t1 - t0
-            for name, w in self.observers.items():
-                w.observe_step()
-                t2 = time.perf_counter()
-                self.observe_time[name] += t2 - t1
-                t1 = t2
+            self.observe_step(t1)
         self.epoch += 1
         return loss_sum / max(n, 1)
-
-    def _swap(self, spec: Any) -> Any:
-        if spec.wrapper is None:
-            return nullcontext()
-        w = self.driver if spec.wrapper == "driver" else self.observers[spec.wrapper]
-        bn = self.w.bn_batches()
-        if spec.bn == "recompute" and bn is not None:
-            return w.averaged(spec.k, model=self.model, bn_loader=bn, bn_device=self.device)
-        return w.averaged(spec.k)
 
     def evaluate_epoch(self, running_loss: float, workload_name: str) -> list[dict[str, Any]]:
         rows = []
         lr = self.driver.param_groups[0]["lr"]
         for spec in self.plan.evals:
-            w = None if spec.wrapper is None else (self.driver if spec.wrapper == "driver" else
-                                                    self.observers[spec.wrapper])
+            w = self.wrapper(spec)
             if w is not None and w.num_snapshots == 0 and spec.wrapper != "bare":
                 continue  # nothing to average yet (SWA before its start epoch)
             t0 = time.perf_counter()
-            with self._swap(spec):
+            with self.swap(spec, self.w.bn_batches()):
                 t1 = time.perf_counter()
                 self.model.eval()
                 metrics = self.w.evaluate(self.model)
                 self.model.train()
                 t2 = time.perf_counter()
             t3 = time.perf_counter()
-            observe = self.observe_time.get(spec.wrapper, 0.0) if spec.wrapper not in (None, "driver") else 0.0
+            observe = self.observe_cost(spec)
             rows.append({"workload": workload_name, "run": self.plan.run, "method": spec.name, "seed": self.seed,
                          "epoch": self.epoch, "steps": self.epoch * self.w.steps_per_epoch, **metrics,
                          "train_time_s": self.train_time, "avg_time_s": observe + (t1 - t0) + (t3 - t2),
@@ -190,10 +152,6 @@ def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     return type(batch)(_to(b, device) for b in batch)
-
-
-def _as_tuple(obj: Any) -> Any:
-    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def _config_hash(cfg: SuiteConfig, name: str, plans: list[Any]) -> str:
