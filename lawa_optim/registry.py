@@ -133,7 +133,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 changes_trajectory=True,
                 requires="schedulefree",
             ),
-            _info(  # issue 15: the paper's open question (Section 4), not a method of the paper
+            _info(  # the paper's open question (Section 4), not a method of the paper
                 "lawa_jump",
                 LAWAJumpWrapper,
                 {"k": 6, "every": 6},
