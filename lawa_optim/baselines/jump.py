@@ -22,9 +22,9 @@ interpolation with ``alpha = 1`` toward the *mean* of the k latest epoch snapsho
 
 from __future__ import annotations
 
+import inspect
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,15 +87,11 @@ class LAWAJumpWrapper(LAWAWrapper):
         k: int = 6,
         period: int | None = None,
         *,
-        weights: str | Sequence[float] = "uniform",
-        alpha: float = 0.9,
-        offload: str | None = None,
-        offload_dir: str | os.PathLike | None = None,
-        nonfinite: str = "raise",
         every: int | None = None,
         start: int | None = None,
         optimizer_state: str = "keep",
         restart_ring: bool = False,
+        **lawa_options: Any,
     ) -> None:
         if every is not None and not is_int(every, 1):
             raise ValueError(
@@ -108,8 +104,8 @@ class LAWAJumpWrapper(LAWAWrapper):
             raise ValueError(f"Invalid optimizer_state: {optimizer_state!r}; use one of {OPTIMIZER_STATE_CHOICES}")
         if not isinstance(restart_ring, bool):
             raise TypeError(f"Invalid restart_ring: {restart_ring!r}; use True or False")
-        super().__init__(optimizer, k, period, weights=weights, alpha=alpha, offload=offload,
-                         offload_dir=offload_dir, nonfinite=nonfinite)
+        # every other option is LAWAWrapper's, forwarded as given, so the two cannot drift apart
+        super().__init__(optimizer, k, period, **lawa_options)
         self.every = every
         self.start = k if start is None else start
         self.optimizer_state = optimizer_state
@@ -256,3 +252,14 @@ class LAWAJumpWrapper(LAWAWrapper):
         mine = state["jump"]
         self._taken, self._last_jump = int(mine["taken"]), mine["last_jump"]
         self.jumps, self.last_lead = [int(s) for s in mine["jumps"]], mine["last_lead"]
+
+
+def _signature() -> inspect.Signature:
+    """LAWAWrapper's signature followed by the jump's own keyword options (what the registry and
+    ``help()`` show; ``**lawa_options`` accepts exactly LAWA's keyword arguments)."""
+    lawa = list(inspect.signature(LAWAWrapper.__init__).parameters.values())
+    own = [p for p in inspect.signature(LAWAJumpWrapper.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return inspect.Signature([*lawa, *own])
+
+
+LAWAJumpWrapper.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
