@@ -6,21 +6,9 @@ import json
 
 import pytest
 from conftest import require
+from roberta_tiny import TINY
 
 pytestmark = [pytest.mark.fairseq, pytest.mark.slow, pytest.mark.cli]
-
-TINY = """\
-name: tiny
-corpus: {source: bible, max_train_lines: 300, max_eval_lines: 40}
-tokenizer: {vocab_size: 200}
-model:
-  arch: roberta_base
-  args: {encoder_layers: 1, encoder_embed_dim: 32, encoder_ffn_embed_dim: 64, encoder_attention_heads: 2,
-         max_positions: 32}
-train: {epochs: 2, batch_size: 16, max_sentences: 16, tokens_per_sample: 32, warmup_updates: 5,
-        total_num_update: 100, sample_break_mode: none, threads: 1}
-lawa: {k: 2}
-"""
 
 
 def test_bench_roberta_trains_resumes_and_reports(tmp_path):
