@@ -5,14 +5,18 @@ Lightning 2.6 it forwards attribute reads to the wrapper (``__getattr__``), olde
 shallow copy of the wrapper's ``__dict__``, and its ``optimizer`` property is the wrapper itself.
 A method called through it would write its state onto the proxy. So every wrapper attribute that
 changes after ``__init__`` is declared with :class:`shared` and lives in one dict that the proxy
-reaches too, and the public methods start with ``self = _owner(self)`` to run on the wrapper.
+reaches too, and the public methods are decorated with :func:`on_owner` to run on the wrapper.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["shared"]
+__all__ = ["on_owner", "owner_of", "shared"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _shared_of(obj: Any) -> dict[str, Any] | None:
@@ -24,10 +28,24 @@ def _shared_of(obj: Any) -> dict[str, Any] | None:
     return mine
 
 
-def _owner(obj: Any) -> Any:
+def owner_of(obj: Any) -> Any:
     """The wrapper itself, whether ``obj`` is the wrapper or a framework's proxy of it."""
     mine = _shared_of(obj)
     return obj if mine is None else mine.get("owner", obj)
+
+
+def on_owner(method: F) -> F:
+    """Run ``method`` on the wrapper itself, also when it is called through a framework proxy.
+
+    The decorated method receives the wrapper as ``self`` (see :func:`owner_of`), so what it
+    writes lands on the wrapper and not on the proxy; its name, docstring and signature stay.
+    """
+
+    @functools.wraps(method)
+    def run_on_owner(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(owner_of(self), *args, **kwargs)
+
+    return run_on_owner  # type: ignore[return-value]
 
 
 class shared:  # noqa: N801 - used like a field declaration

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._checks import check_not_wrapped, is_int
-from ._shared import _owner, shared
+from ._shared import on_owner, shared
 from .bn import recompute_bn
 
 __all__ = ["STATE_KEY", "AveragingOptimizer"]
@@ -207,8 +207,8 @@ class AveragingOptimizer(Optimizer):
                 "block or call opt.swap_out() first"
             )
 
+    @on_owner
     def __repr__(self) -> str:
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         return f"{type(self).__name__}({self._describe()}, optimizer={self.optimizer!r})"
 
     def _describe(self) -> str:
@@ -220,13 +220,13 @@ class AveragingOptimizer(Optimizer):
         if "step" in cls.__dict__:  # see `step.hooked` below
             cls.step.hooked = True  # type: ignore[attr-defined]
 
+    @on_owner
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One step of the base optimizer; a snapshot follows every ``period`` steps.
 
         Hooks registered on this wrapper (``register_step_pre_hook``/``post_hook``) run here;
         torch's global optimizer hooks run once, in the base optimizer's ``step()``.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         mine = self.__dict__["_shared"]  # read directly: this runs every step
         if mine["_swap"] is not None:
             self._require_training_weights("step()")
@@ -247,6 +247,7 @@ class AveragingOptimizer(Optimizer):
     # run global hooks twice per step and cost ~15-30 us (a third of a tiny model's step).
     step.hooked = True  # type: ignore[attr-defined]
 
+    @on_owner
     def observe_step(self) -> None:
         """Count one step that the base optimizer has just taken, without stepping it.
 
@@ -254,7 +255,6 @@ class AveragingOptimizer(Optimizer):
         (a benchmark evaluating LAWA, EXP, EMA and SWA on the same run steps the base optimizer
         once, then calls ``observe_step()`` on each wrapper).
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("step()")
         self._count_step(self.__dict__["_shared"])
 
@@ -264,14 +264,14 @@ class AveragingOptimizer(Optimizer):
         if self.period is not None and n % self.period == 0:
             self.snapshot()
 
+    @on_owner
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    @on_owner
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (and so to this one) and start tracking it."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self.optimizer is None:  # Optimizer.__init__ registering the shared groups
             return super().add_param_group(param_group)
         self._require_training_weights("add_param_group()")
@@ -281,13 +281,14 @@ class AveragingOptimizer(Optimizer):
         self._sharded, self._foreach = _layout(self._params)
         self._on_new_params([p for p in self._params if id(p) not in known])
 
+    @on_owner
     def snapshot(self) -> None:
         """Record the current weights (called every ``period`` steps, or by hand)."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("snapshot()")
         self._take_snapshot()
 
     # --------------------------------------------------------------------------- evaluation
+    @on_owner
     def swap_in(
         self,
         k: int | None = None,
@@ -311,7 +312,6 @@ class AveragingOptimizer(Optimizer):
 
         Returns a context manager that calls :meth:`swap_out` on exit.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("swap_in()")
         self._check_can_average(k)
         if bn_loader is not None and not isinstance(model, nn.Module):
@@ -348,12 +348,12 @@ class AveragingOptimizer(Optimizer):
         self._swap = swap
         return _Swap(self.swap_out)
 
+    @on_owner
     def swap_out(self) -> _Swap:
         """Restore the training weights (and buffers, if BatchNorm was recomputed) bit-exactly.
 
         Returns a context manager that swaps the same evaluation weights back in on exit.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self._swap is None:
             raise RuntimeError("swap_out() without swap_in(): the training weights are already in place")
         swap, self._swap = self._swap, None
@@ -394,6 +394,7 @@ class AveragingOptimizer(Optimizer):
             return [t.clone() for t in self._newest_snapshot_views()]
         return [t.detach().clone() for t in swap["backup"]]
 
+    @on_owner
     def restore_training_buffers(self, model: nn.Module) -> bool:
         """Write the training buffers saved with a mid-swap checkpoint into ``model``'s buffers.
 
@@ -403,7 +404,6 @@ class AveragingOptimizer(Optimizer):
         so it keeps the saved training buffers until this call (made after loading, before
         training on). Returns True if buffers were restored, False if none were pending.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         pending = self._pending_buffers
         if pending is None:
             return False
@@ -426,15 +426,16 @@ class AveragingOptimizer(Optimizer):
         """``with opt.averaged(): evaluate(model)``: :meth:`swap_in` as a context manager."""
         return self.swap_in(k, **bn)
 
+    @on_owner
     def averaged_state_dict(self, model: nn.Module, k: int | None = None, **bn: Any) -> dict[str, Tensor]:
         """A copy of ``model.state_dict()`` holding the evaluation weights (for ``checkpoint_lawa.pt``)."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if not isinstance(model, nn.Module):
             raise TypeError(f"Invalid model: {type(model).__name__} is not an nn.Module")
         with self.swap_in(k, model=model, **bn):
             return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
     # --------------------------------------------------------------------------- state
+    @on_owner
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """The base optimizer's state dict plus ``{"lawa": {...}}`` with this wrapper's state.
 
@@ -444,7 +445,6 @@ class AveragingOptimizer(Optimizer):
         of the model's training buffers in ``model.buffers()`` order, else None) and the method's
         own entries. Only tensors and plain values: ``weights_only=True`` loads it.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         assert self.optimizer is not None
@@ -464,6 +464,7 @@ class AveragingOptimizer(Optimizer):
             sd = post_hook(self, sd) or sd
         return sd
 
+    @on_owner
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict`; everything is checked before anything changes.
 
@@ -475,7 +476,6 @@ class AveragingOptimizer(Optimizer):
         training buffers are kept until :meth:`restore_training_buffers` writes them back (a
         ``RuntimeWarning`` says so).
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = pre_hook(self, state_dict) or state_dict

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .._checks import is_int, is_number
-from .._shared import _owner, shared
+from .._shared import on_owner, shared
 from ..bn import recompute_bn
 from ..wrapper import LAWAWrapper
 
@@ -136,16 +136,17 @@ class LAWAJumpWrapper(LAWAWrapper):
         if self._last_jump is None or self._taken - self._last_jump >= self.every:
             self._jump()
 
+    @on_owner
     def jump(self) -> None:
         """Write the average into the training weights now, then handle the optimizer state and the ring.
 
         Raises ``RuntimeError`` while the average is swapped in or before the first snapshot.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         self._require_training_weights("jump()")
         self._check_can_average(None)
         self._jump()
 
+    @on_owner
     def jump_if_ahead(self, evaluate: Callable[[], float], threshold: float = 0.0, **swap_kwargs: Any) -> bool:
         """Jump if the average beats the training weights on ``evaluate`` by more than ``threshold``.
 
@@ -163,7 +164,6 @@ class LAWAJumpWrapper(LAWAWrapper):
 
         Returns True if it jumped; the lead is kept in :attr:`last_lead`.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if not callable(evaluate):
             raise TypeError(f"Invalid evaluate: {evaluate!r} is not callable; pass a function returning a loss")
         if not is_number(threshold) or not math.isfinite(threshold):

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checks import check_not_wrapped
-from .._shared import _owner
+from .._shared import on_owner
 from ..protocol import AveragingOptimizer
 from ._optional import import_optional
 
@@ -63,9 +63,9 @@ class LookaheadWrapper(AveragingOptimizer):
         """How many times the slow weights were synchronised (after steps 1, k+1, 2k+1, ...)."""
         return 0 if self.num_steps == 0 else (self.num_steps - 1) // self.k + 1
 
+    @on_owner
     def slow_weights(self) -> list[Tensor | None]:
         """The slow weights of each parameter (``None`` before its first step); read-only views."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         return [self.optimizer.state.get(p, {}).get("slow_param") for p in self._params]
 

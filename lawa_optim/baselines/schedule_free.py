@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checks import check_not_wrapped, is_int, is_number
-from .._shared import _owner
+from .._shared import on_owner
 from ..protocol import AveragingOptimizer
 from ._optional import import_optional
 
@@ -151,25 +151,25 @@ class ScheduleFreeAdapter(AveragingOptimizer):
         """How many optimizer steps the average :math:`x` holds."""
         return self.num_steps
 
+    @on_owner
     def eval(self) -> None:
         """Put the evaluation weights :math:`x` into the parameters (:meth:`swap_in`); idempotent.
 
         The schedule-free protocol, as the package's own ``optimizer.eval()``: the HF ``Trainer``
         and accelerate's ``AcceleratedOptimizer`` call it before evaluating, :meth:`train` after.
         """
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self._swap is None:
             self.swap_in()
 
+    @on_owner
     def train(self) -> None:
         """Put the training weights :math:`y` back, bit-exactly (:meth:`swap_out`); idempotent."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         if self._swap is not None:
             self.swap_out()
 
+    @on_owner
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """One schedule-free step (raises if someone put the optimizer in eval mode)."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         assert self.optimizer is not None
         if not all(g["train_mode"] for g in self.optimizer.param_groups):
             raise RuntimeError(
@@ -196,9 +196,9 @@ class ScheduleFreeAdapter(AveragingOptimizer):
             for p in [p for p in state if p not in known and not state[p]]:
                 del state[p]  # the package's eval() made empty entries for parameters never stepped
 
+    @on_owner
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`AveragingOptimizer.load_state_dict`; refuses a state saved in eval mode."""
-        self = _owner(self)  # the wrapper, also when called through a framework proxy
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if isinstance(groups, list) and not all(isinstance(g, dict) and g.get("train_mode") for g in groups):
             raise ValueError(
