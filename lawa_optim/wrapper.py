@@ -45,7 +45,10 @@ class LAWAWrapper(AveragingOptimizer):
             is the paper's once per epoch; ``None`` snapshots only on :meth:`snapshot` (default: None).
         weights (str or sequence of float, optional): ``"uniform"`` (LAWA), ``"exp"`` (the paper's
             EXP comparator: ``alpha * (1 - alpha) ** i`` for the i-th newest snapshot, normalized),
-            or k non-negative coefficients, newest first, normalized (default: ``"uniform"``).
+            ``"linear"``, ``"cosine"``, ``"1-sqrt"`` (the merge that emulates that learning-rate decay over
+            the window at a constant learning rate, WSM; ``"linear"`` is the uniform mean: see
+            :mod:`lawa_optim.averaging`), or k non-negative coefficients, newest first, normalized
+            (default: ``"uniform"``).
         alpha (float, optional): EXP's decay, in (0, 1] (default: 0.9).
         offload (str, optional): ``None`` keeps snapshots on the parameters' device, ``"cpu"`` in
             host memory, pinned and copied asynchronously on CUDA, ``"disk"`` in memory-mapped

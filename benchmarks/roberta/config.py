@@ -125,7 +125,7 @@ class TrainCfg(Section):
 class LAWACfg(Section):
     k: PosInt = 10  # the paper: 10 for RoBERTa
     period_updates: Annotated[int, Field(ge=0)] = 0  # 0: one snapshot per epoch
-    weights: Literal["uniform", "exp"] = "uniform"
+    weights: Literal["uniform", "exp", "linear", "cosine", "1-sqrt"] = "uniform"
     alpha: Annotated[float, Field(gt=0, le=1)] = 0.9
     offload: str = "none"  # the fairseq task's --lawa-offload: lawa_optim.offload.OFFLOAD_NAMES (none, cpu, disk)
     offload_dir: str | None = None  # offload: disk: an existing directory for the ring's files

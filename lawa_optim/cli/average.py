@@ -39,8 +39,11 @@ The output appears atomically: a crash leaves the old file (or no folder).
                    "inputs, unless --force.")
 @click.option("--last", "-k", type=click.IntRange(min=1), default=None,
               help="Average only the K newest checkpoints (default: all given).")
-@click.option("--weights", type=click.Choice(["uniform", "exp"]), default="uniform", show_default=True,
-              help="uniform: LAWA's plain mean; exp: the paper's EXP, the newest weighted most.")
+@click.option("--weights", type=click.Choice(["uniform", "exp", "linear", "cosine", "1-sqrt"]), default="uniform",
+              show_default=True,
+              help="uniform: LAWA's plain mean; exp: the paper's EXP, the newest weighted most; linear, cosine, "
+                   "1-sqrt: the merge that emulates that learning-rate decay over the checkpoints (WSM; linear is "
+                   "the uniform mean).")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
               help="EXP's decay: coefficient alpha*(1-alpha)^age, normalized.")
 @click.option("--sort/--as-given", "sort", default=True, show_default=True,

@@ -43,7 +43,7 @@ from omegaconf import II
 
 from ..._checks import is_int
 from ..._tensors import move_to
-from ...averaging import resolve_weights
+from ...averaging import WEIGHT_NAMES, resolve_weights
 from ...io import atomic_save
 from ...offload import OFFLOAD_NAMES, check_offload, parse_offload
 from ...wrapper import LAWAWrapper
@@ -81,9 +81,10 @@ class LAWAConfig(FairseqDataclass):
         default=0,
         metadata={"help": "take a snapshot every N optimizer updates; 0 takes one at the end of every epoch"},
     )
-    lawa_weights: ChoiceEnum(["uniform", "exp"]) = field(  # type: ignore[valid-type]
+    lawa_weights: ChoiceEnum(list(WEIGHT_NAMES)) = field(  # type: ignore[valid-type]
         default="uniform",
-        metadata={"help": "uniform: LAWA; exp: the paper's EXP comparator, alpha*(1-alpha)^i for the i-th newest"},
+        metadata={"help": "uniform: LAWA; exp: the paper's EXP comparator, alpha*(1-alpha)^i for the i-th newest; "
+                          "linear, cosine, 1-sqrt: the merge that emulates that decay of the learning rate (WSM)"},
     )
     lawa_alpha: float = field(default=0.9, metadata={"help": "EXP's decay, in (0, 1]"})
     lawa_offload: ChoiceEnum(list(OFFLOAD_NAMES)) = field(  # type: ignore[valid-type]
