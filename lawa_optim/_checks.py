@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_not_wrapped", "is_int", "is_number"]
+__all__ = ["check_period", "is_int", "is_number"]
 
 
 def is_int(value: Any, minimum: int | None = None, maximum: int | None = None) -> bool:
@@ -19,11 +19,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_not_wrapped(optimizer: Any) -> None:
-    """Raise ``TypeError`` if ``optimizer`` is already one of the zoo's wrappers."""
-    from .protocol import AveragingOptimizer  # the protocol imports this module
 
-    if isinstance(optimizer, AveragingOptimizer):
-        raise TypeError(
-            f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
+def check_period(period: Any) -> None:
+    """Raise ``ValueError`` unless ``period`` (steps between snapshots) is a positive int or None."""
+    if period is not None and not is_int(period, 1):
+        raise ValueError(
+            f"Invalid period: {period!r}; use a positive int (len(train_loader) for one snapshot per "
+            "epoch) or None to snapshot only on explicit snapshot() calls"
         )

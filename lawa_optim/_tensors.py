@@ -1,4 +1,4 @@
-"""Moving nested batches and states of tensors between devices (one helper for the package)."""
+"""Copying lists of tensors and moving nested batches and states of tensors between devices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["move_to"]
+__all__ = ["copy_list", "move_to"]
+
+
+def copy_list(dst: list[torch.Tensor], src: list[torch.Tensor], foreach: bool) -> None:
+    """``dst[i].copy_(src[i])``; one foreach call if ``foreach`` (plain tensors, one device)."""
+    if foreach and dst:
+        torch._foreach_copy_(dst, src)
+    else:
+        for d, t in zip(dst, src):
+            d.detach().copy_(t)
 
 
 def move_to(obj: Any, device: torch.device | str | None, non_blocking: bool = False) -> Any:

@@ -36,25 +36,17 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._checks import check_not_wrapped, is_int
+from ._checks import check_period, is_int
 from ._shared import on_owner, shared
+from ._tensors import copy_list
 from .bn import recompute_bn
 
-__all__ = ["STATE_KEY", "AveragingOptimizer"]
+__all__ = ["STATE_KEY", "AveragingOptimizer", "check_not_wrapped"]
 
 STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
 STATE_FORMAT = 1
 # Per-parameter states of torch's optimizers that always have the parameter's shape.
 _PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-def _copy_list(dst: list[Tensor], src: list[Tensor], foreach: bool) -> None:
-    """``dst[i].copy_(src[i])``; one foreach call if ``foreach`` (plain tensors, one device)."""
-    if foreach and dst:
-        torch._foreach_copy_(dst, src)
-    else:
-        for d, t in zip(dst, src):
-            d.detach().copy_(t)
 
 
 def _layout(params: list[Tensor]) -> tuple[bool, bool]:
@@ -87,11 +79,11 @@ def _reshard(model: nn.Module | None) -> None:
             m.reshard()
 
 
-def _check_period(period: Any) -> None:
-    if period is not None and not is_int(period, 1):
-        raise ValueError(
-            f"Invalid period: {period!r}; use a positive int (len(train_loader) for one snapshot per "
-            "epoch) or None to snapshot only on explicit snapshot() calls"
+def check_not_wrapped(optimizer: Any) -> None:
+    """Raise ``TypeError`` if ``optimizer`` is already one of the zoo's wrappers."""
+    if isinstance(optimizer, AveragingOptimizer):
+        raise TypeError(
+            f"Invalid optimizer: it is already wrapped by {type(optimizer).__name__}; wrap the base optimizer"
         )
 
 
@@ -126,7 +118,7 @@ class AveragingOptimizer(Optimizer):
                 "pass e.g. torch.optim.SGD(model.parameters(), lr=0.1)"
             )
         check_not_wrapped(optimizer)
-        _check_period(period)
+        check_period(period)
         self.__dict__["_shared"] = {"owner": self}
         self.optimizer: Optimizer | None = None  # add_param_group below runs Optimizer's during __init__
         super().__init__(optimizer.param_groups, optimizer.defaults)
@@ -370,7 +362,7 @@ class AveragingOptimizer(Optimizer):
         ):
             self._backup = None  # free the old one before making the new one
             backup = [torch.empty_like(p.detach()) for p in params]
-        _copy_list(backup, [p.detach() for p in params], self._foreach)
+        copy_list(backup, [p.detach() for p in params], self._foreach)
         self._backup = backup
         return backup
 
@@ -379,7 +371,7 @@ class AveragingOptimizer(Optimizer):
             if swap["backup"] is None:
                 self._restore_newest_snapshot(self._params)
             else:
-                _copy_list(self._params, swap["backup"], self._foreach)
+                copy_list(self._params, swap["backup"], self._foreach)
                 if not self.keep_swap_buffer:
                     self._backup = None
             for dst, src in zip(swap["buffers"], swap["saved_buffers"]):
@@ -514,7 +506,7 @@ class AveragingOptimizer(Optimizer):
         self._load_method_state(mine)
         if mine.get("swapped_in"):  # saved mid-swap: the training weights go back into the parameters
             with torch.no_grad():
-                _copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)], False)
+                copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)], False)
         self._pending_buffers = None if saved_buffers is None else [t.detach().clone() for t in saved_buffers]
         if saved_buffers is not None:
             warnings.warn(
@@ -585,7 +577,7 @@ class AveragingOptimizer(Optimizer):
         raise NotImplementedError  # only reached when _weights_are_newest_snapshot() said True
 
     def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
-        _copy_list(params, self._newest_snapshot_views(), False)
+        copy_list(params, self._newest_snapshot_views(), False)
 
     @property
     def num_snapshots(self) -> int:

@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from ._checks import is_int, is_number
+from ._shared import owner_of
+from .protocol import STATE_KEY as WRAPPER_KEY
 from .wrapper import LAWAWrapper
 
 __all__ = ["STRATEGIES", "OnlineK", "candidate_windows"]
@@ -104,12 +106,13 @@ class OnlineK:
             raise ValueError(f"Invalid strategy: {strategy!r}; use one of {STRATEGIES}")
         if swap_kwargs is not None and not isinstance(swap_kwargs, Mapping):
             raise TypeError(f"Invalid swap_kwargs: {swap_kwargs!r}; use a dict such as {{'model': m, 'bn_loader': b}}")
-        if optimizer.__dict__.get("_lawa_online_k") is not None:
+        optimizer = owner_of(optimizer)  # the wrapper, also when given a framework proxy of it
+        if getattr(optimizer, "online_k", None) is not None:
             raise RuntimeError(
                 "Invalid optimizer: it already has an OnlineK (its choices are saved in its state dict); "
                 "use that one, or a wrapper of its own"
             )
-        optimizer.__dict__["_lawa_online_k"] = self
+        optimizer.online_k = self
         self.optimizer = optimizer
         self.evaluate = evaluate
         self.max_k = optimizer.k if max_k is None else max_k
@@ -181,11 +184,11 @@ class OnlineK:
         self.history = self._validated(state)
 
     def _save(self, _opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
-        sd["lawa"][STATE_KEY] = self.state_dict()
+        sd[WRAPPER_KEY][STATE_KEY] = self.state_dict()
         return sd
 
     def _check_load(self, _opt: Any, sd: dict[str, Any]) -> None:
-        mine = sd.get("lawa") if isinstance(sd, dict) else None
+        mine = sd.get(WRAPPER_KEY) if isinstance(sd, dict) else None
         self._pending = None
         if isinstance(mine, dict) and STATE_KEY in mine:
             self._pending = {"history": self._validated(mine[STATE_KEY])}  # raises before anything loads

@@ -12,9 +12,10 @@ from torch.optim import Optimizer
 
 from ._checks import is_int
 from ._shared import shared
+from ._tensors import copy_list
 from .averaging import resolve_weights, window_coefficients
 from .offload import check_offload, make_ring
-from .protocol import AveragingOptimizer, _copy_list
+from .protocol import AveragingOptimizer
 
 __all__ = ["LAWAWrapper"]
 NONFINITE_CHOICES = ("raise", "skip")
@@ -71,6 +72,8 @@ class LAWAWrapper(AveragingOptimizer):
     method = "lawa"
     skipped_snapshots = shared()
     _newest_key = shared()
+    #: the :class:`~lawa_optim.select_k.OnlineK` choosing this wrapper's window, if one was made (it sets this)
+    online_k = shared()
 
     def __init__(
         self,
@@ -100,6 +103,7 @@ class LAWAWrapper(AveragingOptimizer):
         self.offload = offload
         self.nonfinite = nonfinite
         self.skipped_snapshots = 0
+        self.online_k = None
         self.offload_dir = offload_dir
         # FSDP2: each rank keeps the ring of its own shards, so the average is sharded like the weights.
         self._ring = make_ring([_local(p) for p in self._params], k, offload, offload_dir)
@@ -156,7 +160,7 @@ class LAWAWrapper(AveragingOptimizer):
         return self._ring.newest()
 
     def _restore_newest_snapshot(self, params: list[Tensor]) -> None:
-        _copy_list(params, self._ring.newest(), self._foreach and self._ring.offload is None)
+        copy_list(params, self._ring.newest(), self._foreach and self._ring.offload is None)
         self._newest_key = self._weights_key()  # they are the newest snapshot again
 
     def _before_copy(self) -> None:

@@ -8,9 +8,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .._checks import check_not_wrapped
 from .._shared import on_owner
-from ..protocol import AveragingOptimizer
+from ..protocol import AveragingOptimizer, check_not_wrapped
 from ._optional import import_optional
 
 __all__ = ["LookaheadWrapper"]

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..protocol import STATE_KEY, AveragingOptimizer, _check_period
+from .._checks import check_period
+from ..protocol import STATE_KEY, AveragingOptimizer
 from ..registry import create, get_method_info, list_methods
 from ..unwrap import strip_proxies
 
@@ -71,7 +72,7 @@ def check_method(method: str, period: int | None = None, **method_kwargs: Any) -
             f"(lawa_optim.create({method!r}, opt) in configure_optimizers/your training script) and evaluate "
             "with lawa_optim.unwrap(opt).averaged()"
         )
-    _check_period(period)
+    check_period(period)
     kwargs = _method_kwargs(method, period, method_kwargs)
     probe = torch.zeros(1, requires_grad=True)
     create(method, _Observed(torch.optim.SGD([probe], lr=0.0)), **kwargs)
