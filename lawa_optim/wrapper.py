@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import is_int
-from ._shared import shared
+from ._shared import on_owner, shared
 from ._tensors import copy_list
 from .averaging import resolve_weights, window_coefficients
 from .offload import check_offload, make_ring
@@ -72,6 +72,7 @@ class LAWAWrapper(AveragingOptimizer):
     method = "lawa"
     skipped_snapshots = shared()
     _newest_key = shared()
+    _weights_override = shared()
     #: the :class:`~lawa_optim.select_k.OnlineK` choosing this wrapper's window, if one was made (it sets this)
     online_k = shared()
 
@@ -110,6 +111,7 @@ class LAWAWrapper(AveragingOptimizer):
         # (num_steps, per-parameter version counters) right after the newest snapshot: while they
         # are unchanged, the parameters are that snapshot and a swap needs no backup.
         self._newest_key = None
+        self._weights_override = None  # (kind, coefficients) for one swap_in(weights=...)
 
     def _describe(self) -> str:
         w = self.weights if self.coefficients is None else list(self.coefficients)
@@ -129,6 +131,23 @@ class LAWAWrapper(AveragingOptimizer):
     def snapshots(self, index: int) -> list[Tensor]:
         """The snapshots of the ``index``-th parameter, oldest first (read-only views)."""
         return self._ring.snapshots(index)
+
+    @on_owner
+    def swap_in(self, k: int | None = None, *, weights: str | Sequence[float] | None = None, **kwargs: Any) -> Any:
+        """:meth:`AveragingOptimizer.swap_in`, and ``weights`` to average with other coefficients this once.
+
+        ``weights`` takes what the constructor's ``weights`` takes (``"uniform"``, ``"exp"``, a decay
+        shape such as ``"cosine"``, or k coefficients, newest first); ``None`` uses the wrapper's own.
+        So every weight scheme can be evaluated on the same ring: ``with opt.averaged(8, weights="1-sqrt")``.
+        """
+        if weights is None:
+            return super().swap_in(k, **kwargs)
+        override = resolve_weights(weights, self.k, self.alpha)
+        self._weights_override = override
+        try:
+            return super().swap_in(k, **kwargs)
+        finally:
+            self._weights_override = None
 
     # --------------------------------------------------------------------------- hooks
     def _take_snapshot(self) -> None:
@@ -177,7 +196,8 @@ class LAWAWrapper(AveragingOptimizer):
 
     def _write_eval_weights(self, params: list[Tensor], k: int | None) -> None:
         j = min(k or self.k, self._ring.size)
-        coeffs = window_coefficients(self.weights, self.coefficients, self.alpha, j)
+        kind, given = self._weights_override or (self.weights, self.coefficients)
+        coeffs = window_coefficients(kind, given, self.alpha, j)
         self._ring.write_average([_local(p) for p in params] if self._sharded else params, j, coeffs)
 
     def _on_new_params(self, params: list[Tensor]) -> None:

@@ -206,3 +206,29 @@ def test_lawa_average_weights_a_decay_shape(tmp_path, shape):
     for key in ("w", "b"):
         ref = sum(c * sd[key].double() for c, sd in zip(coeffs, sds)).to(sds[0][key].dtype)
         torch.testing.assert_close(got[key], ref, rtol=1e-6, atol=1e-7)
+
+
+def test_swap_in_with_other_weights_evaluates_every_scheme_on_one_ring():
+    """``averaged(k, weights=...)`` averages the same ring with other coefficients, once."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=6, period=1)
+    for _ in range(9):
+        opt.zero_grad()
+        model(torch.randn(2, 4, dtype=torch.float64)).pow(2).sum().backward()
+        opt.step()
+    training = [p.detach().clone() for p in model.parameters()]
+    for shape, j in [("cosine", 6), ("1-sqrt", 4), ("exp", 3), ("uniform", 5)]:
+        newest_first = [s[::-1] for s in (opt.snapshots(i) for i in range(2))]
+        coeffs = window_coefficients(*resolve_weights(shape, 6, 0.9), 0.9, j) or [1 / j] * j
+        with opt.averaged(j, weights=shape):
+            for p, snaps in zip(model.parameters(), newest_first):
+                ref = sum(c * s for c, s in zip(coeffs, snaps[:j]))
+                torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-14)
+        for p, t in zip(model.parameters(), training):
+            assert torch.equal(p, t)
+    with opt.averaged():  # the wrapper's own weights again
+        torch.testing.assert_close(model.weight.detach(), torch.stack(opt.snapshots(0)).mean(0))
+    with pytest.raises(ValueError, match="Invalid weights: 'cos'"):
+        opt.swap_in(weights="cos")
+    assert not opt.swapped_in
