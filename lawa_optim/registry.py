@@ -156,7 +156,7 @@ def list_methods(changes_trajectory: bool | None = None) -> list[str]:
 
     Example:
         >>> list_methods()
-        ['base', 'lawa', 'exp', 'lookahead', 'swa', 'ema', 'schedulefree']
+        ['base', 'lawa', 'exp', 'lookahead', 'swa', 'ema', 'schedulefree', 'lawa_jump']
         >>> list_methods(changes_trajectory=False)
         ['base', 'lawa', 'exp', 'swa', 'ema']
     """

@@ -2,8 +2,9 @@
 
 ``BareWrapper`` (the bare optimizer), ``EXPWrapper`` (Appendix C), ``EMAWrapper`` and
 ``SWAWrapper`` (torch's ``swa_utils``), ``LookaheadWrapper`` (torch-optimizer's Lookahead, fixed)
-and ``ScheduleFreeAdapter`` (the ``schedulefree`` package). The last two import their package
-only when constructed. Create them by name with :func:`lawa_optim.create`.
+and ``ScheduleFreeAdapter`` (the ``schedulefree`` package), which import their package only when
+constructed, and ``LAWAJumpWrapper`` (the paper's Section 4 open question: LAWA that writes its
+average into the training weights). Create them by name with :func:`lawa_optim.create`.
 """
 
 from .bare import BareWrapper

@@ -1,8 +1,8 @@
 """Averaging safetensors checkpoints tensor by tensor, and writing the result the same way.
 
-Every header is read and compared first; then each tensor is averaged over all checkpoints (read
-one at a time into one float64 sum, :func:`.accumulate.average_tensor`) and written at once, so the
-peak memory is one float64 tensor and one input tensor, whatever the model's size. A checkpoint
+Every header is read and compared first; then each tensor is averaged over all checkpoints, piece
+by piece (each checkpoint's piece read in turn into a float64 sum, :func:`.accumulate.average_pieces`)
+and written at once, so the peak memory is a few pieces, whatever the model's size. A checkpoint
 found to hold NaN/Inf with ``nonfinite="skip"`` restarts the pass without it.
 """
 
