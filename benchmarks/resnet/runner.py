@@ -191,9 +191,10 @@ class _Trainer(RunState):
         loader = train_loader(self.data, self.cfg.data, self.seed, self.epoch, self.dist.rank, self.dist.world)
         self.observe_time = dict.fromkeys(self.observers, 0.0)
         loss_sum, n = 0.0, 0
-        bar = tqdm(loader, total=self.steps_per_epoch, leave=False, disable=not progress, unit="batch",
+        bar = tqdm(total=self.steps_per_epoch, leave=False, disable=not progress, unit="batch",
                    desc=f"{self.plan.run} seed {self.seed} epoch {self.epoch + 1}")
-        for x, y in bar:
+        for x, y in loader:  # the plain loader: tqdm.auto would call iter() on it once more, drawing from its seed
+            bar.update(1)
             _sync(self.device)
             t0 = time.perf_counter()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -209,6 +210,7 @@ class _Trainer(RunState):
             t1 = time.perf_counter()
             self.train_time += t1 - t0
             self.observe_step(t1)
+        bar.close()
         self.epoch += 1
         return loss_sum / max(n, 1)
 

@@ -105,10 +105,10 @@ class _Trainer(RunState):
         self.model.train()
         self.observe_time = dict.fromkeys(self.observers, 0.0)
         loss_sum, n = 0.0, 0
-        batches = tqdm(self.w.train_batches(self.seed, self.epoch), total=self.w.steps_per_epoch, leave=False,
-                       disable=not progress, unit="step", desc=f"{self.w.name} {self.plan.run} seed {self.seed} "
-                                                               f"epoch {self.epoch + 1}")
-        for batch in batches:
+        bar = tqdm(total=self.w.steps_per_epoch, leave=False, disable=not progress, unit="step",
+                   desc=f"{self.w.name} {self.plan.run} seed {self.seed} epoch {self.epoch + 1}")
+        for batch in self.w.train_batches(self.seed, self.epoch):  # not through tqdm.auto: see resnet/runner.py
+            bar.update(1)
             t0 = time.perf_counter()
             batch = _to(batch, self.device)
             self.driver.zero_grad(set_to_none=True)
@@ -122,6 +122,7 @@ class _Trainer(RunState):
             t1 = time.perf_counter()
             self.train_time += t1 - t0
             self.observe_step(t1)
+        bar.close()
         self.epoch += 1
         return loss_sum / max(n, 1)
 
