@@ -41,6 +41,7 @@ class MethodInfo:
             wrappers can share one base optimizer (step it once, then ``observe_step()`` each).
         requires (str, optional): the module of the optional package it needs, imported when the
             method is created (``pip install lawa-optim[zoo]`` installs it).
+        color (str): the method's colour in every benchmark plot (a matplotlib colour name).
     """
 
     name: str
@@ -51,6 +52,7 @@ class MethodInfo:
     evaluates: str
     changes_trajectory: bool
     requires: str | None = None
+    color: str = "tab:gray"
 
     def accepted_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the factory accepts, with their effective defaults."""
@@ -76,6 +78,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="the bare optimizer",
                 evaluates="the training weights",
                 changes_trajectory=False,
+                color="black",
             ),
             _info(
                 "lawa",
@@ -85,6 +88,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="uniform average of the k latest snapshots",
                 evaluates="mean of the k latest snapshots",
                 changes_trajectory=False,
+                color="tab:blue",
             ),
             _info(
                 "exp",
@@ -94,6 +98,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="exponentially-decayed coefficients over the k latest snapshots",
                 evaluates="EXP-weighted mean of the k latest snapshots",
                 changes_trajectory=False,
+                color="tab:orange",
             ),
             _info(
                 "lookahead",
@@ -103,6 +108,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="Lookahead: k fast steps, then the slow weights step alpha toward them",
                 evaluates="the slow weights",
                 changes_trajectory=True,
+                color="tab:green",
                 requires="torch_optimizer",
             ),
             _info(
@@ -113,6 +119,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="equal-weight mean of all snapshots from swa_start on",
                 evaluates="mean of snapshots swa_start, swa_start+1, ...",
                 changes_trajectory=False,
+                color="tab:red",
             ),
             _info(
                 "ema",
@@ -122,6 +129,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="per-step exponential moving average of the weights",
                 evaluates="the EMA of the weights",
                 changes_trajectory=False,
+                color="tab:purple",
             ),
             _info(
                 "schedulefree",
@@ -131,6 +139,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="schedule-free SGD/AdamW built over the given optimizer's param groups",
                 evaluates="the schedule-free average x",
                 changes_trajectory=True,
+                color="tab:brown",
                 requires="schedulefree",
             ),
             _info(  # the paper's open question (Section 4), not a method of the paper
@@ -141,6 +150,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 description="LAWA that writes its average into the training weights every `every` snapshots",
                 evaluates="mean of the k latest snapshots",
                 changes_trajectory=True,
+                color="tab:pink",
             ),
         )
     }
