@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -42,6 +42,13 @@ class MethodInfo:
         requires (str, optional): the module of the optional package it needs, imported when the
             method is created (``pip install lawa-optim[zoo]`` installs it).
         color (str): the method's colour in every benchmark plot (a matplotlib colour name).
+        units (mapping): the unit a benchmark states each of these options in, where it is not
+            given as is: ``"snapshots"`` (a count of snapshots; the benchmarks take one per epoch),
+            ``"windows"`` (a list of windows ``j <= k``, all evaluated from one ring of the
+            largest), ``"steps"`` (a count of optimizer steps), ``"epochs"`` (an option that counts
+            steps, ``X_steps``, stated as ``X_epochs`` and multiplied by the steps per epoch) and,
+            for ``lr``, ``"constant"`` (the method schedules the learning rate itself: its run
+            gets a learning rate of its own and no schedule).
     """
 
     name: str
@@ -53,6 +60,7 @@ class MethodInfo:
     changes_trajectory: bool
     requires: str | None = None
     color: str = "tab:gray"
+    units: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def accepted_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the factory accepts, with their effective defaults."""
@@ -63,6 +71,8 @@ class MethodInfo:
 
 
 def _info(name: str, factory: Callable[..., AveragingOptimizer], defaults: dict[str, Any], **kw: Any) -> MethodInfo:
+    if "units" in kw:
+        kw["units"] = MappingProxyType(dict(kw["units"]))
     return MethodInfo(name=name, factory=factory, defaults=MappingProxyType(dict(defaults)), **kw)
 
 
@@ -89,6 +99,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="mean of the k latest snapshots",
                 changes_trajectory=False,
                 color="tab:blue",
+                units={"k": "windows"},
             ),
             _info(
                 "exp",
@@ -99,6 +110,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="EXP-weighted mean of the k latest snapshots",
                 changes_trajectory=False,
                 color="tab:orange",
+                units={"k": "snapshots"},
             ),
             _info(
                 "lookahead",
@@ -109,6 +121,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="the slow weights",
                 changes_trajectory=True,
                 color="tab:green",
+                units={"k": "steps"},
                 requires="torch_optimizer",
             ),
             _info(
@@ -120,6 +133,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="mean of snapshots swa_start, swa_start+1, ...",
                 changes_trajectory=False,
                 color="tab:red",
+                units={"swa_start": "snapshots"},
             ),
             _info(
                 "ema",
@@ -130,6 +144,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="the EMA of the weights",
                 changes_trajectory=False,
                 color="tab:purple",
+                units={"update_every": "steps"},
             ),
             _info(
                 "schedulefree",
@@ -140,6 +155,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="the schedule-free average x",
                 changes_trajectory=True,
                 color="tab:brown",
+                units={"warmup_steps": "epochs", "lr": "constant"},
                 requires="schedulefree",
             ),
             _info(  # the paper's open question (Section 4), not a method of the paper
@@ -151,6 +167,7 @@ _METHODS: Mapping[str, MethodInfo] = MappingProxyType(
                 evaluates="mean of the k latest snapshots",
                 changes_trajectory=True,
                 color="tab:pink",
+                units={"k": "snapshots", "every": "snapshots", "start": "snapshots"},
             ),
         )
     }
