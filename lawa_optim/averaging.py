@@ -152,8 +152,9 @@ def window_coefficients(
     """Coefficients for averaging the ``j`` latest snapshots, newest first, summing to 1.
 
     Uniform returns ``None`` (the ring uses its running sum). EXP restarts its geometric
-    sequence over the ``j`` snapshots, a decay shape spreads its decay over them. Custom coefficients are truncated to their first ``j``
-    entries and renormalized; a window whose coefficients are all zero is an error.
+    sequence over the ``j`` snapshots, a decay shape spreads its decay over them. Custom
+    coefficients are truncated to their first ``j`` entries and renormalized; a window whose
+    coefficients are all zero is an error.
     """
     if kind == "uniform":
         return None
