@@ -57,8 +57,12 @@ class LAWACallback(Callback):
     Args:
         method (str, optional): a zoo method that observes the trajectory: ``"lawa"``, ``"exp"``,
             ``"ema"``, ``"swa"`` or ``"base"`` (default: ``"lawa"``).
-        every_n_steps (int, optional): a snapshot every N optimizer steps; ``None`` takes one at
-            the end of every training epoch, the paper's choice (default: None).
+        every_n_steps (int, optional): a snapshot every N optimizer steps (after steps N, 2N, ...);
+            ``None`` takes one at the end of every training epoch, the paper's choice (default: None).
+        start_step (int, optional): no snapshot before the optimizer step of zero-based index
+            ``start_step`` (default: 0).
+        start_epoch (int, optional): no snapshot before the end of epoch ``start_epoch``
+            (zero-based, as ``trainer.current_epoch``) (default: 0).
         monitor (str, optional): the logged metric whose time saved is reported at the end of
             ``fit`` (default: ``"val_loss"``).
         mode (str, optional): ``"min"`` or ``"max"`` for ``monitor`` (default: ``"min"``).
@@ -78,6 +82,10 @@ class LAWACallback(Callback):
 
     Every argument is checked here, before training starts (``ValueError``/``TypeError``).
 
+    When to snapshot: override :meth:`should_snapshot` (the counterpart of Lightning's
+    ``WeightAveraging.should_update``); ``every_n_steps``, ``start_step`` and ``start_epoch`` are
+    what its default implementation reads.
+
     Example:
         >>> trainer = L.Trainer(max_epochs=20, callbacks=[LAWACallback(k=6)])
         >>> trainer.fit(model, train_loader, val_loader)   # logs val_loss and val_loss_lawa
@@ -88,6 +96,8 @@ class LAWACallback(Callback):
         method: str = "lawa",
         *,
         every_n_steps: int | None = None,
+        start_step: int = 0,
+        start_epoch: int = 0,
         monitor: str = "val_loss",
         mode: str = "min",
         suffix: str | None = None,
@@ -109,6 +119,9 @@ class LAWACallback(Callback):
             raise ValueError(
                 f"Invalid every_n_steps: {every_n_steps!r}; use a positive int, or None for one snapshot per epoch"
             )
+        for name, value in (("start_step", start_step), ("start_epoch", start_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Invalid {name}: {value!r}; use an int >= 0 (0 snapshots from the start)")
         check_method(method, every_n_steps, **method_kwargs)
         self._time_saved = TimeSaved(monitor, mode)  # checks monitor and mode
         if suffix is None:
@@ -128,6 +141,8 @@ class LAWACallback(Callback):
         self.method = method
         self.method_kwargs = dict(method_kwargs)
         self.every_n_steps = every_n_steps
+        self.start_step = start_step
+        self.start_epoch = start_epoch
         self.monitor = monitor
         self.mode = mode
         self.suffix = suffix
@@ -139,7 +154,10 @@ class LAWACallback(Callback):
         self.observer: Observer | None = None
         self.time_saved_summary: str | None = None
         self._pending: dict[str, Any] | None = None
-        self._snap_epoch = -1  # the epoch whose end-of-epoch snapshot was taken last
+        self._snap_epoch = -1  # the last epoch whose end was offered to should_snapshot
+        self._seen_steps = 0  # the observer's step count last offered to should_snapshot
+        self._snap_step = -1  # the observer's step count at the last snapshot (never two of one step)
+        self._epoch = 0  # the epoch being trained, for should_snapshot's default
         self._eval: StateSwap | None = None  # the average being evaluated, computed once per evaluation
         self._eval_key: Any = None
         self._loaded_average: dict[str, torch.Tensor] | None = None  # a checkpoint's average (test/validate)
@@ -157,18 +175,21 @@ class LAWACallback(Callback):
         return f"{self.suffix.lstrip('_')}_state_dict"
 
     # ---------------------------------------------------------------------------------- setup
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            check_model(pl_module)
-            step = getattr(pl_module, "validation_step", None)
-            if step is not None and is_param_in_hook_signature(step, "dataloader_iter", explicit=True):
-                raise ValueError(
-                    "Invalid model: its validation_step takes dataloader_iter, which LAWACallback cannot run a "
-                    "second time for the average; take (batch, batch_idx) instead"
-                )
+    def _check_model(self, pl_module: LightningModule) -> None:
+        # Here, not in setup(): Lightning calls callbacks' setup before configure_model, so a model
+        # that builds its layers there (the way it asks sharded models to) has no parameters yet.
+        check_model(pl_module)
+        step = getattr(pl_module, "validation_step", None)
+        if step is not None and is_param_in_hook_signature(step, "dataloader_iter", explicit=True):
+            raise ValueError(
+                "Invalid model: its validation_step takes dataloader_iter, which LAWACallback cannot run a "
+                "second time for the average; take (batch, batch_idx) instead"
+            )
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        self._check_model(pl_module)  # after configure_model and the strategy's setup
 
         if isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
             raise ValueError(
@@ -184,7 +205,9 @@ class LAWACallback(Callback):
         if self.observer is not None:  # a second fit with the same callback continues its ring
             self.observer.close()
             previous = None if self._pending is not None else self.state_dict()
-        self.observer = Observer(trainer.optimizers[0], self.method, period=self.every_n_steps, **self.method_kwargs)
+        # period=None: the callback decides every snapshot (should_snapshot), after the step the observer counted
+        self.observer = Observer(trainer.optimizers[0], self.method, **self.method_kwargs)
+        self._seen_steps, self._snap_step = 0, -1
         self._drop_eval()
         if self._pending is not None:
             self._apply(self._pending)
@@ -206,20 +229,61 @@ class LAWACallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.every_n_steps is None and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._epoch_snapshot(trainer)  # before this epoch's validation
+        self._epoch = trainer.current_epoch
+        if self.observer is not None and self.observer.num_steps > self._seen_steps:  # an optimizer step was taken
+            self._seen_steps = self.observer.num_steps
+            if self.should_snapshot(step_idx=self._seen_steps - 1):
+                self._snapshot()
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._epoch_end(trainer)  # before this epoch's validation
         if self._eval is not None and self._eval_key != self._key():
             self._drop_eval()  # free the stale average
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_steps is None:
-            self._epoch_snapshot(trainer)  # an epoch cut short (max_steps, limit_train_batches)
+        self._epoch_end(trainer)  # an epoch cut short (max_steps, limit_train_batches)
 
-    def _epoch_snapshot(self, trainer: Trainer) -> None:
+    def _epoch_end(self, trainer: Trainer) -> None:
         if self.observer is None or self._snap_epoch == trainer.current_epoch or self.observer.num_steps == 0:
             return
-        self.observer.snapshot()
-        self._snap_epoch = trainer.current_epoch
+        self._snap_epoch = self._epoch = trainer.current_epoch
+        if self.should_snapshot(epoch_idx=trainer.current_epoch):
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        assert self.observer is not None
+        if self._snap_step != self.observer.num_steps:  # a step and its epoch's end both chosen: one snapshot
+            self.observer.snapshot()
+            self._snap_step = self.observer.num_steps
+
+    def should_snapshot(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """Whether to take a snapshot now; override it to choose when the callback snapshots.
+
+        Called after every optimizer step with ``step_idx`` (the zero-based index of that step among
+        the steps the optimizer really took: a step that AMP's ``GradScaler`` skipped is not
+        counted) and at the end of every training epoch with ``epoch_idx`` (zero-based, as
+        ``trainer.current_epoch``; called before that epoch's validation, so the validation
+        evaluates an average that includes it); the other argument is ``None``. The same contract
+        as Lightning's ``WeightAveraging.should_update(step_idx, epoch_idx)``. At most one
+        snapshot is taken per optimizer step.
+
+        The default: with ``every_n_steps=None``, at the end of every epoch from ``start_epoch`` on
+        whose last step index is at least ``start_step``; with ``every_n_steps=N``, after steps
+        ``N, 2N, ...`` (``(step_idx + 1) % N == 0``) from ``start_step`` on, in epochs from
+        ``start_epoch`` on.
+
+        Example:
+            >>> class EveryOtherEpochFrom10(LAWACallback):
+            ...     def should_snapshot(self, step_idx=None, epoch_idx=None):
+            ...         return epoch_idx is not None and epoch_idx >= 10 and epoch_idx % 2 == 0
+        """
+        if self._epoch < self.start_epoch:
+            return False
+        if epoch_idx is not None:
+            last_step = self.observer.num_steps - 1 if self.observer is not None else -1
+            return self.every_n_steps is None and epoch_idx >= self.start_epoch and last_step >= self.start_step
+        if step_idx is not None and self.every_n_steps is not None:
+            return step_idx >= self.start_step and (step_idx + 1) % self.every_n_steps == 0
+        return False
 
     # ---------------------------------------------------------------------------------- evaluation
     def _key(self) -> Any:
@@ -244,7 +308,9 @@ class LAWACallback(Callback):
             return None
         bn: dict[str, Any] = {}
         if self._use_bn(pl_module):
-            loader = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader or self._train_loader
+            # `is None`, never truthiness: a loader over an iterable dataset has no len()
+            candidates = (self.bn_loader, trainer.train_dataloader, self._train_loader)
+            loader = next((d for d in candidates if d is not None), None)
             if loader is None or isinstance(loader, (dict, list, tuple)):
                 raise ValueError(
                     f"Invalid bn_loader: the training dataloader is {type(loader).__name__}; pass "
@@ -397,6 +463,7 @@ class LAWACallback(Callback):
             "method": self.method,
             "observer": self.observer.state_dict(),
             "snap_epoch": self._snap_epoch,
+            "snap_step": self._snap_step,
             "time_saved": self._time_saved.state_dict(),
         }
 
@@ -417,6 +484,8 @@ class LAWACallback(Callback):
         assert self.observer is not None
         self.observer.load_state_dict(state["observer"])  # checks method, k, shapes before changing anything
         self._snap_epoch = int(state["snap_epoch"])
+        self._snap_step = int(state.get("snap_step", -1))  # absent in states saved before should_snapshot existed
+        self._seen_steps = self.observer.num_steps
         self._time_saved.load_state_dict(state["time_saved"])
         self._pending = None
 
