@@ -23,7 +23,7 @@ def test_schedules():
     assert m("wsd", 799) == 1.0 and m("wsd", 800) == 1.0 and m("wsd", 900) == pytest.approx(0.5)
     assert m("wsd", 450, b=500) == pytest.approx(0.5)  # a shorter budget cools down over its own last 20%
     with pytest.raises(ValueError, match="Invalid schedule: 'step'"):
-        m("step", 3)
+        m("step", 500)
 
 
 def test_config_problems_are_reported_together():
