@@ -58,13 +58,14 @@ def test_average_writes_the_mean_and_reports(tmp_path):
     assert got["model"]["bn.num_batches_tracked"].item() == 110
     assert got["extra_state"] == {"epoch": 11} and "last_optimizer_state" not in got
 
-    result = invoke(*paths[-2:], "--drop", "extra_state.epoch", "--drop", "cfg", "--keep-optimizer", "--out", out)
+    result = invoke(*paths[-2:], "--drop", "extra_state.epoch", "--drop", "cfg", "--keep-optimizer", "--out", out,
+                    "--force")
     assert result.exit_code == 0, result.output
     assert "dropped extra_state.epoch, cfg" in result.output
     slim = torch.load(out, weights_only=True)
     assert list(slim) == ["model", "extra_state", "last_optimizer_state"] and slim["extra_state"] == {}
 
-    result = invoke(*paths[-4:], "--weights", "exp", "--alpha", "0.5", "--out", out, "-q")
+    result = invoke(*paths[-4:], "--weights", "exp", "--alpha", "0.5", "--out", out, "-q", "--force")
     assert result.exit_code == 0 and result.output == ""
     exp = torch.load(out, weights_only=True)["model"]
     assert torch.equal(exp["w"], average_checkpoints(paths[-4:], weights="exp", alpha=0.5)["model"]["w"])
@@ -151,7 +152,7 @@ def test_folders_in_natural_order_and_the_summary_names_the_entry(tmp_path):
     got = torch.load(out, weights_only=True)
     assert torch.equal(got["state_dict"]["w"], torch.stack([s.double() for s in states[-2:]]).mean(0).float())
     assert list(got) == ["pytorch-lightning_version", "state_dict", "epoch"]
-    result = invoke(run, "--last", 2, "--out", out, "--as-given", "--key", "state_dict")
+    result = invoke(run, "--last", 2, "--out", out, "--as-given", "--key", "state_dict", "--force")
     assert result.exit_code == 0 and "(weights from 'state_dict': written as state_dict)" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -275,7 +276,7 @@ def test_sigkill_never_leaves_a_truncated_file(tmp_path):
     old = tmp_path / "old.pt"
     torch.save({"model": {"w": torch.zeros(3)}}, old)
     new = average_checkpoints(paths)
-    args = [*map(str, paths), "--out", str(out)]
+    args = [*map(str, paths), "--out", str(out), "--force"]  # --force: replaces the average of the run before
 
     def signature():
         st = out.stat() if out.exists() else None

@@ -279,7 +279,7 @@ def test_refuses_mismatched_files_naming_file_and_keys(tmp_path, kind):
     assert not out.exists()
     out.write_bytes(b"an older average")  # an existing file is left as it was
     with pytest.raises(CheckpointError, match=match):
-        write_average([*paths, tmp_path / "checkpoint_bad.pt"], out)
+        write_average([*paths, tmp_path / "checkpoint_bad.pt"], out, force=True)
     assert out.read_bytes() == b"an older average"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file
 

@@ -118,7 +118,7 @@ def test_timm_checkpoint_saver_files_average_and_load(tmp_path):
     timm.models.load_checkpoint(fresh, str(out))
     assert_equal_state(fresh.state_dict(), want)
     # the EMA weights on request, written where timm's loader reads them by default
-    write_average(paths[1:], out, key="state_dict_ema")
+    write_average(paths[1:], out, key="state_dict_ema", force=True)
     timm.models.load_checkpoint(fresh, str(out))
     assert_equal_state(fresh.state_dict(), reference([c["state_dict_ema"] for c in loaded[1:]]))
 

@@ -56,6 +56,12 @@ The output appears atomically: a crash leaves the old file (or no folder).
 @click.option("--nonfinite", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="A checkpoint holding NaN/Inf stops with an error, or is left out with a warning.")
 @click.option("--keep-optimizer", is_flag=True, help="Keep the newest checkpoint's optimizer and scheduler state.")
+@click.option("--keep-callbacks", is_flag=True,
+              help="Keep the newest Lightning checkpoint's callback states (LAWACallback's ring, EMA/SWA) and "
+                   "LAWACallback's lawa_state_dict, left out by default (stale in an average).")
+@click.option("--include-copies", is_flag=True,
+              help="Also average a folder's best*/last* files (Lightning ModelCheckpoint's copies of an epoch's "
+                   "checkpoint), left out by default.")
 @click.option("--drop", multiple=True, metavar="ENTRY",
               help="Leave this entry of the newest checkpoint out, as a dotted path (repeatable), "
                    "e.g. --drop extra_state.ema.")
@@ -63,65 +69,55 @@ The output appears atomically: a crash leaves the old file (or no folder).
               help="Fully unpickle files that torch.load(weights_only=True) refuses. "
                    "ONLY for files you trust: a crafted checkpoint runs code.")
 @click.option("--force", is_flag=True,
-              help="Allow --out to be one of the inputs or an existing folder (it is replaced atomically).")
+              help="Allow --out to exist already or to be one of the inputs (it is replaced atomically).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-def average(checkpoints, out, last, weights, alpha, sort, key, nonfinite, keep_optimizer, drop, trust_pickle,
-            force, quiet) -> None:
+def average(checkpoints, out, quiet, **options) -> None:
     """Average saved checkpoints CHECKPOINTS... (files or folders) into one, in their format (offline LAWA)."""
     from tqdm import tqdm
 
     from lawa_optim.io import CheckpointError
-    from lawa_optim.offline import write_average
+    from lawa_optim.offline import AverageOptions, write_average
 
     with tqdm(desc="averaging", unit="step", disable=True if quiet else None, leave=False) as bar:
         try:
-            summary = write_average(
-                list(checkpoints), out, last=last, weights=weights, alpha=alpha, force=force, sort=sort,
-                key=key, trust_pickle=trust_pickle, keep_optimizer=keep_optimizer, drop=list(drop),
-                nonfinite=nonfinite,
-                progress=lambda i, path: bar.update(1),
-            )
+            opts = AverageOptions(**options, progress=lambda i, path: bar.update(1))
+            summary = write_average(list(checkpoints), out, opts)
         except CheckpointError as err:
-            msg = str(err).replace("trust_pickle=True (--trust-pickle on the command line)", "--trust-pickle")
-            raise click.ClickException(msg.replace("nonfinite='skip' (--nonfinite skip)", "--nonfinite skip")) from err
+            raise click.ClickException(_as_options(str(err))) from err
         except (ValueError, TypeError) as err:
-            msg = str(err).replace("Invalid last:", "Invalid --last:").replace("Invalid out:", "Invalid --out:")
-            msg = msg.replace("Invalid drop:", "Invalid --drop:").replace("Invalid key:", "Invalid --key:")
-            raise click.UsageError(msg.replace("force=True", "--force")) from err
+            raise click.UsageError(_as_options(str(err))) from err
     if quiet:
         return
     coeffs = ", ".join(f"{c:.4g}" for c in summary.coefficients)
-    click.echo(f"Averaged {len(summary.files)} {_kind(summary)}, {weights} weights (oldest first: {coeffs})")
+    click.echo(f"Averaged {len(summary.files)} {summary.description}, {opts.weights} weights (oldest first: {coeffs})")
     for path in summary.files:
         click.echo(f"  {path}")
     for path in summary.skipped:
         click.echo(f"  skipped (NaN/Inf): {path}")
     for path in summary.ignored:
         click.echo(f"  left out (no step number in the name, or an earlier average): {path}")
+    for path in summary.copies:
+        click.echo(f"  left out (a best/last copy of an epoch checkpoint; --include-copies averages it): {path}")
     copied = f"{len(summary.copied)} {'entry' if len(summary.copied) == 1 else 'entries'}"
     click.echo(f"{len(summary.averaged)} floating tensors averaged in float64; {copied} copied from the newest"
                + (f"; dropped {', '.join(summary.dropped)}" if summary.dropped else ""))
     written = Path(summary.out)
-    size = sum(p.stat().st_size for p in written.iterdir()) if written.is_dir() else written.stat().st_size
+    size = sum(p.stat().st_size for p in written.rglob("*") if p.is_file()) if written.is_dir() \
+        else written.stat().st_size
     click.echo(f"Wrote {summary.out} ({size / 2**20:.1f} MiB)")
 
 
-_ENTRY_NOTE = {
-    ("lightning", "current_model_state"): "the raw weights; --key state_dict for WeightAveraging's average",
-    ("lightning", "state_dict"): "written as state_dict",
-    ("timm", "state_dict"): "the raw weights; --key state_dict_ema for the EMA",
-    ("timm", "state_dict_ema"): "written as state_dict",
-}
+def _as_options(msg: str) -> str:
+    """The library's message in the command line's words: ``Invalid last:`` -> ``Invalid --last:``, ``force=True`` ->
+    ``--force``."""
+    import dataclasses
 
+    from lawa_optim.offline import AverageOptions
 
-def _kind(summary) -> str:
-    """``Lightning checkpoints (weights from 'current_model_state': the raw weights; ...)``."""
-    if summary.format == "huggingface":
-        return "Hugging Face checkpoints"
-    if summary.format == "safetensors":
-        return "safetensors files"
-    if summary.key is None:
-        return "plain state dicts"
-    note = _ENTRY_NOTE.get((summary.format, summary.key))
-    name = {"lightning": "Lightning", "timm": "timm", "fairseq": "fairseq"}.get(summary.format, "")
-    return f"{name + ' ' if name else ''}checkpoints (weights from {summary.key!r}{': ' + note if note else ''})"
+    msg = msg.replace("trust_pickle=True (--trust-pickle on the command line)", "--trust-pickle")
+    msg = msg.replace("nonfinite='skip' (--nonfinite skip)", "--nonfinite skip")
+    msg = msg.replace("include_copies=True (--include-copies)", "--include-copies")
+    for name in ["out"] + [f.name for f in dataclasses.fields(AverageOptions)]:
+        flag = "--" + name.replace("_", "-")
+        msg = msg.replace(f"Invalid {name}:", f"Invalid {flag}:").replace(f"{name}=True", flag)
+    return msg

@@ -7,17 +7,20 @@ bare ``.safetensors``, fairseq checkpoints and plain ``torch.save`` state dicts.
 
 Modules, one idea each:
 
+- :mod:`.options`: :class:`AverageOptions`, every option of an average in one dataclass;
 - :mod:`.select`: which files (folders expanded, natural order, the ``last`` newest);
-- :mod:`.formats`: the pickled container formats (where the weights are, what an average keeps);
-- :mod:`.safetensors_io`: safetensors files and HF folders, read and written one tensor at a time;
+- :mod:`.formats`: the table of formats, one reader/writer pair (a :class:`.base.Format`) each:
+  :mod:`.pickled` (``torch.save`` files, whose dict layouts are in :mod:`.layouts`), :mod:`.hf`
+  (safetensors files and HF folders, through :mod:`.safetensors_io` and :mod:`.streamed`);
 - :mod:`.accumulate`: the float64 summing maths;
-- :mod:`.pickled` (file by file) and :mod:`.streamed` (tensor by tensor): the two ways through;
 - :mod:`.average`: the two public functions that put them together.
 """
 
 from .accumulate import average_state_dicts
 from .average import average_checkpoints, write_average
+from .options import AverageOptions
 from .select import natural_key
 from .summary import AverageSummary
 
-__all__ = ["AverageSummary", "average_checkpoints", "average_state_dicts", "natural_key", "write_average"]
+__all__ = ["AverageOptions", "AverageSummary", "average_checkpoints", "average_state_dicts", "natural_key",
+           "write_average"]

@@ -1,165 +1,56 @@
-"""Container formats: where a checkpoint keeps its weights, and what an averaged copy of it keeps.
+"""The checkpoint formats ``lawa average`` reads and writes: one table, one entry (a reader/writer pair) per format.
 
-One small class per format. A pickled checkpoint (``torch.save``) is loaded with
-``torch.load(weights_only=True)`` (memory-mapped, so the optimizer state it also holds is never
-read from disk); its format is recognized from its entries:
+Each entry is a :class:`~.base.Format` (its module holds its reader and writer):
 
-- ``lightning`` (it has ``pytorch-lightning_version``): averages ``current_model_state`` when
-  present (the raw weights, under Lightning's ``WeightAveraging`` callback, whose ``state_dict``
-  is the callback's own EMA/SWA average), else ``state_dict``; leaves out ``optimizer_states``,
-  ``lr_schedulers``, ``averaging_state`` and the weights entry not averaged;
-- ``timm`` (a ``state_dict`` mapping, as timm's ``CheckpointSaver`` writes): averages
-  ``state_dict`` (or ``state_dict_ema``); leaves out ``optimizer``, ``amp_scaler`` and the
-  weights entry not averaged;
-- ``fairseq`` (a ``model`` mapping): averages ``model``; leaves out ``last_optimizer_state``;
-- ``plain``: anything else is a state dict itself.
+====================  ==========================================================  ==========================
+entry                 a checkpoint is                                             module
+====================  ==========================================================  ==========================
+``dcp``               a ``torch.distributed.checkpoint`` folder (``.metadata``)   :mod:`.dcp_io`
+``huggingface``       a Hugging Face folder of safetensors weights                :mod:`.hf`
+``huggingface-bin``   a Hugging Face folder of ``pytorch_model.bin`` weights      :mod:`.hf`
+``safetensors``       a ``.safetensors`` file                                     :mod:`.hf`
+``pickled``           a ``torch.save`` file (plain, fairseq, Lightning, timm)     :mod:`.pickled`
+====================  ==========================================================  ==========================
 
-The average is written under the entry the format's own loader reads (``state_dict`` for
-Lightning's ``load_from_checkpoint`` and timm's ``load_checkpoint``), whichever entry was
-averaged; the other entries are the newest checkpoint's. safetensors files and Hugging Face
-folders are read tensor by tensor instead (:mod:`.safetensors_io`).
+A path is of the first format in :data:`FORMATS` whose ``matches`` accepts it (``pickled``, last,
+takes any file). Adding a format: a module with its :class:`~.base.Format` subclass, and its
+line here.
 """
 
 from __future__ import annotations
 
-import argparse
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import torch
+from ..io import CheckpointError
+from .base import Format
+from .hf import HFBinFolder, HFFolder, SafetensorsFile
+from .pickled import PickledFile
 
-from ..io import CheckpointError, UnsafeCheckpointError, safe_load
-from .accumulate import listing
+__all__ = ["FORMATS", "format_of", "one_format"]
 
-__all__ = ["FORMATS", "PickledFormat", "detect_pickled", "load_pickled"]
-
-# Classes accepted when loading besides tensors and plain containers: fairseq-train and timm's
-# CheckpointSaver store their config as an argparse.Namespace; unpickling one only sets attributes.
-SAFE_CLASSES = (argparse.Namespace,)
+# Detection order: folder formats first, then files; pickled (any file) last.
+FORMATS: tuple[Format, ...] = (HFFolder(), HFBinFolder(), SafetensorsFile(), PickledFile())
 
 
-def load_pickled(path: Path, trust_pickle: bool) -> Any:
-    """``torch.load(weights_only=True, mmap=True)``; a file that is no torch checkpoint at all is named as such."""
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if not (zipfile.is_zipfile(path) or head[:1] == b"\x80" or head[:2] == b"PK"):
-            raise CheckpointError(
-                f"{str(path)!r} is not a checkpoint: it is neither a torch.save file (zip or pickle) nor a "
-                "safetensors file (name it .safetensors); give checkpoint files or folders"
-            )
-    try:
-        return safe_load(path, mmap=True, allow=SAFE_CLASSES)
-    except UnsafeCheckpointError as err:
-        if not trust_pickle:
-            raise UnsafeCheckpointError(
-                f"{err}. If you made this file yourself or trust its source, pass trust_pickle=True "
-                "(--trust-pickle on the command line) to unpickle it fully, which can run code"
-            ) from err
-    try:  # the user vouched for the file: full unpickling, as torch.load did before torch 2.6
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"Checkpoint {str(path)!r} could not be unpickled ({type(err).__name__}: {err})") from err
+def format_of(path: Path, in_folder: bool = False) -> Format | None:
+    """The format of checkpoint ``path``; ``in_folder``: a folder's entry, whose file name must end in a suffix."""
+    for fmt in FORMATS:
+        if fmt.matches(path) and not (in_folder and path.is_file() and not path.name.endswith(fmt.suffixes)):
+            return fmt
+    return None
 
 
-class PickledFormat:
-    """A ``torch.save`` checkpoint dict holding its weights under one of ``entries``.
-
-    Attributes:
-        name: the format's name, as the summary prints it.
-        entries: entries that may hold the weights; ``None`` for a file that is the state dict itself.
-        out_entry: where the average is written (the entry the format's loader reads).
-        training_state: entries left out of the output (optimizer and scheduler state).
-    """
-
-    name = "generic"
-    entries: tuple[str, ...] = ()
-    out_entry: str | None = None
-    training_state: tuple[str, ...] = ()
-
-    @staticmethod
-    def matches(obj: Mapping) -> bool:
-        return False
-
-    def default_entry(self, obj: Mapping) -> str | None:
-        return self.entries[0] if self.entries else None
-
-    def output(self, newest: Mapping, entry: str | None, average: Any, keep_optimizer: bool) -> tuple[Any, tuple]:
-        """The averaged checkpoint: ``newest`` with the average under :attr:`out_entry`; and what was left out."""
-        if entry is None:
-            return average, ()
-        drop = set() if keep_optimizer else set(self.training_state)
-        drop |= {e for e in self.entries if e != (self.out_entry or entry)}
-        result = {k: v for k, v in newest.items() if k not in drop}
-        result[self.out_entry or entry] = average
-        return result, tuple(k for k in newest if k not in result)
-
-
-class PlainFormat(PickledFormat):
-    name = "plain"
-
-
-class GenericFormat(PickledFormat):
-    """A checkpoint dict whose weights entry the user named with ``key=`` (``--key``)."""
-
-    name = "checkpoint"
-
-    def __init__(self, entry: str) -> None:
-        self.entries = (entry,)
-
-
-class FairseqFormat(PickledFormat):
-    name = "fairseq"
-    entries = ("model",)
-    training_state = ("last_optimizer_state",)
-
-    @staticmethod
-    def matches(obj: Mapping) -> bool:
-        return isinstance(obj.get("model"), Mapping)
-
-
-class LightningFormat(PickledFormat):
-    name = "lightning"
-    entries = ("state_dict", "current_model_state")
-    out_entry = "state_dict"
-    training_state = ("optimizer_states", "lr_schedulers", "averaging_state")
-
-    @staticmethod
-    def matches(obj: Mapping) -> bool:
-        return "pytorch-lightning_version" in obj and "state_dict" in obj
-
-    def default_entry(self, obj: Mapping) -> str:
-        # With Lightning's WeightAveraging callback, state_dict holds the callback's EMA/SWA average
-        # and current_model_state the raw training weights, whose trajectory LAWA averages.
-        return "current_model_state" if "current_model_state" in obj else "state_dict"
-
-
-class TimmFormat(PickledFormat):
-    name = "timm"
-    entries = ("state_dict", "state_dict_ema")
-    out_entry = "state_dict"
-    training_state = ("optimizer", "amp_scaler")
-
-    @staticmethod
-    def matches(obj: Mapping) -> bool:
-        return isinstance(obj.get("state_dict"), Mapping)
-
-
-# Detection order: the first format whose matches() accepts the checkpoint.
-FORMATS: tuple[type[PickledFormat], ...] = (LightningFormat, TimmFormat, FairseqFormat)
-
-
-def detect_pickled(obj: Any, name: str, key: str | None) -> tuple[PickledFormat, str | None]:
-    """The format of a loaded checkpoint and the entry to average (``key`` if given, else its default)."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    fmt: PickledFormat = next((f() for f in FORMATS if f.matches(obj)), PlainFormat())
-    if key is None:
-        return fmt, fmt.default_entry(obj)
-    if key not in obj:
-        raise CheckpointError(f"{name} has no entry {key!r}; its top-level keys are {listing(map(str, obj))}")
-    if key not in fmt.entries:
-        fmt = GenericFormat(key)
-    return fmt, key
+def one_format(paths) -> Format:
+    """The format all ``paths`` share; a mix of formats, or a folder that is no checkpoint, is refused."""
+    found = []
+    for p in paths:
+        fmt = format_of(p)
+        if fmt is None:
+            raise CheckpointError(f"{str(p)!r} is not a checkpoint: a folder of no known format (a Hugging Face "
+                                  "folder, a distributed checkpoint with .metadata) and no checkpoint file")
+        found.append(fmt)
+    for p, fmt in zip(paths, found):
+        if fmt is not found[0]:
+            raise CheckpointError(f"{p} is a {fmt.name} checkpoint but {paths[0]} is a {found[0].name} one; "
+                                  "give checkpoints of one format")
+    return found[0]

@@ -1,8 +1,9 @@
-"""Averaging pickled checkpoints (plain, fairseq, Lightning, timm, HF ``pytorch_model.bin``) file by file.
+"""The ``torch.save`` file format (plain, fairseq, Lightning, timm), averaged file by file.
 
 One file is loaded at a time (``torch.load(weights_only=True)``, memory-mapped) and added to the
 float64 sums of every tensor (:class:`.accumulate.Accumulator`); the result is the newest
-checkpoint with its weights entry replaced by the average (:mod:`.formats` says which entries).
+checkpoint with its weights entry replaced by the average (:mod:`.layouts` says which entries).
+:func:`average_pickled` also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import CheckpointError, safe_load
+from ..io import CheckpointError, atomic_save, safe_load
 from .accumulate import coefficients, listing, stream
-from .formats import detect_pickled, load_pickled
+from .base import Format
+from .layouts import detect_pickled, load_pickled
+from .options import AverageOptions
 from .select import HF_WEIGHT_FILES
 from .summary import AverageSummary
 
-__all__ = ["average_pickled", "check_drop"]
+__all__ = ["PickledFile", "average_pickled", "check_drop"]
 
 
 def _load_hf_bin(folder: Path) -> OrderedDict:
@@ -40,14 +43,32 @@ def _load_hf_bin(folder: Path) -> OrderedDict:
     return sd
 
 
-def average_pickled(selected, kind, *, weights, alpha, key, trust_pickle, keep_optimizer, drop, nonfinite, progress):
-    coeffs = coefficients(weights, alpha, len(selected))
+class PickledFile(Format):
+    """A ``torch.save`` file (any name when given; ``.ckpt``, ``.pth.tar``, ``.pt``, ``.pth``, ``.bin`` in a folder)."""
+
+    name = "pickled"
+    suffixes = (".ckpt", ".pth.tar", ".pt", ".pth", ".bin")
+
+    def matches(self, path: Path) -> bool:
+        return not path.is_dir()  # any file; a missing one is named by the loader
+
+    def average(self, paths, opts):
+        return average_pickled(paths, opts, hf_bin=False)
+
+    def write(self, paths, out, opts):
+        result, summary = self.average(paths, opts)
+        atomic_save(result, out)
+        return summary
+
+
+def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool) -> tuple[Any, AverageSummary]:
+    """Average pickled checkpoints (``hf_bin``: HF folders of ``pytorch_model.bin``) file by file, into memory."""
+    key, drop = opts.key, opts.drop
+    coeffs = coefficients(opts.weights, opts.alpha, len(selected))
     chosen: list = []
 
     def extract(obj: Any, name: str) -> Mapping[str, Any]:
-        if kind == "huggingface-bin":
-            if key is not None:
-                raise ValueError(f"Invalid key: {key!r}; a Hugging Face folder holds one set of weights")
+        if hf_bin:
             found = (None, None)
         else:
             fmt, entry = detect_pickled(obj, name, key)
@@ -61,10 +82,10 @@ def average_pickled(selected, kind, *, weights, alpha, key, trust_pickle, keep_o
         return obj if found[1] is None else obj[found[1]]
 
     def load(p: Path) -> Any:
-        return _load_hf_bin(p) if kind == "huggingface-bin" else load_pickled(p, trust_pickle)
+        return _load_hf_bin(p) if hf_bin else load_pickled(p, opts.trust_pickle)
 
     items = ((str(p), load(p)) for p in selected)  # a generator: one file loaded at a time
-    acc, newest, used, skipped, used_coeffs = stream(items, coeffs, nonfinite, extract, progress)
+    acc, newest, used, skipped, used_coeffs = stream(items, coeffs, opts.nonfinite, extract, opts.progress)
     averaged = acc.averaged_keys()
     state = acc.result(uniform=coeffs is None, renormalize=bool(skipped))
     fmt, entry = chosen[0]
@@ -72,7 +93,7 @@ def average_pickled(selected, kind, *, weights, alpha, key, trust_pickle, keep_o
     if fmt is None or entry is None:
         result: Any = state
     else:
-        result, dropped = fmt.output(newest, entry, state, keep_optimizer)
+        result, dropped = fmt.output(newest, entry, state, opts.keep_optimizer, opts.keep_callbacks)
         for path in drop:
             if _find(result, path)[0] is not None:
                 result = _without(result, path)
@@ -80,7 +101,8 @@ def average_pickled(selected, kind, *, weights, alpha, key, trust_pickle, keep_o
     summary = AverageSummary(
         files=tuple(used), coefficients=tuple(used_coeffs), skipped=tuple(skipped), key=entry,
         averaged=averaged, copied=tuple(k for k in state if k not in averaged), dropped=dropped,
-        format="huggingface" if kind == "huggingface-bin" else fmt.name,
+        format="huggingface" if hf_bin else fmt.name,
+        description="Hugging Face checkpoints" if hf_bin else fmt.describe(entry),
     )
     return result, summary
 

@@ -14,25 +14,34 @@ A path given is one of:
   out, and reported. A folder that is itself an HF checkpoint but also holds numbered
   checkpoints (a ``Trainer`` output folder after ``save_model``) counts as its checkpoints. An
   averaged folder written by :func:`write_average` (it holds ``lawa_average.json``) is left out too.
+  Numbered names starting with ``best`` or ``last`` (Lightning's ``ModelCheckpoint`` writes
+  ``best-epoch=3.ckpt``, ``last-v1.ckpt``) are copies of an epoch's checkpoint: left out unless
+  ``include_copies``, and reported.
+
+Which paths are checkpoints, and of which format, is the table of :mod:`.formats` (passed in as
+``recognize``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..io import CheckpointError
 
-__all__ = ["HF_WEIGHT_FILES", "PROVENANCE", "Selection", "is_hf_folder", "natural_key", "select"]
+__all__ = ["HF_WEIGHT_FILES", "PROVENANCE", "Selection", "natural_key", "select"]
 
 # The weight files of a Hugging Face checkpoint folder, in order of preference.
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
 # Written into every averaged HF folder: such a folder in a folder of checkpoints is not one of them.
 PROVENANCE = "lawa_average.json"
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth.tar", ".pt", ".pth", ".bin")
+# Names of copies of a numbered checkpoint (Lightning's ModelCheckpoint: best-epoch=3.ckpt, last-v1.ckpt).
+COPY_PREFIXES = ("best", "last")
 
 
 def natural_key(path: str | os.PathLike) -> tuple:
@@ -46,43 +55,43 @@ def natural_key(path: str | os.PathLike) -> tuple:
     return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts)
 
 
-def is_hf_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a Hugging Face model's weights."""
-    return path.is_dir() and any((path / name).is_file() for name in HF_WEIGHT_FILES)
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return is_hf_folder(path) if path.is_dir() else path.name.endswith(CHECKPOINT_SUFFIXES)
-
-
 @dataclass(frozen=True)
 class Selection:
-    """The checkpoints chosen (oldest first) and the folder entries left out because unnumbered."""
+    """The checkpoints chosen (oldest first), the folder entries left out because unnumbered, and the copies."""
 
     paths: tuple[Path, ...]
     ignored: tuple[Path, ...]
+    copies: tuple[Path, ...] = ()
 
 
-def _expand(folder: Path) -> tuple[list[Path], list[Path]]:
-    hf = is_hf_folder(folder)  # its own numbered files are shards: only its sub-folders can be checkpoints
-    children = sorted((p for p in folder.iterdir()
-                       if not p.name.startswith(".") and (p.is_dir() or not hf) and _is_checkpoint(p)), key=natural_key)
+# recognize(path, in_folder) -> the path's format, or None when it is no checkpoint (formats.format_of)
+Recognize = Callable[[Path, bool], Any]
+
+
+def _expand(folder: Path, recognize: Recognize, include_copies: bool) -> tuple[list[Path], list[Path], list[Path]]:
+    own = recognize(folder, False) is not None  # a checkpoint folder: only its sub-folders can be checkpoints
+    children = sorted((p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_dir() or not own)
+                       and recognize(p, True) is not None), key=natural_key)
     numbered = [p for p in children if re.search(r"\d", p.name.split(".")[0] if p.is_file() else p.name)
                 and not (p / PROVENANCE).exists()]
+    copies = [] if include_copies else [p for p in numbered if p.name.lower().startswith(COPY_PREFIXES)]
+    numbered = [p for p in numbered if p not in copies]
     if numbered:
-        return numbered, [p for p in children if p not in numbered]
-    if hf:
-        return [folder], []
+        return numbered, [p for p in children if p not in numbered and p not in copies], copies
+    if own:
+        return [folder], [], []
     names = ", ".join(p.name for p in children[:4])
-    found = f"; it holds {len(children)} unnumbered ones ({names})" if children else ""
+    found = f"; it holds {len(children)} unnumbered ones or copies ({names})" if children else ""
+    hint = "; include_copies=True (--include-copies) averages best-*/last* copies" if copies else ""
     raise CheckpointError(
-        f"Folder {str(folder)!r} holds no checkpoints: looked for Hugging Face checkpoint folders "
-        f"(with {' or '.join(HF_WEIGHT_FILES[1::2])}) and files ending in {', '.join(CHECKPOINT_SUFFIXES)} "
-        f"whose name holds an epoch or step number{found}; give the checkpoints themselves"
+        f"Folder {str(folder)!r} holds no checkpoints: looked for Hugging Face checkpoint folders (with "
+        f"{' or '.join(HF_WEIGHT_FILES[1::2])}), distributed checkpoint folders (with .metadata) and checkpoint "
+        f"files (.safetensors, .ckpt, .pth.tar, .pt, .pth, .bin) whose name holds an epoch or step number{found}"
+        f"{hint}; give the checkpoints themselves"
     )
 
 
-def select(paths, last: int | None, sort: bool) -> Selection:
+def select(paths, last: int | None, sort: bool, recognize: Recognize, include_copies: bool = False) -> Selection:
     """Expand ``paths`` (files or folders) into the checkpoints to average, oldest first.
 
     Args:
@@ -90,6 +99,8 @@ def select(paths, last: int | None, sort: bool) -> Selection:
         last (int, optional): keep only the ``last`` newest.
         sort (bool): order all checkpoints naturally (by the numbers in their paths); otherwise the
             order given (a folder's checkpoints are in natural order either way).
+        recognize (callable): ``recognize(path, in_folder)``, the format of a checkpoint path or ``None``.
+        include_copies (bool): take a folder's ``best*``/``last*`` copies too.
     """
     if isinstance(paths, (str, os.PathLike)):
         raise TypeError(f"Invalid paths: {paths!r}; give a list of checkpoint files or folders, oldest first")
@@ -98,11 +109,13 @@ def select(paths, last: int | None, sort: bool) -> Selection:
         raise ValueError("Invalid paths: no checkpoints given; give at least one file or folder")
     chosen: list[Path] = []
     ignored: list[Path] = []
+    copies: list[Path] = []
     for p in given:
         if p.is_dir():
-            found, left = _expand(p)
+            found, left, copied = _expand(p, recognize, include_copies)
             chosen += found
             ignored += left
+            copies += copied
         else:
             chosen.append(p)
     seen: dict[str, Path] = {}
@@ -121,5 +134,5 @@ def select(paths, last: int | None, sort: bool) -> Selection:
             raise ValueError(f"Invalid last: {last} but only {len(chosen)} checkpoints were given; "
                              "give more files or a smaller last")
         chosen = chosen[-last:]
-    return Selection(tuple(chosen), tuple(ignored))
+    return Selection(tuple(chosen), tuple(ignored), tuple(copies))
 

@@ -173,9 +173,11 @@ class MemorySource(st.SafetensorsSource):
         pass
 
 
-def write_hf_folder(out: Path, sources, newest, tensors, summary, force, *, weights="uniform", alpha=0.9,
+def write_hf_folder(out: Path, sources, newest, tensors, summary, *, weights="uniform", alpha=0.9,
                      nonfinite="raise") -> AverageSummary:
-    """Write the averaged folder into a hidden temporary folder beside ``out``, then rename it to ``out``."""
+    """Write the averaged folder into a hidden temporary folder beside ``out``, then rename it to ``out``.
+
+    An existing ``out`` is replaced (the caller refused it unless ``force``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

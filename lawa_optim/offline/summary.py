@@ -26,6 +26,10 @@ class AverageSummary:
             ``"plain"`` or ``"checkpoint"`` (a dict whose entry was named with ``key``).
         ignored: entries of the folders given that were left out because their name holds no
             number (``last.ckpt``, ``model_best.pth.tar``) or they are an average written earlier.
+        copies: entries of the folders given that were left out as copies of a numbered checkpoint
+            (``best-epoch=3.ckpt``, ``last-v1.ckpt``: names starting with ``best`` or ``last``;
+            ``include_copies=True`` averages them too).
+        description: what was averaged, in words (``"Lightning checkpoints (weights from ...)"``).
     """
 
     files: tuple[str, ...]
@@ -38,3 +42,5 @@ class AverageSummary:
     out: str | None = None
     format: str = "plain"
     ignored: tuple[str, ...] = ()
+    copies: tuple[str, ...] = ()
+    description: str = ""
