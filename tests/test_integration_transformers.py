@@ -428,3 +428,35 @@ def test_an_optimizer_that_is_already_a_wrapper_is_refused_before_the_first_step
     with pytest.raises(TypeError, match="already a lawa_optim wrapper"):
         trainer.train()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ------------------------------------------------------------------------------ Trainer(callbacks=[...])
+@pytest.mark.parametrize("form", ["instance", "class"])
+def test_the_callbacks_argument_takes_an_instance_or_the_class(tmp_path, form, one_thread):
+    """Trainer(callbacks=[LAWATrainerCallback(k=2)]) and callbacks=[LAWATrainerCallback] (the defaults,
+    k=6): the callback attaches to that Trainer and logs the reference average at every evaluation."""
+    k = 2 if form == "instance" else 6
+    model = _model()
+    given = LAWATrainerCallback(k=2) if form == "instance" else LAWATrainerCallback
+    trainer = transformers.Trainer(
+        model=model, args=_args(tmp_path, num_train_epochs=3, save_strategy="no"), train_dataset=TRAIN,
+        eval_dataset=EVAL, callbacks=[given],
+    )
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, LAWATrainerCallback)]
+    assert callback.trainer is trainer
+    recorder = _Recorder(model)
+    trainer.add_callback(recorder)
+    trainer.train()
+    lawa = _evals(trainer, "eval_lawa_loss")
+    assert sorted(lawa) == [4, 8, 12] and callback.snapshot_steps == [4, 8, 12]
+    for step, value in lawa.items():
+        expected = _reference_eval_loss(_reference_at(recorder.snaps, step, k))
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-6), step
+
+
+def test_without_a_trainer_the_error_names_the_supported_forms(tmp_path):
+    callback = LAWATrainerCallback(k=2)  # fine: the Trainer it is given to attaches it
+    args = _args(tmp_path)
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.raises(TypeError, match=r"callbacks=\[LAWATrainerCallback\(k=6\)\].*add_callback"):
+        callback.on_train_begin(args, state, control, model=_model())

@@ -30,6 +30,7 @@ Not supported: DeepSpeed and FSDP (each process holds a shard of the weights).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import warnings
@@ -68,9 +69,11 @@ class LAWATrainerCallback(TrainerCallback):
     """Evaluate, log and save the average of the latest checkpoints beside the raw weights.
 
     Args:
-        trainer (transformers.Trainer): the trainer the callback is added to (it evaluates the
-            average with the trainer's own ``evaluation_loop``); add the callback with
-            ``trainer.add_callback(callback)``.
+        trainer (transformers.Trainer, optional): the trainer the callback is added to (it
+            evaluates the average with the trainer's own ``evaluation_loop``). Either pass it and
+            add the callback with ``trainer.add_callback(callback)``, or leave it out and give the
+            callback (an instance, or the class for the defaults) to ``Trainer(callbacks=[...])``:
+            the callback then attaches to the ``Trainer`` whose events call it (default: None).
         method (str, optional): a method of the zoo that does not change the training trajectory:
             ``"lawa"``, ``"exp"``, ``"ema"``, ``"swa"`` (default: ``"lawa"``).
         period (int, optional): take a snapshot every ``period`` optimizer steps (with gradient
@@ -96,13 +99,14 @@ class LAWATrainerCallback(TrainerCallback):
     Example:
         >>> trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val)
         >>> trainer.add_callback(LAWATrainerCallback(trainer, k=6))      # one snapshot per epoch
+        >>> # or: Trainer(..., callbacks=[LAWATrainerCallback(k=6)])
         >>> trainer.train()           # logs eval_lawa_loss beside eval_loss; checkpoint-N/lawa/
         >>> model = AutoModelForSequenceClassification.from_pretrained(f"{args.output_dir}/lawa")
     """
 
     def __init__(
         self,
-        trainer: Trainer,
+        trainer: Trainer | None = None,
         method: str = "lawa",
         *,
         period: int | None = None,
@@ -111,20 +115,19 @@ class LAWATrainerCallback(TrainerCallback):
         bn_batches: int | None = None,
         **method_kwargs: Any,
     ) -> None:
-        if not isinstance(trainer, Trainer):
+        if trainer is not None and not isinstance(trainer, Trainer):
             raise TypeError(
                 f"Invalid trainer: {type(trainer).__name__} is not a transformers.Trainer; pass the trainer the "
-                "callback is added to: trainer.add_callback(LAWATrainerCallback(trainer))"
+                "callback is added to (trainer.add_callback(LAWATrainerCallback(trainer))), or leave it out and "
+                "write Trainer(..., callbacks=[LAWATrainerCallback(k=6)])"
             )
         check_method(method, period, **method_kwargs)
-        if trainer.model is not None:  # None with model_init: checked when training starts
-            check_model(trainer.model)
         bad_batches = isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 1
         if bn_batches is not None and bad_batches:
             raise ValueError(f"Invalid bn_batches: {bn_batches!r}; use a positive int or None for all of bn_loader")
         if bn_batches is not None and bn_loader is None:
             raise ValueError(f"Invalid bn_batches={bn_batches}: it needs bn_loader=<batches of training data>")
-        self.trainer = trainer
+        self.trainer: Trainer | None = None
         self.method = method
         self.period = period
         self.save = bool(save)
@@ -132,13 +135,42 @@ class LAWATrainerCallback(TrainerCallback):
         self.bn_batches = bn_batches
         self.method_kwargs = dict(method_kwargs)
         self.observer: Observer | None = None
-        self.time_saved = self._new_time_saved()
+        self.time_saved: TimeSaved | None = None
         self.snapshot_steps: list[int] = []
         self._last_count = 0  # the observer's step count at the last on_step_end
+        if trainer is not None:
+            self._attach(trainer)
+
+    def _attach(self, trainer: Trainer) -> None:
+        if trainer.model is not None:  # None with model_init: checked when training starts
+            check_model(trainer.model)
+        self.trainer = trainer
+        self.time_saved = self._new_time_saved()
+
+    def _find_trainer(self, event: str) -> None:
+        """Attach to the ``Trainer`` whose method is calling this event (``callbacks=[...]`` form)."""
+        if self.trainer is not None:
+            return
+        frame = inspect.currentframe()
+        try:
+            while frame is not None:  # the Trainer method -> CallbackHandler.call_event -> this callback
+                owner = frame.f_locals.get("self")
+                if isinstance(owner, Trainer):
+                    self._attach(owner)
+                    return
+                frame = frame.f_back
+        finally:
+            del frame
+        raise TypeError(
+            f"LAWATrainerCallback: {event} was not called by a transformers.Trainer, so the callback has no trainer "
+            "to evaluate the average with; give it to Trainer(..., callbacks=[LAWATrainerCallback(k=6)]) or write "
+            "trainer.add_callback(LAWATrainerCallback(trainer, k=6))"
+        )
 
     # ------------------------------------------------------------------------------ helpers
     def _monitored(self) -> tuple[str, str]:
         """The raw metric's full key (``eval_loss``) and ``"min"``/``"max"``, from the trainer's args."""
+        assert self.trainer is not None
         args = self.trainer.args
         name = args.metric_for_best_model or "loss"
         if not name.startswith("eval_"):
@@ -187,8 +219,13 @@ class LAWATrainerCallback(TrainerCallback):
         }
 
     # ------------------------------------------------------------------------------ training
+    def on_init_end(self, args: Any, state: Any, control: Any, **kw: Any):
+        self._find_trainer("on_init_end")
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kw: Any):
+        self._find_trainer("on_train_begin")
         trainer = self.trainer
+        assert trainer is not None
         if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
             raise RuntimeError(
                 "LAWATrainerCallback does not support DeepSpeed or FSDP (each process holds a shard of the "
