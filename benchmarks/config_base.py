@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from .config_files import resolve_config
+
 __all__ = ["ConfigError", "Section", "apply_overrides", "load_yaml", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -82,12 +84,14 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> list[str]:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """The parsed YAML file; :class:`ConfigError` if it is missing or not YAML."""
+    """The parsed YAML file (a path, or a shipped config's name: :func:`.config_files.resolve_config`);
+    :class:`ConfigError` if it is missing or not YAML."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {str(path)!r} does not exist; the shipped ones are in configs/"], str(path))
+    try:
+        path = resolve_config(path)  # a file, or a shipped config named (quick) or given by its path in a clone
+    except FileNotFoundError as err:
+        raise ConfigError([str(err)], str(path)) from err
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -1,76 +1,115 @@
 """The `lawa` command line: click groups whose commands are imported only when run.
 
-The library's own commands (``lawa average``, ``lawa fairseq-user-dir``) live in this package;
-``lawa bench ...`` and ``lawa report`` come from the benchmarks (the ``benchmarks/`` folder of
-the repository, installed as ``lawa_benchmarks``). Each command is listed in ``_COMMANDS`` as
-``"module:attribute"``, so ``lawa --help`` stays fast and a command's heavy imports
-(torchvision, fairseq, matplotlib) happen only when that command is used.
+The library's own commands (``lawa average``, ``lawa fairseq-user-dir``) live in this package.
+Other installed packages add theirs through the entry-point group ``lawa.commands`` (the
+benchmarks register ``lawa bench`` and ``lawa report`` there in ``pyproject.toml``), so the
+library names none of them. Every command is imported when it is looked up, so ``lawa --help``
+stays fast and a command's heavy imports (torchvision, fairseq, matplotlib) happen only when that
+command is used.
+
+A command whose module needs a package that is not installed still shows in ``--help`` (with what
+it needs), and running it is a one-line error naming the missing package and the ``pip install``
+that brings it: the extra of its entry point (``bench = "<module>:bench [bench]"`` gives
+``pip install 'lawa-optim[bench]'``), or the ``install_hint`` of the :class:`LazyGroup` it is in.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 
 import click
 
-__all__ = ["main"]
+__all__ = ["ENTRY_POINT_GROUP", "LazyGroup", "main"]
 
-# group name -> {command name -> "module:attribute"}
-_COMMANDS: dict[str, dict[str, str]] = {
-    "lawa": {
-        "average": "lawa_optim.cli.average:average",
-        "fairseq-user-dir": "lawa_optim.cli.fairseq:fairseq_user_dir",
-        "report": "lawa_benchmarks.report:report",
-    },
-    "bench": {
-        "resnet": "lawa_benchmarks.resnet.cli:resnet",
-        "roberta": "lawa_benchmarks.roberta.cli:roberta",
-        "overhead": "lawa_benchmarks.overhead.cli:overhead",
-        "soak": "lawa_benchmarks.soak:soak",
-        "average-cost": "lawa_benchmarks.offline_cost:average_cost",
-        "suite": "lawa_benchmarks.suite.cli:suite",
-        "beyond": "lawa_benchmarks.beyond:beyond",
-    },
+ENTRY_POINT_GROUP = "lawa.commands"
+
+# The library's own commands: name -> "module:attribute".
+_COMMANDS: dict[str, str] = {
+    "average": "lawa_optim.cli.average:average",
+    "fairseq-user-dir": "lawa_optim.cli.fairseq:fairseq_user_dir",
 }
 
 
-# What `pip install 'lawa-optim[bench]'` brings; a command missing one of these gets that advice.
-_BENCH_DEPENDENCIES = ("lawa_benchmarks", "torchvision", "matplotlib", "yaml", "tqdm", "pydantic")
+def _missing_command(name: str, missing: str, hint: str, err: ModuleNotFoundError) -> click.Command:
+    """A stand-in for a command whose module needs ``missing``: listed in --help, an error when run."""
+    needs = f"needs {missing}, which is not installed: {hint}"
+
+    def fail(*_args, **_kwargs) -> None:
+        raise click.ClickException(f"`{name}` {needs}") from err
+
+    return click.Command(name.split()[-1], callback=fail, help=f"(Not available: {needs}.)",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                           "help_option_names": []})
+
+
+def _load(spec: str) -> click.Command:
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class LazyGroup(click.Group):
-    """A click group that imports a command's module when the command is looked up."""
+    """A click group that imports a command's module when the command is looked up.
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+    Args:
+        lazy: command name -> ``"module:attribute"`` of its click command.
+        install_hint: what to run when a lazy command's module needs a package that is not
+            installed (e.g. ``"pip install 'lawa-optim[bench]'"``). Without one, or when the
+            module missing is of the command's own top-level package (a bug), the error is raised as is.
+    """
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, install_hint: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.lazy = lazy or {}
+        self.lazy = dict(lazy or {})
+        self.install_hint = install_hint
+
+    def _specs(self) -> dict[str, tuple[str, str | None]]:
+        """name -> ("module:attribute", install hint) of every lazy command."""
+        return {name: (spec, self.install_hint) for name, spec in self.lazy.items()}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+        return sorted(set(super().list_commands(ctx)) | set(self._specs()))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            module, attr = self.lazy[name].split(":")
-            try:
-                return getattr(importlib.import_module(module), attr)
-            except ModuleNotFoundError as err:
-                missing = (err.name or "").split(".")[0]
-                if not module.startswith("lawa_benchmarks") or missing not in _BENCH_DEPENDENCIES:
-                    raise
-                raise click.ClickException(
-                    f"`lawa {ctx.info_name} {name}` needs the benchmarks and their dependencies "
-                    f"({err.name} is missing): pip install 'lawa-optim[bench]'"
-                ) from err
-        return super().get_command(ctx, name)
+        specs = self._specs()
+        if name not in specs:
+            return super().get_command(ctx, name)
+        spec, hint = specs[name]
+        try:
+            return _load(spec)
+        except ModuleNotFoundError as err:
+            missing = (err.name or "").split(".")[0]
+            if hint is None or not missing or missing == spec.split(".")[0]:
+                raise  # no extra brings it (the library's own dependencies are always installed), or a bug of ours
+            return _missing_command(f"{ctx.command_path} {name}", missing, hint, err)
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+class _MainGroup(LazyGroup):
+    """The `lawa` group: the library's commands plus those registered in ``lawa.commands``."""
+
+    def _specs(self) -> dict[str, tuple[str, str | None]]:
+        specs = super()._specs()
+        for ep in _entry_points():
+            if ep.name in specs:
+                continue  # the library's own command wins over a plugin of the same name
+            hint = None
+            if ep.extras and ep.dist is not None:
+                hint = f"pip install '{ep.dist.name}[{','.join(ep.extras)}]'"
+            specs[ep.name] = (ep.value.split("[")[0].strip(), hint)
+        return specs
 
 
 @click.group(
-    cls=LazyGroup,
-    lazy=_COMMANDS["lawa"],
+    cls=_MainGroup,
+    lazy=_COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="""\b
 Examples:
-  lawa bench resnet --config configs/quick.yaml --out runs/quick
+  lawa bench resnet --config quick --out runs/quick
   lawa report runs/quick
   lawa average --sort --last 6 ckpts/checkpoint[0-9]*.pt --out ckpts/checkpoint_lawa.pt
   fairseq-train DATA --user-dir "$(lawa fairseq-user-dir)" --task masked_lm_lawa ...
@@ -79,23 +118,3 @@ Examples:
 @click.version_option(package_name="lawa-optim")
 def main() -> None:
     """lawa: tools, benchmarks and reports for LAtest Weight Averaging."""
-
-
-@main.group(
-    cls=LazyGroup,
-    lazy=_COMMANDS["bench"],
-    epilog="""\b
-Examples:
-  lawa bench resnet --config configs/quick.yaml --out runs/quick        # SGD vs the zoo on Fashion-MNIST
-  lawa bench suite --config configs/suite.yaml --out runs/suite         # steps to target on 3 workloads
-  lawa bench beyond --out runs/beyond                                   # online k and jumps to the average
-  lawa bench roberta --config configs/roberta_small.yaml                # fairseq MLM: Adam vs LAWA
-  lawa bench overhead --out runs/overhead                               # LAWA's cost, side by side
-  lawa bench soak --out runs/soak                                       # a long run vs a float64 reference
-  lawa bench average-cost --out runs/average_cost                       # lawa average vs reading the files
-""",
-)
-def bench() -> None:
-    """Run a benchmark: `resnet` (image classification), `suite` (steps to target across workloads),
-    `beyond` (online k and jumps), `roberta` (fairseq MLM), `overhead` (cost), `soak` (long-run
-    exactness), `average-cost` (offline averaging against reading the files)."""
