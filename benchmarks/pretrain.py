@@ -74,6 +74,7 @@ class PretrainConfig(Section):
     lr: Annotated[float, Field(gt=0)] = 3.0e-3
     betas: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.9, 0.98]
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    device: Literal["cpu", "cuda"] = "cpu"  # cuda: model, batches and the ring on the GPU
 
     @field_validator("weights")
     @classmethod
@@ -148,7 +149,7 @@ def _workload(cfg: PretrainConfig) -> Any:
     from .suite.workloads.gpt import GPTWorkload
 
     wcfg = types.SimpleNamespace(**cfg.model_dump(), steps_per_epoch=cfg.eval_every)
-    return GPTWorkload("pretrain", wcfg)
+    return GPTWorkload("pretrain", wcfg).to(cfg.device)
 
 
 def _selection(workload: Any, n: int) -> torch.Tensor:
@@ -161,7 +162,7 @@ def _selection(workload: Any, n: int) -> torch.Tensor:
     if len(text) < n * span:
         raise ValueError(f"Invalid selection_windows: {n} windows of {span} characters exceed the test books")
     starts = torch.linspace(0, len(text) - span, n).long().tolist()
-    return torch.tensor([[index.get(ch, 0) for ch in text[s:s + span]] for s in starts])
+    return torch.tensor([[index.get(ch, 0) for ch in text[s:s + span]] for s in starts], device=workload.cfg.device)
 
 
 class _Batches:
@@ -174,7 +175,7 @@ class _Batches:
         epoch, i = divmod(step, self.workload.steps_per_epoch)
         if epoch != self._epoch:
             self._cache, self._epoch = list(self.workload.train_batches(self.seed, epoch)), epoch
-        return self._cache[i]
+        return self._cache[i].to(self.workload.cfg.device)
 
 
 def _loss_on(workload: Any, model: torch.nn.Module, windows: torch.Tensor) -> float:
@@ -210,13 +211,13 @@ def _train(cfg: PretrainConfig, workload: Any, seed: int, run: str, schedule: st
 
     ckpt = out / f"seed{seed}" / f"{run}.pt"
     torch.manual_seed(seed)
-    model = workload.build_model()
+    model = workload.build_model().to(cfg.device)
     base = workload.optimizer(model)
     opt = wrap(base) if wrap else base
     rows: list[dict[str, Any]] = []
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         rows, step = state["rows"], state["step"]
@@ -308,7 +309,7 @@ def run_seed(cfg: PretrainConfig, seed: int, out: str | Path, progress: bool = T
         rows += _train(cfg, workload, seed, f"cosine{b}", "cosine", b, out, raw_eval, progress=progress)
         timer[f"cosine{b}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        start = torch.load(out / f"seed{seed}" / f"branch{b}.pt", weights_only=False)
+        start = torch.load(out / f"seed{seed}" / f"branch{b}.pt", weights_only=False, map_location=cfg.device)
         rows += _train(cfg, workload, seed, f"wsd{b}", "wsd", b, out, raw_eval, start=start, progress=progress)
         timer[f"wsd{b}"] = time.perf_counter() - t0
     done.write_text(json.dumps(rows))
@@ -321,6 +322,7 @@ def run(cfg: PretrainConfig, out: str | Path, jobs: int = 1, progress: bool = Tr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
+    t0 = time.perf_counter()
     if jobs > 1 and len(cfg.seeds) > 1:
         import multiprocessing as mp
 
@@ -329,6 +331,10 @@ def run(cfg: PretrainConfig, out: str | Path, jobs: int = 1, progress: bool = Tr
     else:
         per_seed = [run_seed(cfg, s, out, progress) for s in cfg.seeds]
     rows = [r for seed_rows in per_seed for r in seed_rows]
+    where = torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"CPU, {jobs} process(es) of one thread"
+    times = {"wall_s_this_call": time.perf_counter() - t0, "device": where, "jobs": jobs,
+             "per_seed_s": {s: json.loads((out / f"seed{s}" / "times.json").read_text()) for s in cfg.seeds}}
+    (out / "time.json").write_text(json.dumps(times, indent=1))
     from .pretrain_report import write_results
 
     return write_results(cfg, rows, out)

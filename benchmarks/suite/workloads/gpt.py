@@ -18,14 +18,38 @@ evenly spaced over the validation books; the metric is the mean loss per charact
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from .base import Workload
+from .base import NonNegFloat, NonNegInt, PosFloat, PosInt, Workload, WorkloadSection
 
-__all__ = ["GPTWorkload", "char_corpus"]
+__all__ = ["GPTConfig", "GPTWorkload", "WORKLOADS", "char_corpus"]
+
+
+class GPTConfig(WorkloadSection):
+    """A GPT-2-style causal LM (transformers' GPT2Config) on the World English Bible, characters as tokens."""
+
+    batch_size: PosInt = 32
+    lr: PosFloat = 3e-3
+    weight_decay: NonNegFloat = 0.01
+    warmup_epochs: NonNegInt = 1
+    steps_per_epoch: PosInt = 20
+    context: PosInt = 64
+    width: PosInt = 128
+    depth: PosInt = 2
+    heads: PosInt = 4
+    val_windows: PosInt = 128  # fixed windows of the validation books, evenly spaced
+    betas: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(default_factory=lambda: [0.9, 0.98])
+    optimizer: Literal["adamw"] = "adamw"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GPTConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not a multiple of heads={self.heads}")
+        return self
 
 
 def char_corpus(path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -53,11 +77,12 @@ def char_corpus(path: str | None = None) -> tuple[torch.Tensor, torch.Tensor, li
 
 
 class GPTWorkload(Workload):
+    Config = GPTConfig
     metric = "val_loss"
     higher_is_better = False
     base_label = "AdamW"
 
-    def __init__(self, name: str, cfg: Any) -> None:
+    def __init__(self, name: str, cfg: Any, data_dir: str | None = None) -> None:
         super().__init__(name, cfg)
         self.train_ids, self.valid_ids, self.vocab = char_corpus()
         self.steps_per_epoch = cfg.steps_per_epoch
@@ -65,6 +90,11 @@ class GPTWorkload(Workload):
         starts = torch.linspace(0, len(self.valid_ids) - span, n).long()
         self._val = torch.stack([self.valid_ids[s:s + span] for s in starts.tolist()]).long()
         self.label = f"GPT-2-style LM ({cfg.depth} layers, width {cfg.width}) / Bible characters, AdamW"
+
+    def to(self, device: str | torch.device) -> GPTWorkload:
+        """Keep the validation windows on ``device`` (the model's); returns the workload."""
+        self._val = self._val.to(device)
+        return self
 
     def describe(self) -> dict[str, Any]:
         return {"train_chars": len(self.train_ids), "valid_chars": len(self.valid_ids), "vocab": len(self.vocab),
@@ -106,3 +136,6 @@ class GPTWorkload(Workload):
                                                      reduction="sum").item()
                 n += batch[:, 1:].numel()
         return {"val_loss": total / n}
+
+
+WORKLOADS = {"gpt": GPTWorkload}
