@@ -23,7 +23,9 @@ from collections import defaultdict
 from statistics import median
 from typing import Any
 
-__all__ = ["lead_sentence", "robust_lead"]
+from .metrics import level_text
+
+__all__ = ["censored_note", "lead_sentence", "list_levels", "robust_lead"]
 
 
 def _curves(rows: list[dict[str, Any]], methods: list[str], metric: str, hib: bool) -> dict[Any, dict[int, float]]:
@@ -80,9 +82,11 @@ def robust_lead(rows: list[dict[str, Any]], baseline: str | list[str], method: s
         steps_per_epoch (int, optional): also give the lead in optimizer steps.
 
     Returns:
-        dict: ``levels`` (one entry per level: ``level``, per-seed ``saved`` epochs, their ``mean``
-        and ``std``, ``censored`` when a seed's baseline never reaches it — its lead then counted
-        as the epochs left after the method reaches it, a lower bound —, ``significant``,
+        dict: ``levels`` (one entry per level: ``level``, per seed (in the order of ``seeds``) the
+        first epoch the method reaches it (``method_epochs``), the first epoch the baseline does
+        (``base_epochs``, None: never) and the ``saved`` epochs, their ``mean`` and ``std``,
+        ``censored`` when a seed's baseline never reaches it — its lead then counted as the epochs
+        left after the method reaches it, a lower bound —, ``significant``,
         ``seconds_saved`` mean over seeds when times are present), ``n_seeds``, ``significant``
         (the significant levels), ``median_saved``, ``max_saved`` (the significant level with the
         largest mean lead), ``last_epoch``, ``steps_per_epoch``, and the names.
@@ -105,11 +109,13 @@ def robust_lead(rows: list[dict[str, Any]], baseline: str | list[str], method: s
             levels.append(v)
     out_levels = []
     for level in levels:
-        saved, seconds, censored = [], [], False
+        saved, seconds, censored, m_epochs, b_epochs = [], [], False, [], []
         for s in seeds:
             me, be = _first(meth[s], level, sign), _first(base[s], level, sign)
             if me is None:
                 break
+            m_epochs.append(me)
+            b_epochs.append(be)
             last = max(base[s])
             if be is None:
                 censored, be = True, last + 1
@@ -121,7 +127,8 @@ def robust_lead(rows: list[dict[str, Any]], baseline: str | list[str], method: s
         if len(saved) < len(seeds) or not saved:
             continue  # some seed's method never reaches this level
         mean, std = _mean_std([float(x) for x in saved])
-        out_levels.append({"level": level, "saved": saved, "mean": mean, "std": std, "censored": censored,
+        out_levels.append({"level": level, "seeds": seeds, "method_epochs": m_epochs, "base_epochs": b_epochs,
+                           "saved": saved, "mean": mean, "std": std, "censored": censored,
                            "significant": len(saved) > 1 and mean - std > 0,
                            "seconds_saved": sum(seconds) / len(seconds) if len(seconds) == len(saved) else None})
     sig = [lv for lv in out_levels if lv["significant"]]
@@ -150,20 +157,35 @@ def lead_sentence(lead: dict[str, Any], method_label: str, base_label: str, unit
     if n < 2:
         top = lead["largest"]
         return (f"One seed only, so no seed spread to test against: {method_label}'s largest lead over {base_label} "
-                f"is {top['mean']:g} {unit}(s) at {metric} {top['level']:.4g} (run >= 2 seeds for a lead that "
+                f"is {top['mean']:g} {unit}(s) at {metric} {level_text(top['level'])} (run >= 2 seeds for a lead that "
                 "survives the noise).")
     if not sig:
         top = lead["largest"]
         return (f"No lead beyond the seed spread: at none of the {len(levels)} {metric} levels {method_label} reaches "
                 f"does it get there earlier than {base_label} by more than the spread over {n} seeds (its largest "
-                f"lead: {top['mean']:.1f} ± {top['std']:.1f} {unit}s at {metric} {top['level']:.4g}).")
-    lo, hi = min(lv["level"] for lv in sig), max(lv["level"] for lv in sig)
+                f"lead: {top['mean']:.1f} ± {top['std']:.1f} {unit}s at {metric} {level_text(top['level'])}).")
     mx = lead["max_saved"]
     spe = lead.get("steps_per_epoch")
     steps = f", {mx['mean'] * spe:.0f} steps" if spe else ""
     secs = f", {_duration(mx['seconds_saved'])} of training" if mx.get("seconds_saved") is not None else ""
-    cens = " (a lower bound: the baseline never gets there)" if mx["censored"] else ""
     return (f"{method_label} is ahead of {base_label} beyond the seed spread ({n} seeds) at {len(sig)} of "
-            f"{len(levels)} {metric} levels ({lo:.4g} to {hi:.4g}): a median {lead['median_saved']:.1f} {unit}s "
+            f"{len(levels)} {metric} levels ({list_levels(sig)}): a median {lead['median_saved']:.1f} {unit}s "
             f"earlier, at most {mx['mean']:.1f} ± {mx['std']:.1f} {unit}s{steps}{secs} at {metric} "
-            f"{mx['level']:.4g}{cens}, of a {lead['last_epoch']}-{unit} run.")
+            f"{level_text(mx['level'])}{censored_note(mx, lead['last_epoch'], unit)}, of a "
+            f"{lead['last_epoch']}-{unit} run.")
+
+
+def list_levels(levels: list[dict[str, Any]]) -> str:
+    """The levels named one by one (``"80.85, 82.45 and 82.5"``): they are not a continuous range."""
+    names = [level_text(lv["level"]) for lv in levels]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def censored_note(level: dict[str, Any], last_epoch: int, unit: str = "epoch") -> str:
+    """`` (a lower bound: ...)`` naming the seeds whose baseline never reaches the level, or ``""``."""
+    never = [str(s) for s, b in zip(level.get("seeds", []), level.get("base_epochs", [])) if b is None]
+    if not level["censored"] or not never:
+        return ""
+    seeds = f"seed{'s' if len(never) > 1 else ''} {', '.join(never)}"
+    return (f" (a lower bound: in {seeds} the baseline never gets there in {last_epoch} {unit}s, counted as "
+            f"reaching it at {unit} {last_epoch + 1})")

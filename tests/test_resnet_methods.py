@@ -80,21 +80,24 @@ def test_plan_runs_places_it_by_changes_trajectory(dummy):
     assert [p.run for p in only] == (["base", "dummy"] if dummy.changes_trajectory else ["base"])
 
 
-def test_the_plots_colour_it(dummy, tmp_path):
+def test_the_plots_colour_it(dummy, tmp_path, monkeypatch):
     require("matplotlib")
-    from lawa_benchmarks import report, report_plots
-    from lawa_benchmarks.report_plots import _style, family_color, plot_curves
+    from lawa_benchmarks.report_plots import family_color, method_styles, plot_curves
+    from lawa_benchmarks.report_setup import settings
 
-    assert report_plots._curve is report._curve  # one copy
-
+    monkeypatch.setattr(registry, "_METHODS", MappingProxyType(
+        {**registry._METHODS, "dummy": dataclasses.replace(dummy, color="tab:olive")}))  # its MethodInfo's colour
     colours = {m: family_color(m) for m in lawa_optim.list_methods()}
-    assert colours["dummy"] not in {c for m, c in colours.items() if m != "dummy"}
+    assert colours["dummy"] == "tab:olive" and colours["dummy"] not in {c for m, c in colours.items() if m != "dummy"}
     assert colours["base"] == "black" and colours["lawa"] == "tab:blue" and family_color("adam") == "tab:gray"
-    info = {"dummy_k3": {"family": "dummy", "label": "Dummy"}}
-    assert _style("dummy_k3", info, "base")["color"] == colours["dummy"]
+    meta = {"methods": {"dummy_k3": {"family": "dummy", "label": "Dummy"}}}
+    rows = [{"method": m, "seed": 0, "epoch": e, "top1": v + e} for e in (1, 2, 3)
+            for m, v in (("base", 50.0), ("dummy_k3", 51.0))]
+    setup = settings(tmp_path, rows, meta)
+    assert method_styles(setup)["dummy_k3"]["color"] == colours["dummy"]
     summary = [{"method": m, "epoch": e, "n_seeds": 1, "top1_mean": v + e, "top1_std": 0.0}
                for e in (1, 2, 3) for m, v in (("base", 50.0), ("dummy_k3", 51.0))]
-    path = plot_curves(tmp_path / "c.png", summary, ["base", "dummy_k3"], "base", None, info)
+    path = plot_curves(tmp_path / "c.png", summary, setup, method_styles(setup))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from ..lead import lead_sentence, robust_lead
-from ..report import _atomic_text, _csv_text, _md_table, load_metrics
+from ..metrics import atomic_text as _atomic_text
+from ..metrics import csv_text as _csv_text
+from ..metrics import load_metrics
+from ..report_text import md_table as _md_table
 
 __all__ = ["REFERENCES", "workload_results", "write_suite_report"]
 
