@@ -171,6 +171,8 @@ class AveragingOptimizer(Optimizer):
         """The base optimizer's load_state_dict replaces its param_groups and state objects: share
         the new ones, whoever calls it (else a scheduler would drive stale groups after resuming)."""
         assert self.optimizer is not None
+        if not hasattr(self.optimizer, "_optimizer_load_state_dict_post_hooks"):
+            return  # skips Optimizer.__init__ (timm's Lookahead): load_state_dict() below shares again itself
         ref = weakref.ref(self)
         self.optimizer.register_load_state_dict_post_hook(lambda _opt: ref() is not None and ref()._share())
 
@@ -198,6 +200,25 @@ class AveragingOptimizer(Optimizer):
                 f"{action} while the averaged weights are swapped in; leave the `with opt.averaged():` "
                 "block or call opt.swap_out() first"
             )
+
+    def __getattr__(self, name: str) -> Any:
+        """Public attributes of the base optimizer that training scripts read through the wrapper
+        (timm's ``is_second_order``, which its ``train.py`` turns into ``backward(create_graph=...)``).
+
+        Only reached when normal lookup fails. Private names and the wrapper's own ``shared`` state
+        are never forwarded (the proxy mechanism of :mod:`lawa_optim._shared` relies on their
+        ``AttributeError``); nothing is forwarded before ``__init__`` has set the base optimizer.
+        """
+        base = self.__dict__.get("optimizer")
+        if name.startswith("_") or base is None or isinstance(getattr(type(self), name, None), shared):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            return getattr(base, name)
+        except AttributeError:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r} (nor has its base optimizer "
+                f"{type(base).__name__})"
+            ) from None
 
     @on_owner
     def __repr__(self) -> str:
@@ -502,6 +523,7 @@ class AveragingOptimizer(Optimizer):
         self._check_base_state_shapes(state_dict)
         assert self.optimizer is not None
         self.optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
+        self._share()  # also for a base optimizer whose load_state_dict runs no post hooks (timm's Lookahead)
         self.num_steps = int(mine["num_steps"])
         self._load_method_state(mine)
         if mine.get("swapped_in"):  # saved mid-swap: the training weights go back into the parameters
@@ -520,9 +542,12 @@ class AveragingOptimizer(Optimizer):
             post_hook(self)
 
     def _check_base_state_shapes(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``Optimizer.load_state_dict`` checks parameter counts, not shapes: refuse saved
-        per-parameter state of the wrong shape (momentum, Adam moments, or any tensor this
-        optimizer already holds under the same key) before it is loaded."""
+        """torch's ``Optimizer.load_state_dict`` checks parameter counts, not shapes: for torch's own
+        optimizers, whose per-parameter state is documented (momentum, Adam moments), refuse saved
+        state of the wrong shape before it is loaded. Any other optimizer's state is its own (one
+        value per layer for NovoGrad, factored rows and columns for Adafactor): left to it."""
+        if not type(self.optimizer).__module__.startswith("torch.optim."):
+            return
         groups, state = state_dict.get("param_groups"), state_dict.get("state")
         if not isinstance(groups, list) or not isinstance(state, dict):
             return  # torch's own load_state_dict reports it
