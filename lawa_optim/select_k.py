@@ -137,7 +137,11 @@ class OnlineK:
         snapshot, and ``ValueError`` if ``evaluate`` returns something that is not a finite number.
         """
         opt = self.optimizer
-        opt._require_training_weights("OnlineK.select()")
+        if opt.swapped_in:
+            raise RuntimeError(
+                "OnlineK.select() while the averaged weights are swapped in; leave the `with opt.averaged():` "
+                "block or call opt.swap_out() first"
+            )
         if opt.num_snapshots == 0:
             raise RuntimeError("OnlineK.select(): no snapshot to average yet; call it after the first snapshot")
         available = min(self.max_k, opt.num_snapshots)
