@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fractions
-import gc
 import math
-import weakref
 from collections import OrderedDict
 
 import pytest
@@ -200,23 +198,34 @@ def test_fairseq_layout_keeps_newest_entries_and_drops_optimizer(tmp_path):
         average_checkpoints([lightning], key="model_ema")
 
 
-def test_streams_one_checkpoint_at_a_time(tmp_path, monkeypatch):
-    _, paths = save_states(tmp_path, 5, wrap=True)
-    alive: list[weakref.ref] = []
-    real_load = offline_pickled.load_pickled
+def test_streams_pieces_never_whole_files(tmp_path, monkeypatch):
+    """No file's weights are loaded whole: every file's structure is read onto the meta device, each
+    floating tensor in pieces at its offset in the file; only the newest file is loaded (memory-mapped),
+    for its other entries."""
+    from lawa_optim.offline.accumulate import CHUNK
+    from lawa_optim.offline.pickled_io import PickledSource
 
-    def tracking_load(path, trust_pickle):
-        obj = real_load(path, trust_pickle)
-        alive.append(weakref.ref(obj["model"]["fp32.weight"]))
-        return obj
+    states, paths = save_states(tmp_path, 5, wrap=True)
+    loaded, reads = [], []
+    real_load, real_read = offline_pickled.load_pickled, PickledSource.read_into
+    monkeypatch.setattr(offline_pickled, "load_pickled", lambda p, trust: loaded.append(p) or real_load(p, trust))
 
-    def progress(i, path):
-        gc.collect()
-        assert [r() is not None for r in alive] == [False] * i + [True], f"after {path}"
+    def read_into(self, key, start, out):
+        assert key in self.offsets  # read from the file, not from a loaded tensor
+        reads.append((self.name, key, start, out.numel()))
+        real_read(self, key, start, out)
 
-    monkeypatch.setattr(offline_pickled, "load_pickled", tracking_load)
-    average_checkpoints(paths, progress=progress)
-    assert len(alive) == 5
+    monkeypatch.setattr(PickledSource, "read_into", read_into)
+    assert_state_equal(average_checkpoints(paths)["model"], reference_mean(states))
+    assert loaded == [paths[-1]]
+    floating = {k: v.numel() for k, v in states[0].items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    for path in paths:
+        got = {}
+        for name, key, start, n in reads:
+            if name == str(path):
+                assert start == got.get(key, 0) and n <= CHUNK
+                got[key] = start + n
+        assert got == floating
 
 
 def _evil_file(path, marker):

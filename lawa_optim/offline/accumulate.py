@@ -1,18 +1,21 @@
-"""The summing maths of offline LAWA: float64 sums, cast back once, for whole state dicts or one tensor.
+"""The summing maths of offline LAWA: every tensor averaged piece by piece over all checkpoints, in float64.
 
-Two ways through the same numerics, for every entry of a state dict:
+One way through, for every format: a checkpoint is a *source* that can copy any stretch of any of
+its tensors into a buffer (``read_into(key, start, out)``: safetensors and ``torch.save`` files
+read at the tensor's offset in the file, in-memory state dicts copy). Each floating tensor
+(fp16, bf16, fp32, fp64; complex too) is averaged one piece of :data:`CHUNK` elements at a time:
+the piece of every checkpoint is read into one reused buffer and added to a float64 (complex128)
+sum of the piece, which stays in the CPU cache; the sum is divided once and cast back to the
+stored dtype once. Uniform weights are a plain sum divided by the count, other weights
+``sum(c_i * x_i)`` (divided by the sum of the coefficients used when a checkpoint was skipped).
+Integer and bool tensors (``num_batches_tracked``, masks, step counters) and non-tensor entries
+are copied from the newest checkpoint, never divided. Memory: one float64 piece and one input
+piece, whatever the model's size and the number of checkpoints.
 
-- floating tensors (fp16, bf16, fp32, fp64; complex too) are accumulated in float64 (complex128),
-  whatever their stored dtype, and cast back to the stored dtype once, at the end; uniform weights
-  are a plain sum divided by the count, other weights ``sum(c_i * x_i)`` (divided by the sum of the
-  coefficients used when a non-finite checkpoint was skipped);
-- integer and bool tensors (``num_batches_tracked``, masks, step counters) and non-tensor entries
-  are copied from the newest checkpoint, never divided.
-
-:class:`Accumulator` adds whole state dicts, one file after the other (pickled formats, where a
-file is loaded at once): the float64 sums of every tensor are held. :func:`average_pieces` sums
-one piece of one tensor over all files at a time (safetensors, which can be read at any offset):
-one float64 piece of a few MiB is held. Both give bit-identical results for the same inputs.
+Non-finite inputs cost no pass of their own: a NaN or Inf in any checkpoint makes the float64 sum
+of its piece NaN or Inf (and it stays so), which one reduction of the piece (``sum``) shows. Only
+then are the checkpoints read again to name the ones holding NaN/Inf, and the tensors they hold
+it in (:func:`find_nonfinite`).
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from ..averaging import resolve_weights, window_coefficients
 from ..io import CheckpointError
 
-__all__ = ["Accumulator", "average_pieces", "average_state_dicts", "coefficients", "is_averaged", "listing"]
+__all__ = ["CHUNK", "Source", "average_pieces", "average_sources", "average_state_dicts", "averaged_tensors",
+           "coefficients", "find_nonfinite", "is_averaged", "listing", "with_skips"]
 
 _NONFINITE = ("raise", "skip")
 _MAX_LISTED = 8
+
+# Elements per piece: a float64 sum of 512 KiB and its input stay in the L2 cache between the k
+# adds (on this machine a mixed float32 -> float64 add ran 4x faster on 2**16 elements than on 2**18).
+CHUNK = 1 << 16
 
 
 def describe(tensor: torch.Tensor) -> str:
@@ -47,6 +55,10 @@ def listing(keys: Iterable[str]) -> str:
 
 def is_averaged(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def averaged_dtype(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point or dtype.is_complex
 
 
 def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,37 +84,53 @@ def nonfinite_error(name: str, bad: Iterable[str]) -> CheckpointError:
 
 
 def warn_skipped(name: str, bad: Iterable[str]) -> None:
-    warnings.warn(f"Skipping {name}: it holds NaN or Inf in {listing(bad)}", RuntimeWarning, stacklevel=4)
+    warnings.warn(f"Skipping {name}: it holds NaN or Inf in {listing(bad)}", RuntimeWarning, stacklevel=5)
 
 
-# Elements per piece of :func:`average_pieces`: a float64 sum of 2 MiB and its input stay in the cache.
-CHUNK = 1 << 18
+class Source(Protocol):
+    """One checkpoint, as the averaging reads it."""
+
+    name: str
+
+    def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
+        """Copy elements ``start .. start + out.numel()`` of tensor ``key`` (flattened) into the 1-D ``out``."""
+
+    def read(self, key: str) -> torch.Tensor:
+        """The whole tensor ``key`` (for integer tensors and error messages)."""
 
 
 def average_pieces(
     read_into: Callable[[int, int, torch.Tensor], None], count: int, numel: int, dtype: torch.dtype,
-    coeffs: Sequence[float] | None, total: float | None = None, chunk: int = CHUNK,
+    coeffs: Sequence[float] | None, total: float | None = None, chunk: int = CHUNK, out: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The average of one tensor over ``count`` checkpoints, piece by piece (flattened, in order).
 
-    ``read_into(i, start, out)`` fills the 1-D ``out`` with elements ``start ..`` of checkpoint
+    ``read_into(i, start, buf)`` fills the 1-D ``buf`` with elements ``start ..`` of checkpoint
     ``i``'s tensor (oldest first). ``coeffs``: the checkpoints' coefficients (``None``: uniform,
     the sum divided by ``count``); a weighted sum is divided by ``total`` when given (the
-    coefficients' sum, after a checkpoint was skipped). Yields ``(sum, average)`` per piece: the
-    float64 average (for checks) and the average in ``dtype``, both reused buffers (use them before
-    taking the next). The same operations, element by element, as :class:`Accumulator`, so both
-    give the same bits.
+    coefficients' sum, after a checkpoint was skipped). ``out``: a flat ``dtype`` tensor of
+    ``numel`` elements to write the average into (default: a reused buffer).
+
+    Yields ``(sum, average)`` per piece: the float64 sum before the division (for the non-finite
+    check) and the average in ``dtype`` (a view of ``out``, or a reused buffer: use it before
+    taking the next). The fp32 (fp16, bf16) piece is added to the float64 sum directly (``add_``
+    converts each element exactly as it adds: no conversion pass, no float64 copy of the input),
+    and the division writes the rounded result straight into the output (one pass, no float64
+    temporary).
     """
     if numel == 0:
-        yield torch.empty(0, dtype=_sum_dtype(dtype)), torch.empty(0, dtype=dtype)
+        yield torch.empty(0, dtype=_sum_dtype(dtype)), torch.empty(0, dtype=dtype) if out is None else out
         return
     size = min(chunk, numel)
     acc_all = torch.empty(size, dtype=_sum_dtype(dtype))
     buf_all = torch.empty(size, dtype=dtype)
-    out_all = torch.empty(size, dtype=dtype)
+    out_all = torch.empty(size, dtype=dtype) if out is None else None
+    views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per piece length: read_into may cache
     for start in range(0, numel, chunk):
         m = min(chunk, numel - start)
-        acc, buf, out = acc_all[:m], buf_all[:m], out_all[:m]
+        if m not in views:
+            views[m] = (acc_all[:m], buf_all[:m])
+        acc, buf = views[m]
         for i in range(count):
             read_into(i, start, buf)
             if i == 0:
@@ -113,114 +141,143 @@ def average_pieces(
                 acc.add_(buf)  # in float64: exact sums keep the uniform mean exact
             else:
                 acc.add_(buf, alpha=coeffs[i])
+        dst = out_all[:m] if out is None else out[start:start + m]
         if coeffs is None:
-            acc.div_(count)
+            torch.div(acc, count, out=dst)  # computed in float64, rounded once to the stored dtype
         elif total is not None:
-            acc.div_(total)
-        out.copy_(acc)  # rounded once to the stored dtype
-        yield acc, out
+            torch.div(acc, total, out=dst)
+        else:
+            dst.copy_(acc)
+        yield acc, dst
 
 
-def _ties(sd: Mapping[str, Any]) -> dict[str, str]:
-    """Keys whose tensor is the very same view as an earlier key's (tied weights) -> that earlier key."""
-    first: dict[tuple, str] = {}
-    ties = {}
-    for key, value in sd.items():
-        if is_averaged(value) and value.numel() > 0:
-            view = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape, value.stride(),
-                    value.dtype, value.device)
-            if view in first:
-                ties[key] = first[view]
-            else:
-                first[view] = key
-    return ties
+class _Skip(Exception):
+    """Checkpoints found to hold NaN/Inf under ``nonfinite="skip"``: ``[(index, keys)]``, oldest first."""
+
+    def __init__(self, bad: list[tuple[int, list[str]]]) -> None:
+        super().__init__(bad)
+        self.bad = bad
 
 
-class Accumulator:
-    """Running weighted sums of the floating tensors of state dicts that all share one layout.
+def find_nonfinite(sources: Sequence[Source], keys: Iterable[str]) -> list[tuple[int, list[str]]]:
+    """``[(index, keys holding NaN/Inf)]`` of the ``sources`` that hold any, reading every tensor again.
 
-    Tied weights (one tensor under two keys, e.g. an embedding and an LM head) share one sum and
-    stay one tensor in the result, as long as every state dict ties them.
+    Runs only after a sum turned out non-finite: it costs a full read, never paid by finite inputs.
     """
+    keys = list(keys)
+    found = []
+    for i, source in enumerate(sources):
+        bad = [key for key in keys if not bool(torch.isfinite(source.read(key)).all())]
+        if bad:
+            found.append((i, bad))
+    return found
 
-    def __init__(self) -> None:
-        self.layout: dict[str, str | None] | None = None  # key -> "shape dtype" or None (non-tensor)
-        self.first_name = ""
-        self.sums: dict[str, torch.Tensor] = {}
-        self.tied: dict[str, str] | None = None  # tied key -> key it shares one sum with, while all files tie them
-        self.dtypes: dict[str, torch.dtype] = {}
-        self.newest_rest: dict[str, Any] = {}
-        self.newest_metadata: Any = None
-        self.total = 0.0
-        self.count = 0
 
-    def check(self, sd: Mapping[str, Any], name: str) -> None:
-        """Refuse ``sd`` unless it has the keys, shapes and dtypes of the first state dict."""
-        if not isinstance(sd, Mapping):
-            raise CheckpointError(f"{name} holds a {type(sd).__name__}, not a state dict (a mapping of tensors)")
-        for key, value in sd.items():
-            if isinstance(value, torch.Tensor) and (value.layout != torch.strided or value.is_quantized):
-                raise CheckpointError(
-                    f"{name}: tensor {key!r} is {value.layout}{' quantized' if value.is_quantized else ''}; only "
-                    "dense tensors can be averaged (convert it with .to_dense()/.dequantize() first)"
-                )
-        layout = {k: (describe(v) if isinstance(v, torch.Tensor) else None) for k, v in sd.items()}
-        if self.layout is None:
-            if not any(is_averaged(v) for v in sd.values()):
-                raise CheckpointError(f"{name} holds no floating-point tensors: nothing to average")
-            self.layout, self.first_name = layout, name
-            return
-        check_same_layout(self.layout, layout, self.first_name, name)
+def averaged_tensors(
+    sources: Sequence[Source], layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], order: Sequence[str],
+    coeffs: list[float] | None, total: float | None, nonfinite: str, progress: Callable[[int, str], None] | None,
+    outputs: Mapping[str, torch.Tensor] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, piece)``: the average of each tensor of ``order``, in pieces (flattened, in order).
 
-    def add(self, sd: Mapping[str, Any], coefficient: float | None) -> None:
-        """Add ``coefficient * sd`` (or plain ``sd`` for uniform weights) to the sums; ``sd`` is the newest."""
-        ties = _ties(sd)
-        if self.tied is None:
-            self.tied = ties
-        for key, shared in list(self.tied.items()):
-            if ties.get(key) != shared:  # this file unties them: from now on two sums (equal so far)
-                self.sums[key] = self.sums[shared].clone()
-                self.dtypes[key] = self.dtypes[shared]
-                del self.tied[key]
-        for key, value in sd.items():
-            if not is_averaged(value) or key in self.tied:
-                continue
-            acc = self.sums.get(key)
-            if acc is None:
-                acc = self.sums[key] = torch.zeros(value.shape, dtype=_sum_dtype(value.dtype), device=value.device)
-                self.dtypes[key] = value.dtype
-            if coefficient is None:
-                acc.add_(value)  # computed in float64: exact sums keep the uniform mean exact
-            else:
-                acc.add_(value, alpha=coefficient)
-        self.newest_rest = {k: v for k, v in sd.items() if not is_averaged(v)}
-        self.newest_metadata = getattr(sd, "_metadata", None)
-        self.total += 1.0 if coefficient is None else coefficient
-        self.count += 1
+    ``layout``: ``{key: (dtype, shape)}`` shared by the sources (oldest first). Integer and bool
+    tensors are the newest source's. A NaN/Inf input raises :class:`~lawa_optim.io.CheckpointError`
+    naming the oldest checkpoint holding one (``nonfinite="raise"``), or :class:`_Skip` with all of
+    them (``"skip"``; :func:`with_skips` runs again without them). ``outputs``: flat tensors to
+    write the averages of their keys into (the pieces yielded are views of them).
+    """
+    newest = sources[-1]
+    for n, key in enumerate(order):
+        dtype, shape = layout[key]
+        if not averaged_dtype(dtype):
+            yield key, newest.read(key).reshape(-1)  # integer and bool tensors: the newest's, never divided
+        else:
+            def read_into(i: int, start: int, out: torch.Tensor, key: str = key) -> None:
+                sources[i].read_into(key, start, out)
 
-    def averaged_keys(self) -> tuple[str, ...]:
-        assert self.layout is not None
-        return tuple(k for k in self.layout if k in self.sums or k in (self.tied or {}))
+            out = None if outputs is None else outputs.get(key)
+            for acc, piece in average_pieces(read_into, len(sources), math.prod(shape), dtype, coeffs, total, out=out):
+                # a NaN/Inf input makes the float64 sum non-finite, and so the piece's sum (one cheap reduction)
+                if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
+                    _nonfinite(sources, layout, key, nonfinite)
+                yield key, piece
+        if progress is not None:
+            progress(n, key)
 
-    def result(self, uniform: bool, renormalize: bool) -> OrderedDict:
-        """The average, in the stored dtypes and the key order of the state dicts (frees the sums)."""
-        assert self.layout is not None
-        out: OrderedDict = OrderedDict()
-        for key in self.layout:
-            if self.tied and key in self.tied:
-                out[key] = out[self.tied[key]]  # still one tensor: torch.save stores it once
-            elif key in self.sums:
-                acc = self.sums.pop(key)  # free each float64 sum as soon as it is cast back
-                if uniform:
-                    acc.div_(self.count)
-                elif renormalize:
-                    acc.div_(self.total)
-                out[key] = acc.to(self.dtypes[key])
-            else:
-                out[key] = self.newest_rest[key]
-        if self.newest_metadata is not None:
-            out._metadata = self.newest_metadata  # type: ignore[attr-defined]  # load_state_dict's versions
-        return out
+
+def _nonfinite(sources, layout, key, nonfinite) -> None:
+    bad = find_nonfinite(sources, [k for k, (dtype, _) in layout.items() if averaged_dtype(dtype)])
+    if not bad:  # finite inputs, float64 sum beyond 1.8e308: only float64 weights near the limit
+        raise CheckpointError(f"Tensor {key!r} overflows float64 when summed over the checkpoints; "
+                              "its values are too large to average")
+    if nonfinite == "raise":
+        index, keys = bad[0]
+        raise nonfinite_error(sources[index].name, keys)
+    raise _Skip(bad)
+
+
+def with_skips(sources, weights, alpha, nonfinite, run):
+    """``run(sources, coeffs, total)``, again without the checkpoints found to hold NaN/Inf ("skip").
+
+    Returns ``(result, sources used, names skipped, normalized coefficients of those used)``.
+    """
+    coeffs_all = coefficients(weights, alpha, len(sources))
+    kept = list(range(len(sources)))
+    skipped: list[str] = []
+    while True:
+        used = [sources[i] for i in kept]
+        coeffs = None if coeffs_all is None else [coeffs_all[i] for i in kept]
+        total = None
+        if coeffs is not None and skipped:
+            total = 0.0
+            for c in coeffs:  # summed in order, as a running sum would
+                total += c
+        try:
+            result = run(used, coeffs, total)
+        except _Skip as skip:
+            for index, keys in skip.bad:
+                warn_skipped(used[index].name, keys)
+                skipped.append(used[index].name)
+            gone = {kept[index] for index, _ in skip.bad}
+            kept = [i for i in kept if i not in gone]
+            if not kept:
+                raise CheckpointError(f"All {len(skipped)} checkpoints hold NaN or Inf ({listing(skipped)}): "
+                                      "nothing to average") from None
+            continue
+        raw = [1.0] * len(used) if coeffs is None else coeffs
+        norm = math.fsum(raw)
+        return result, used, skipped, [c / norm for c in raw]
+
+
+def average_into(
+    sources: Sequence[Source], layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], order: Sequence[str],
+    coeffs: list[float] | None, total: float | None, nonfinite: str, progress: Callable[[int, str], None] | None,
+) -> OrderedDict:
+    """``{key: average}`` of the floating tensors of ``order`` in memory, each written in place piece by piece."""
+    outputs = OrderedDict((key, torch.empty(math.prod(layout[key][1]), dtype=layout[key][0]))
+                          for key in order if averaged_dtype(layout[key][0]))
+    for _ in averaged_tensors(sources, layout, [k for k in order if k in outputs], coeffs, total, nonfinite,
+                              progress, outputs):
+        pass
+    return OrderedDict((key, flat.reshape(layout[key][1])) for key, flat in outputs.items())
+
+
+def collect(parts: Iterator[tuple[str, torch.Tensor]], layout) -> OrderedDict:
+    """The pieces put together, ``{key: tensor}`` in the order they come (each piece copied into place)."""
+    out: OrderedDict = OrderedDict()
+    filled: dict[str, int] = {}
+    for key, part in parts:
+        flat = out.get(key)
+        if flat is None:
+            dtype, shape = layout[key]
+            flat = out[key] = torch.empty(math.prod(shape), dtype=dtype)
+            filled[key] = 0
+        a = filled[key]
+        flat[a:a + part.numel()].copy_(part)  # the pieces are reused buffers
+        filled[key] = a + part.numel()
+    for key in out:
+        out[key] = out[key].reshape(layout[key][1])
+    return out
 
 
 def check_same_layout(first: Mapping[str, Any], layout: Mapping[str, Any], first_name: str, name: str) -> None:
@@ -243,48 +300,95 @@ def check_same_layout(first: Mapping[str, Any], layout: Mapping[str, Any], first
         )
 
 
-def nonfinite_keys(sd: Mapping[str, Any]) -> list[str]:
-    return [k for k, v in sd.items() if is_averaged(v) and not bool(torch.isfinite(v).all())]
+def check_state(sd: Any, name: str, first: tuple[dict, str] | None) -> dict[str, str | None]:
+    """Refuse ``sd`` unless it is a state dict of dense tensors with the layout of ``first`` (its layout,
+    name); return its layout (key -> ``"shape dtype"`` or ``None`` for a non-tensor)."""
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{name} holds a {type(sd).__name__}, not a state dict (a mapping of tensors)")
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor) and (value.layout != torch.strided or value.is_quantized):
+            raise CheckpointError(
+                f"{name}: tensor {key!r} is {value.layout}{' quantized' if value.is_quantized else ''}; only "
+                "dense tensors can be averaged (convert it with .to_dense()/.dequantize() first)"
+            )
+    layout = {k: (describe(v) if isinstance(v, torch.Tensor) else None) for k, v in sd.items()}
+    if first is None:
+        if not any(is_averaged(v) for v in sd.values()):
+            raise CheckpointError(f"{name} holds no floating-point tensors: nothing to average")
+    else:
+        check_same_layout(first[0], layout, first[1], name)
+    return layout
 
 
-def stream(
-    items: Iterable[tuple[str, Any]],
-    coeffs: list[float] | None,
-    nonfinite: str,
-    extract: Callable[[Any, str], Mapping[str, Any]],
-    progress: Callable[[int, str], None] | None,
-) -> tuple[Accumulator, Any, list[str], list[str], list[float]]:
-    """Accumulate ``items`` (name, loaded object), oldest first, one at a time.
+def common_ties(ties: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """The ties (key -> the earlier key it is the very same tensor as) that every checkpoint has."""
+    out = dict(ties[0]) if ties else {}
+    for t in ties[1:]:
+        out = {k: v for k, v in out.items() if t.get(k) == v}
+    return out
 
-    Returns ``(accumulator, newest object without its state dict, names used, names skipped,
-    normalized coefficients of the names used)``.
+
+def average_sources(
+    sources: Sequence[Source], sd: Mapping[str, Any], ties: Sequence[Mapping[str, str]], weights, alpha: float,
+    nonfinite: str, progress,
+) -> tuple[OrderedDict, list, list[str], list[float], OrderedDict]:
+    """Average state dicts given as sources, all of the layout of ``sd`` (any of them: only keys,
+    dtypes and shapes are used); ``ties[i]``: source i's tied keys.
+
+    Returns ``(averages {key: tensor} of the floating tensors, tied keys included, in ``sd``'s order;
+    sources used; names skipped; normalized coefficients; the ties kept)``. Tied weights (one tensor
+    under two keys, e.g. an embedding and an LM head) stay one tensor as long as every checkpoint
+    used ties them.
     """
-    acc = Accumulator()
-    newest_obj, used, skipped, used_coeffs = None, [], [], []
-    for i, (name, obj) in enumerate(items):
-        sd = extract(obj, name)
-        acc.check(sd, name)
-        bad = nonfinite_keys(sd)
-        if bad:
-            if nonfinite == "raise":
-                raise nonfinite_error(name, bad)
-            warn_skipped(name, bad)
-            skipped.append(name)
-        else:
-            coefficient = None if coeffs is None else coeffs[i]
-            acc.add(sd, coefficient)
-            used.append(name)
-            used_coeffs.append(1.0 if coefficient is None else coefficient)
-            # keep the newest checkpoint's other entries, not its weights (one file in memory at a time)
-            newest_obj = {k: (None if v is sd else v) for k, v in obj.items()} if obj is not sd else None
-        del sd, obj
-        if progress is not None:
-            progress(i, name)
-    if not used:
-        raise CheckpointError(f"All {len(skipped)} checkpoints hold NaN or Inf ({listing(skipped)}): "
-                              "nothing to average")
-    total = math.fsum(used_coeffs)
-    return acc, newest_obj, used, skipped, [c / total for c in used_coeffs]
+    layout = {k: (v.dtype, tuple(v.shape)) for k, v in sd.items() if is_averaged(v)}
+    index = {id(s): i for i, s in enumerate(sources)}
+
+    def run(used, coeffs, total):
+        tied = common_ties([ties[index[id(s)]] for s in used])
+        order = [k for k in layout if k not in tied]
+        return average_into(used, layout, order, coeffs, total, nonfinite, progress), tied
+
+    (sums, tied), used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
+    out: OrderedDict = OrderedDict()
+    for key in layout:
+        out[key] = out[tied[key]] if key in tied else sums[key]  # a tie stays one tensor: saved once
+    return out, used, skipped, coeffs, tied
+
+
+def tensor_ties(sd: Mapping[str, Any], where: Callable[[str, torch.Tensor], Any]) -> dict[str, str]:
+    """Keys whose tensor is the very same view as an earlier key's (tied weights) -> that earlier key.
+
+    ``where(key, t)``: the identity of ``t``'s storage (its address in memory, or its file and offset).
+    """
+    first: dict[tuple, str] = {}
+    ties = {}
+    for key, value in sd.items():
+        if is_averaged(value) and value.numel() > 0:
+            view = (where(key, value), value.storage_offset(), value.shape, value.stride(), value.dtype)
+            if view in first:
+                ties[key] = first[view]
+            else:
+                first[view] = key
+    return ties
+
+
+class MemorySource:
+    """A state dict in memory as a source (pieces copied out of its tensors)."""
+
+    def __init__(self, name: str, sd: Mapping[str, Any]) -> None:
+        self.name, self.sd = name, sd
+        self._flat: tuple[str, torch.Tensor] | None = None
+
+    def _flatten(self, key: str) -> torch.Tensor:
+        if self._flat is None or self._flat[0] != key:  # a strided tensor is made contiguous once
+            self._flat = (key, self.sd[key].detach().reshape(-1))
+        return self._flat[1]
+
+    def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
+        out.copy_(self._flatten(key)[start:start + out.numel()])
+
+    def read(self, key: str) -> torch.Tensor:
+        return self.sd[key]
 
 
 def average_state_dicts(
@@ -320,7 +424,16 @@ def average_state_dicts(
     state_dicts = list(state_dicts)
     if not state_dicts:
         raise ValueError("Invalid state_dicts: an empty list; give at least one state dict")
-    coeffs = coefficients(weights, alpha, len(state_dicts))
-    items = ((f"state dict #{i}", sd) for i, sd in enumerate(state_dicts))
-    acc, _, _, skipped, _ = stream(items, coeffs, nonfinite, lambda obj, name: obj, None)
-    return acc.result(uniform=coeffs is None, renormalize=bool(skipped))
+    coefficients(weights, alpha, len(state_dicts))  # refuse bad weights before reading anything
+    first = None
+    for i, sd in enumerate(state_dicts):
+        layout = check_state(sd, f"state dict #{i}", first)
+        first = first or (layout, f"state dict #{i}")
+    sources = [MemorySource(f"state dict #{i}", sd) for i, sd in enumerate(state_dicts)]
+    ties = [tensor_ties(sd, lambda _, t: (t.untyped_storage().data_ptr(), t.device)) for sd in state_dicts]
+    averages, used, _, _, _ = average_sources(sources, state_dicts[-1], ties, weights, alpha, nonfinite, None)
+    newest = used[-1].sd
+    out: OrderedDict = OrderedDict((k, averages[k] if k in averages else v) for k, v in newest.items())
+    if getattr(newest, "_metadata", None) is not None:
+        out._metadata = newest._metadata  # type: ignore[attr-defined]  # load_state_dict's versions
+    return out

@@ -1,46 +1,27 @@
-"""The ``torch.save`` file format (plain, fairseq, Lightning, timm), averaged file by file.
+"""The ``torch.save`` file format (plain, fairseq, Lightning, timm), averaged tensor by tensor.
 
-One file is loaded at a time (``torch.load(weights_only=True)``, memory-mapped) and added to the
-float64 sums of every tensor (:class:`.accumulate.Accumulator`); the result is the newest
+Every file's structure is loaded first (``torch.load(weights_only=True)`` onto the meta device: no
+weight read) and checked against the first; then each tensor is averaged over all files, read in
+pieces at its offset in the file (:mod:`.pickled_io`, :mod:`.accumulate`); the result is the newest
 checkpoint with its weights entry replaced by the average (:mod:`.layouts` says which entries).
 :func:`average_pickled` also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
 """
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io import CheckpointError, atomic_save, safe_load
-from .accumulate import coefficients, listing, stream
+from .accumulate import coefficients, listing
 from .base import Format
-from .layouts import detect_pickled, load_pickled
+from .layouts import SAFE_CLASSES, detect_pickled, load_pickled
 from .options import AverageOptions
-from .select import HF_WEIGHT_FILES
+from .pickled_io import average_pickled_files, hf_bin_files, without_crc32
 from .summary import AverageSummary
 
 __all__ = ["PickledFile", "average_pickled", "check_drop"]
-
-
-def _load_hf_bin(folder: Path) -> OrderedDict:
-    """The state dict of an HF folder of ``pytorch_model.bin`` (one file or shards), memory-mapped."""
-    index = folder / HF_WEIGHT_FILES[2]
-    if not index.is_file():
-        return safe_load(folder / HF_WEIGHT_FILES[3], mmap=True)
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"Index {str(index)!r} is not a checkpoint index ({type(err).__name__}: {err})") from err
-    sd: OrderedDict = OrderedDict()
-    for shard in sorted(set(weight_map.values())):
-        if not (folder / shard).is_file():
-            raise CheckpointError(f"Index {str(index)!r} names shard {shard!r}, which does not exist in "
-                                  f"{str(folder)!r}; the checkpoint is incomplete (an interrupted save?)")
-        sd.update(safe_load(folder / shard, mmap=True))
-    return sd
 
 
 class PickledFile(Format):
@@ -57,14 +38,15 @@ class PickledFile(Format):
 
     def write(self, paths, out, opts):
         result, summary = self.average(paths, opts)
-        atomic_save(result, out)
+        with without_crc32():  # torch.load never checks them; computing them cost more than the average
+            atomic_save(result, out)
         return summary
 
 
 def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool) -> tuple[Any, AverageSummary]:
     """Average pickled checkpoints (``hf_bin``: HF folders of ``pytorch_model.bin``) file by file, into memory."""
     key, drop = opts.key, opts.drop
-    coeffs = coefficients(opts.weights, opts.alpha, len(selected))
+    coefficients(opts.weights, opts.alpha, len(selected))  # bad weights refused before any file is read
     chosen: list = []
 
     def extract(obj: Any, name: str) -> Mapping[str, Any]:
@@ -81,13 +63,13 @@ def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool
                                   "give checkpoints of one format")
         return obj if found[1] is None else obj[found[1]]
 
-    def load(p: Path) -> Any:
-        return _load_hf_bin(p) if hf_bin else load_pickled(p, opts.trust_pickle)
+    def load_file(f: Path) -> Any:
+        return safe_load(f, mmap=True) if hf_bin else load_pickled(f, opts.trust_pickle)
 
-    items = ((str(p), load(p)) for p in selected)  # a generator: one file loaded at a time
-    acc, newest, used, skipped, used_coeffs = stream(items, coeffs, opts.nonfinite, extract, opts.progress)
-    averaged = acc.averaged_keys()
-    state = acc.result(uniform=coeffs is None, renormalize=bool(skipped))
+    # every file's structure first (meta tensors), then each tensor averaged in pieces read from the files
+    state, newest, used, skipped, used_coeffs, averaged = average_pickled_files(
+        selected, hf_bin_files if hf_bin else lambda p: [p], load_file, extract, SAFE_CLASSES, opts.weights,
+        opts.alpha, opts.nonfinite, opts.progress)
     fmt, entry = chosen[0]
     dropped: tuple[str, ...] = ()
     if fmt is None or entry is None:

@@ -9,7 +9,6 @@ found to hold NaN/Inf with ``nonfinite="skip"`` restarts the pass without it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -21,8 +20,9 @@ from typing import Any
 import torch
 
 from ..io import CheckpointError
+from . import accumulate
 from . import safetensors_io as st
-from .accumulate import average_pieces, check_same_layout, coefficients, listing, nonfinite_error, warn_skipped
+from .accumulate import check_same_layout, with_skips
 from .select import HF_WEIGHT_FILES, PROVENANCE
 from .summary import AverageSummary
 
@@ -45,80 +45,23 @@ def open_sources(paths: Sequence[Path], kind: str) -> list[st.SafetensorsSource]
     return sources
 
 
-class _Skip(Exception):
-    def __init__(self, index: int, key: str) -> None:
-        super().__init__(index, key)
-        self.index, self.key = index, key
+def _torch_layout(layout) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    return {key: (st._dtype(code), tuple(shape)) for key, (code, shape) in layout.items()}
 
 
 def averaged_tensors(
     sources: Sequence[st.SafetensorsSource], order: Sequence[str], coeffs: list[float] | None, total: float | None,
     nonfinite: str, progress: Callable[[int, str], None] | None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(key, piece)``: the average of each tensor of ``order``, in pieces (flattened, in order)."""
-    newest = sources[-1]
-    for n, key in enumerate(order):
-        code, shape = newest.layout[key]
-        dtype = st._dtype(code)
-        if not (dtype.is_floating_point or dtype.is_complex):
-            yield key, newest.read(key).reshape(-1)  # integer and bool tensors: the newest's, never divided
-        else:
-            def read_into(i: int, start: int, out: torch.Tensor, key: str = key) -> None:
-                sources[i].read_into(key, start, out)
-
-            numel = math.prod(shape)
-            for acc, piece in average_pieces(read_into, len(sources), numel, dtype, coeffs, total):
-                # a NaN/Inf input makes the float64 sum non-finite, and so the piece's sum (one cheap pass)
-                if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
-                    bad = [i for i, s in enumerate(sources) if not bool(torch.isfinite(s.read(key)).all())]
-                    if not bad:  # finite inputs, float64 sum beyond 1.8e308: only float64 weights near the limit
-                        raise CheckpointError(f"Tensor {key!r} overflows float64 when summed over the checkpoints; "
-                                              "its values are too large to average")
-                    if nonfinite == "raise":
-                        raise nonfinite_error(sources[bad[0]].name, [key])
-                    raise _Skip(bad[0], key)
-                yield key, piece
-        if progress is not None:
-            progress(n, key)
+    """Yield ``(key, piece)``: each tensor of ``order`` averaged, in pieces (:func:`.accumulate.averaged_tensors`)."""
+    layout = _torch_layout(sources[-1].layout)
+    return accumulate.averaged_tensors(sources, layout, order, coeffs, total, nonfinite, progress)
 
 
 def collect(parts: Iterator[tuple[str, torch.Tensor]], layout) -> OrderedDict:
-    """The pieces put together: ``{key: tensor}`` in memory (for :func:`average_checkpoints`)."""
-    out: OrderedDict = OrderedDict()
-    pieces: dict[str, list[torch.Tensor]] = {}
-    for key, part in parts:
-        pieces.setdefault(key, []).append(part.clone())  # the pieces are reused buffers
-    for key, (_, shape) in layout.items():
-        out[key] = torch.cat(pieces.pop(key)).reshape(shape)
-    return out
-
-
-def with_skips(sources, weights, alpha, nonfinite, run):
-    """Call ``run(sources, coeffs, total)``, again without a checkpoint found to hold NaN/Inf ("skip")."""
-    coeffs_all = coefficients(weights, alpha, len(sources))
-    kept = list(range(len(sources)))
-    skipped: list[str] = []
-    while True:
-        used = [sources[i] for i in kept]
-        coeffs = None if coeffs_all is None else [coeffs_all[i] for i in kept]
-        total = None
-        if coeffs is not None and skipped:
-            total = 0.0
-            for c in coeffs:  # summed as the Accumulator sums them
-                total += c
-        try:
-            result = run(used, coeffs, total)
-        except _Skip as skip:
-            warn_skipped(used[skip.index].name, [skip.key])
-            skipped.append(used[skip.index].name)
-            del kept[skip.index]
-            if not kept:
-                raise CheckpointError(f"All {len(skipped)} checkpoints hold NaN or Inf ({listing(skipped)}): "
-                                      "nothing to average") from None
-            continue
-        raw = [1.0] * len(used) if coeffs is None else coeffs
-        norm = math.fsum(raw)
-        return result, used, skipped, [c / norm for c in raw]
+    """The pieces put together: ``{key: tensor}`` in memory, in the order of ``layout``."""
+    got = accumulate.collect(parts, _torch_layout(layout))
+    return OrderedDict((key, got[key]) for key in layout)
 
 
 def st_summary(sources, used, skipped, coeffs, kind) -> AverageSummary:
