@@ -212,3 +212,81 @@ def test_streamed_and_pickled_paths_give_the_same_bits_across_pieces(tmp_path):
     torch.save(bad, tmp_path / "p2.pt")
     with pytest.warns(RuntimeWarning, match=r"Skipping .*p2\.pt"):
         assert_equal_state(got, average_checkpoints(pickled, nonfinite="skip", weights="exp"))
+
+
+def test_lightning_folder_with_lawa_callback_averages_epoch_checkpoints_only(tmp_path):
+    """The README's Lightning setup plus epoch checkpoints: LAWACallback, a ModelCheckpoint of every epoch with
+    last.ckpt, and the README's ModelCheckpoint of the best average (best-lawa-epoch=N.ckpt) in the same folder."""
+    L = require("lightning", "to write real Lightning checkpoints")
+    from click.testing import CliRunner
+
+    from lawa_optim.cli import main
+    from lawa_optim.integrations.lightning import LAWACallback
+
+    class Regressor(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return nn.functional.mse_loss(self(x), y)
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 4)
+    y = x.sum(1, keepdim=True) + 0.1 * torch.randn(48, 1)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:32], y[:32]), batch_size=8, shuffle=True)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[32:], y[32:]), batch_size=16)
+    ckpts = tmp_path / "ckpts"
+    epochs = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpts, save_top_k=-1, every_n_epochs=1, save_last=True)
+    best = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpts, monitor="val_loss_lawa", filename="best-lawa-{epoch}")
+    trainer = L.Trainer(max_epochs=5, callbacks=[LAWACallback(k=2), epochs, best], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(Regressor(), train, val)
+
+    paths = sorted(ckpts.glob("epoch=*.ckpt"), key=lambda p: int(p.name.split("=")[1].split("-")[0]))
+    copies = sorted(ckpts.glob("best-*.ckpt"))
+    assert len(paths) == 5 and len(copies) == 1 and (ckpts / "last.ckpt").exists()
+    loaded = [torch.load(p, weights_only=True) for p in paths]
+    newest = loaded[-1]
+    assert "lawa_state_dict" in newest and any(k.startswith("LAWACallback") for k in newest["callbacks"])
+    want = reference([c["state_dict"] for c in loaded[-3:]])
+
+    out = tmp_path / "lawa.ckpt"
+    summary = write_average([ckpts], out, last=3)
+    assert summary.files == tuple(map(str, paths[-3:])) and summary.copies == (str(copies[0]),)
+    assert str(ckpts / "last.ckpt") in summary.ignored
+    written = torch.load(out, weights_only=True)
+    assert not {"callbacks", "lawa_state_dict", "optimizer_states", "lr_schedulers"} & set(written)
+    assert {"callbacks", "lawa_state_dict"} <= set(summary.dropped)
+    assert written["epoch"] == newest["epoch"]
+    assert_equal_state(written["state_dict"], want)
+    assert_equal_state(Regressor.load_from_checkpoint(out).state_dict(), want)
+
+    # on request: the callback's state kept, the best copy averaged too
+    kept = write_average([ckpts], out, last=3, keep_callbacks=True, force=True)
+    written = torch.load(out, weights_only=True)
+    assert written["callbacks"].keys() == newest["callbacks"].keys() and "lawa_state_dict" in written
+    assert "callbacks" not in kept.dropped
+    both = write_average([ckpts], tmp_path / "with_copies.ckpt", include_copies=True)
+    assert str(copies[0]) in both.files and both.copies == ()
+
+    # the command line: the copy is listed as left out; an existing --out needs --force
+    result = CliRunner().invoke(main, ["average", str(ckpts), "--last", "3", "--out", str(out)])
+    assert result.exit_code == 2 and "already exists; pick a new file, or pass --force" in result.output
+    result = CliRunner().invoke(main, ["average", str(ckpts), "--last", "3", "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert f"left out (a best/last copy of an epoch checkpoint; --include-copies averages it): {copies[0]}" \
+        in result.output
+    assert "dropped" in result.output and "callbacks" in result.output and "lawa_state_dict" in result.output
+    assert_equal_state(torch.load(out, weights_only=True)["state_dict"], want)

@@ -10,8 +10,10 @@ _EPILOG = """\b
 Examples:
   # Hugging Face Trainer output: the 6 newest checkpoint-N/ folders -> a folder from_pretrained loads
   lawa average runs/out --last 6 --out runs/out-lawa6
-  # Lightning: the 5 newest epoch=*.ckpt (last.ckpt is left out) -> a .ckpt load_from_checkpoint loads
+  # Lightning: the 5 newest epoch=*.ckpt (last.ckpt, best-*.ckpt copies left out) -> a .ckpt load_from_checkpoint loads
   lawa average lightning_logs/version_0/checkpoints --last 5 --out lawa.ckpt
+  # distributed checkpoints (dcp.save, FSDP2, Lightning ModelParallelStrategy): step-N/ folders -> a DCP folder
+  lawa average checkpoints/ --last 4 --out checkpoints-lawa4
   # timm: average the EMA weights of the CheckpointSaver's files instead of the raw ones
   lawa average output/train/run1 --last 4 --key state_dict_ema --out lawa.pth.tar
   # fairseq epoch checkpoints, loadable by fairseq-validate
@@ -24,8 +26,9 @@ CHECKPOINTS are files or folders; a folder of checkpoints gives its entries whos
 number, and all are put in natural order (checkpoint-500 before checkpoint-1000) unless
 --as-given. The output has the inputs' format. Floating tensors are averaged in float64 and
 cast back to their stored dtype; integer and bool buffers (num_batches_tracked) and other
-entries are copied from the newest checkpoint, without optimizer or trainer state.
-safetensors are read and written in 1 MiB pieces (a few MiB of memory whatever the model).
+entries are copied from the newest checkpoint, without optimizer, trainer or callback state.
+safetensors are read and written in pieces (a few MiB of memory whatever the model);
+distributed checkpoints one tensor at a time.
 The output appears atomically: a crash leaves the old file (or no folder).
 """
 
@@ -55,6 +58,9 @@ The output appears atomically: a crash leaves the old file (or no folder).
                    "WeightAveraging), timm state_dict (default) | state_dict_ema, or any entry of a checkpoint dict.")
 @click.option("--nonfinite", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="A checkpoint holding NaN/Inf stops with an error, or is left out with a warning.")
+@click.option("--out-format", type=click.Choice(["dcp", "safetensors", "huggingface"]), default=None,
+              help="Distributed checkpoint folders only: write a DCP folder (default), a .safetensors file, or a "
+                   "folder holding model.safetensors (for inference).")
 @click.option("--keep-optimizer", is_flag=True, help="Keep the newest checkpoint's optimizer and scheduler state.")
 @click.option("--keep-callbacks", is_flag=True,
               help="Keep the newest Lightning checkpoint's callback states (LAWACallback's ring, EMA/SWA) and "

@@ -23,13 +23,14 @@ from pathlib import Path
 
 from ..io import CheckpointError
 from .base import Format
+from .dcp_io import DCPFolder
 from .hf import HFBinFolder, HFFolder, SafetensorsFile
 from .pickled import PickledFile
 
 __all__ = ["FORMATS", "format_of", "one_format"]
 
 # Detection order: folder formats first, then files; pickled (any file) last.
-FORMATS: tuple[Format, ...] = (HFFolder(), HFBinFolder(), SafetensorsFile(), PickledFile())
+FORMATS: tuple[Format, ...] = (DCPFolder(), HFFolder(), HFBinFolder(), SafetensorsFile(), PickledFile())
 
 
 def format_of(path: Path, in_folder: bool = False) -> Format | None:
