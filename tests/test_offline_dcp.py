@@ -331,3 +331,38 @@ def test_lightning_model_parallel_strategy_folders(tmp_path):
     model = nn.Module()
     model.model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
     assert_equal_state(loaded_into_model(tmp_path / "avg", "state_dict", model), want)
+
+
+def test_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
+    """Never the whole model: every read DCP is asked for is one tensor, read once per checkpoint (also when it is
+    averaged in several pieces), and the checkpoints hold copies of one tensor at a time."""
+    from lawa_optim.offline.accumulate import CHUNK
+    from lawa_optim.offline.dcp_io import DCPSource
+
+    states = []
+    for i in range(3):
+        torch.manual_seed(i)
+        states.append({"big": torch.randn(2 * CHUNK + 5), "w": torch.randn(4, 3), "steps": torch.tensor(i)})
+        dcp.save({"model": states[-1], "optim": {"m": torch.zeros(3)}}, checkpoint_id=tmp_path / "run" / f"step-{i}",
+                 no_dist=True)
+    sources: list = []
+    requests: list[list[str]] = []
+    real_init, real_load = DCPSource.__init__, DCPSource._load
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        sources.append(self)
+
+    def load(self, values):
+        requests.append(list(values))
+        held = [s._cache[0] for s in sources if s._cache is not None]
+        assert all(k in values for k in held), held  # the previous tensor freed everywhere first
+        return real_load(self, values)
+
+    monkeypatch.setattr(DCPSource, "__init__", init)
+    monkeypatch.setattr(DCPSource, "_load", load)
+    write_average([tmp_path / "run"], tmp_path / "avg")
+    assert sorted(k for r in requests for k in r) == ["big"] * 3 + ["steps"] + ["w"] * 3  # the int: the newest's
+    got = {"big": torch.empty(2 * CHUNK + 5), "w": torch.empty(4, 3), "steps": torch.tensor(0)}
+    dcp.load({"model": got}, checkpoint_id=tmp_path / "avg", no_dist=True)
+    assert_equal_state(got, reference(states))

@@ -12,7 +12,8 @@ and every file it names must exist and be long enough (a rank's missing file is 
 tensor is then loaded whole, one at a time, by DCP itself (``dcp.load`` of a one-tensor state
 dict, in this process: no process group), which puts a tensor saved in shards by several ranks
 back together; the float64 sums are those of every format (:mod:`.streamed`, :mod:`.accumulate`).
-Memory: the tensor being averaged, once per checkpoint, plus its float64 sum, never the model.
+Memory: the tensor being averaged, once per checkpoint, plus its float64 sum, never the model
+(every checkpoint's copy of a tensor is freed before the next tensor is read).
 
 Writing (``out_format``): ``"dcp"`` (default) a DCP folder holding only the weights entry, which
 ``dcp.load({"model": model.state_dict()}, checkpoint_id=out)`` (the same entry name) reads into the
@@ -173,6 +174,7 @@ class DCPSource:
         reader.read_metadata = lambda *a, **kw: md  # read once, checked above
         self._reader = reader
         self._cache: tuple[str, torch.Tensor] | None = None
+        self.group: list[DCPSource] = [self]  # the checkpoints averaged together (they free their tensors together)
 
     def _load(self, values: Mapping[str, Any]) -> dict:
         from torch.distributed.checkpoint import load
@@ -211,7 +213,9 @@ class DCPSource:
     def read(self, key: str) -> torch.Tensor:
         """The whole tensor ``key`` (the last one read is kept for the pieces that follow)."""
         if self._cache is None or self._cache[0] != key:
-            self._cache = None  # free the previous tensor first
+            for source in self.group:  # a new tensor: every checkpoint's copy of the previous one is freed first
+                if source._cache is not None and source._cache[0] != key:
+                    source._cache = None
             code, shape = self.layout[key]
             tensor = torch.empty(shape, dtype=st._dtype(code))
             self._load({key: tensor})
@@ -265,6 +269,8 @@ class DCPFolder(Format):
             check_same_layout({k: _describe(*v) for k, v in first.layout.items()} | dict.fromkeys(first.objects),
                               {k: _describe(*v) for k, v in s.layout.items()} | dict.fromkeys(s.objects),
                               first.name, s.name)
+        for s in sources:
+            s.group = sources
         if not any(st._dtype(code).is_floating_point or st._dtype(code).is_complex
                    for code, _ in sources[0].layout.values()):
             raise CheckpointError(f"{sources[0].name} holds no floating-point tensors in its weights entry: "
