@@ -1,27 +1,36 @@
-"""`lawa bench average-cost`: what `lawa average` costs, side by side with only reading the same files.
+"""`lawa bench average-cost`: `lawa average` side by side with its peers and with the floor, per format.
 
-    lawa bench average-cost --out runs/average_cost          # BERT-base size (110M parameters), k=6
+    lawa bench average-cost --out runs/average_cost            # SmolLM-135M's shapes (134.5M parameters), k=6
 
-A BERT-base-sized model (``transformers.BertModel`` built from its config, nothing downloaded,
-109.5M float32 parameters) is saved as k Hugging Face checkpoint folders
-(``save_pretrained``: one ``model.safetensors`` each), each a perturbed copy of the last. Then,
-alternating, each in a fresh process so its peak memory is its own:
+A Llama-style state dict (the shapes of SmolLM-135M: hidden 576, 30 layers, grouped-query
+attention with 3 key/value heads, MLP 1536, vocabulary 49152, tied embeddings: 134.5M float32
+parameters; ``--layers`` scales it) is saved k times, each a perturbed copy of the last, in each
+format measured:
 
-- **read**: read every byte of the k weight files once (``readinto`` a reused 1 MiB buffer, which
-  stays in the CPU cache: faster here than larger buffers): the physical floor of any averaging,
-  which must read them all;
-- **read+sum**: the same reads, each 1 MiB piece added into a float64 buffer: the floor of any
-  float64 average (every value read once and added once), without the writing;
-- **average**: ``write_average`` of the k folders into a new folder (what ``lawa average DIR
-  --out OUT`` runs), written and fsynced.
+- ``pt``: fairseq-style ``torch.save({"model": sd, ...})`` files (the paper's own format);
+- ``hf``: Hugging Face folders (``config.json`` of a ``LlamaForCausalLM`` and ``model.safetensors``);
+- ``dcp``: ``torch.distributed.checkpoint`` folders of ``{"model": sd}`` (when ``lawa average``
+  reads them).
 
-The files are read once before the first measurement, so every run finds them in the page cache
-(neither run pays the disk; on a cold cache both would pay it once). Reported: the medians over
-``repeats`` of the time and of the peak RSS (``VmHWM``), the RSS after the imports (the
-interpreter and torch: the same in both), and the ratios average/read for the time and
-(peak - imports)/fp32 size for the memory. Results: ``results.json`` and ``results.csv`` in ``--out``.
-Both run on one thread (``OMP_NUM_THREADS=1``): on a shared CPU more threads only add noise.
-Compare the ratios, not the absolute times.
+Then, in interleaved rounds (every tool once per round, the order rotated between rounds, at one
+thread and at all threads), each in a fresh process so its peak memory is its own:
+
+- **read**: every byte of the k files read once (``readinto`` a reused 1 MiB buffer): the
+  physical floor of any averaging;
+- **floor**: the same reads, each float32 value added once into a float64 sum (pieces of 2**16
+  elements, the sum kept in the cache): the floor of any float64 average, without writing it;
+- **plain loop** (``pt`` only): the in-memory loop of fairseq's ``scripts/average_checkpoints.py``
+  (load each file whole, add in float32, divide, ``torch.save``), written here as the reference;
+- **mergekit** (``hf`` only, when installed): mergekit's ``linear`` merge with its default options;
+- **lawa average**: the command line, ``lawa average FILES --out OUT --threads N -q``.
+
+Every process times its work after ``import torch`` (the wall time and its own CPU time) and
+reports its peak resident memory (``VmHWM``: the process's own peak; ``ru_maxrss`` of a child
+also counts the pages of the parent it was forked from). The files are read once before the
+first round, so every run finds them in the page cache. Reported per format and thread count:
+the medians over rounds, and the ratios the targets name (lawa / plain loop, lawa / mergekit,
+lawa / floor), in ``results.json``, ``results.csv`` (one row per run), ``table.md`` and
+``cost.png`` in ``--out``. On a shared machine the ratios are what to compare, not the times.
 """
 
 from __future__ import annotations
@@ -33,161 +42,414 @@ import shutil
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
 
-__all__ = ["CostConfig", "run"]
+__all__ = ["CostConfig", "markdown_table", "run"]
 
-# Runs in a fresh interpreter: imports first (the baseline), then one task; prints one JSON line.
+FORMATS = ("pt", "hf", "dcp")
+TOOLS = {"pt": ("read", "floor", "plain", "lawa"), "hf": ("read", "floor", "mergekit", "lawa"),
+         "dcp": ("read", "floor", "lawa")}
+TOOL_NAMES = {"read": "read the files (the physical floor)", "floor": "read + float64 sum (the floor)",
+              "plain": "plain in-memory loop (fairseq's script)", "mergekit": "mergekit `linear`",
+              "lawa": "`lawa average`"}
+FORMAT_NAMES = {"pt": "fairseq-style .pt", "hf": "HF folders (safetensors)", "dcp": "DCP folders"}
+
+# Runs in a fresh interpreter: import torch (not timed), then one task; prints one JSON line.
 _CHILD = r"""
-import json, sys, time
-import torch
-import safetensors.torch  # noqa: F401
-from lawa_optim.offline import write_average
-
-def status_mib(field):  # VmHWM: this process's peak (ru_maxrss would include the parent's, inherited by fork)
-    with open("/proc/self/status") as f:
-        return int(f.read().split(field + ":")[1].split()[0]) / 1024
-
+import json, os, sys, time
+t0 = time.perf_counter()
 task, args = sys.argv[1], json.loads(sys.argv[2])
-torch.set_num_threads(1)
-base = status_mib("VmRSS")
-start = time.perf_counter()
-if task in ("read", "read+sum"):
-    buf = torch.empty(1 << 18)  # 1 MiB
-    acc = torch.zeros(1 << 18, dtype=torch.float64)
-    raw = memoryview(buf.view(torch.uint8).numpy())
+threads = args["threads"]
+if task != "read":
+    import torch
+    torch.set_num_threads(threads)
+imported = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
+if task in ("read", "floor"):
+    piece = 1 << 16
+    if task == "floor":
+        buf = torch.empty(piece)
+        acc = torch.zeros(piece, dtype=torch.float64)
+        raw = memoryview(buf.view(torch.uint8).numpy())
+    else:
+        raw = memoryview(bytearray(1 << 20))
     for name in args["files"]:
         with open(name, "rb", buffering=0) as f:
             while n := f.readinto(raw):
-                if task == "read+sum":  # the floor of a float64 average: every value read once and added once
+                if task == "floor":  # every value read once and added once into a float64 sum
                     acc[: n // 4].add_(buf[: n // 4])
+elif task == "plain":  # fairseq's scripts/average_checkpoints.py, in memory and in float32
+    params, new_state = {}, None
+    for path in args["inputs"]:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if new_state is None:
+            new_state = state
+        for k, p in state["model"].items():
+            if p.dtype == torch.float16:
+                p = p.float()
+            if k not in params:
+                params[k] = p.clone()
+            else:
+                params[k] += p
+    for k, v in params.items():
+        if v.is_floating_point():
+            v.div_(len(args["inputs"]))
+        else:
+            v //= len(args["inputs"])
+    new_state["model"] = params
+    torch.save(new_state, args["out"])
+elif task == "mergekit":
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+    config = MergeConfiguration.model_validate({"merge_method": "linear", "dtype": "float32", "models": [
+        {"model": path, "parameters": {"weight": 1.0}} for path in args["inputs"]]})
+    run_merge(config, args["out"], MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True,
+                                                 num_threads=threads))
 else:
-    write_average(args["folders"], args["out"])
-elapsed = time.perf_counter() - start
-peak = status_mib("VmHWM")
-print(json.dumps({"task": task, "seconds": elapsed, "rss_after_imports_mib": base, "peak_rss_mib": peak}))
+    from lawa_optim.cli import main
+    main(["average", *args["inputs"], "--out", args["out"], "--threads", str(threads), "-q"], standalone_mode=False)
+end, cpu_end = time.perf_counter(), time.process_time()
+with open("/proc/self/status") as f:
+    peak = int(f.read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"task": task, "seconds": end - start, "cpu_seconds": cpu_end - cpu, "import_seconds": imported - t0,
+                  "peak_rss_mib": peak}))
 """
 
 
 @dataclass
 class CostConfig:
-    """What to measure: a BERT-size model saved ``k`` times; ``repeats`` alternating read/average pairs."""
+    """What to measure: a Llama-style model saved ``k`` times per format; ``repeats`` interleaved rounds."""
 
     out: Path
     k: int = 6
     repeats: int = 3
-    hidden: int = 768
-    layers: int = 12
-    vocab: int = 30522
+    hidden: int = 576
+    layers: int = 30
+    intermediate: int = 1536
+    heads: int = 9
+    kv_heads: int = 3
+    vocab: int = 49152
+    formats: tuple[str, ...] = FORMATS
+    threads: tuple[int, ...] = field(default_factory=lambda: (1, os.cpu_count() or 1))
     keep_checkpoints: bool = False
 
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"Invalid formats: {self.formats!r}; choose from {', '.join(FORMATS)}")
+        if self.k < 1 or self.repeats < 1:
+            raise ValueError(f"Invalid k={self.k} or repeats={self.repeats}; both must be at least 1")
+        if not self.threads or any(t < 1 for t in self.threads):
+            raise ValueError(f"Invalid threads: {self.threads!r}; give thread counts >= 1")
+        self.threads = tuple(dict.fromkeys(self.threads))
 
-def make_checkpoints(cfg: CostConfig, folder: Path) -> tuple[list[Path], int]:
-    """``k`` HF checkpoint folders of a BERT model (perturbed copies); returns them and the parameter count."""
+
+def llama_state_dict(cfg: CostConfig, seed: int = 0) -> dict:
+    """A ``LlamaForCausalLM`` state dict with tied embeddings (no ``lm_head``), random float32 values."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=cfg.vocab, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-                                     num_attention_heads=max(1, cfg.hidden // 64), intermediate_size=4 * cfg.hidden)
-    model = transformers.BertModel(config)
-    params = sum(p.numel() for p in model.parameters())
-    folders = []
+    g = torch.Generator().manual_seed(seed)
+    h, kv = cfg.hidden, cfg.hidden // cfg.heads * cfg.kv_heads
+    sd = {"model.embed_tokens.weight": torch.randn(cfg.vocab, h, generator=g) * 0.02}
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+                  "self_attn.o_proj": (h, h), "mlp.gate_proj": (cfg.intermediate, h),
+                  "mlp.up_proj": (cfg.intermediate, h), "mlp.down_proj": (h, cfg.intermediate)}
+        for name, shape in shapes.items():
+            sd[p + name + ".weight"] = torch.randn(*shape, generator=g) * 0.02
+        sd[p + "input_layernorm.weight"] = torch.ones(h)
+        sd[p + "post_attention_layernorm.weight"] = torch.ones(h)
+    sd["model.norm.weight"] = torch.ones(h)
+    return sd
+
+
+def _llama_config(cfg: CostConfig) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.hidden,
+            "num_hidden_layers": cfg.layers, "intermediate_size": cfg.intermediate,
+            "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads, "vocab_size": cfg.vocab,
+            "tie_word_embeddings": True, "torch_dtype": "float32", "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5, "hidden_act": "silu"}
+
+
+def make_checkpoints(cfg: CostConfig, folder: Path) -> tuple[dict[str, list[Path]], int]:
+    """``{format: k checkpoint paths}`` (perturbed copies, reused when present) and the parameter count."""
+    import torch
+
+    sd = llama_state_dict(cfg)
+    params = sum(v.numel() for v in sd.values())
+    g = torch.Generator().manual_seed(1)
+    paths: dict[str, list[Path]] = {f: [] for f in cfg.formats}
     for i in range(cfg.k):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p), alpha=0.01)
-        path = folder / f"checkpoint-{(i + 1) * 500}"
-        if not (path / "model.safetensors").is_file():
-            model.save_pretrained(path)
-        folders.append(path)
-    return folders, params
+        for v in sd.values():
+            v.add_(torch.randn(v.shape, generator=g), alpha=1e-3)
+        step = (i + 1) * 500
+        for fmt in cfg.formats:
+            path = folder / fmt / (f"checkpoint{i + 1}.pt" if fmt == "pt" else f"checkpoint-{step}")
+            paths[fmt].append(path)
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "pt":
+                torch.save({"model": sd, "args": None, "extra_state": {"epoch": i + 1}}, path)
+            elif fmt == "hf":
+                from safetensors.torch import save_file
+
+                path.mkdir()
+                save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+                (path / "config.json").write_text(json.dumps(_llama_config(cfg), indent=2))
+            else:
+                import torch.distributed.checkpoint as dcp
+
+                dcp.save({"model": sd}, checkpoint_id=str(path), no_dist=True)
+    return paths, params
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
 def _child(task: str, args: dict) -> dict:
-    env_cmd = [sys.executable, "-c", _CHILD, task, json.dumps(args)]
-    proc = subprocess.run(env_cmd, capture_output=True, text=True, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": str(args["threads"]), "MKL_NUM_THREADS": str(args["threads"])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, task, json.dumps(args)], capture_output=True, text=True,
+                          check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"the {task} run failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["process_seconds"] = time.perf_counter() - start
+    return row
+
+
+def lawa_reads(fmt: str) -> bool:
+    """Whether this ``lawa average`` reads the format (DCP folders came later)."""
+    if fmt != "dcp":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("lawa_optim.offline.dcp_io") is not None
+
+
+def mergekit_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mergekit") is not None
 
 
 def run(cfg: CostConfig, progress=None) -> dict:
-    """Measure; write ``results.json`` and ``results.csv`` into ``cfg.out``; return the results."""
-    if cfg.k < 1 or cfg.repeats < 1:
-        raise ValueError(f"Invalid k={cfg.k} or repeats={cfg.repeats}; both must be at least 1")
+    """Measure; write ``results.json``, ``results.csv``, ``table.md`` and ``cost.png`` into ``cfg.out``."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     ckpts = cfg.out / "checkpoints"
-    folders, params = make_checkpoints(cfg, ckpts)
-    files = [str(f / "model.safetensors") for f in folders]
-    nbytes = sum(Path(f).stat().st_size for f in files)
-    _child("read", {"files": files})  # warm the page cache: both measurements find the files in memory
+    paths, params = make_checkpoints(cfg, ckpts)
+    missing = {}
+    tasks = []
+    for fmt in cfg.formats:
+        for tool in TOOLS[fmt]:
+            if tool == "mergekit" and not mergekit_installed():
+                missing[(fmt, tool)] = "not installed"
+            elif tool == "lawa" and not lawa_reads(fmt):
+                missing[(fmt, tool)] = "not supported by this version"
+            else:
+                tasks.append((fmt, tool))
+    files = {fmt: [str(f) for p in paths[fmt] for f in _files(p)] for fmt in cfg.formats}
+    nbytes = {fmt: sum(Path(f).stat().st_size for f in files[fmt]) for fmt in cfg.formats}
+    for fmt in cfg.formats:  # warm the page cache: every measurement finds the files in memory
+        _child("read", {"files": files[fmt], "threads": 1})
     rows = []
+    out = cfg.out / "output"
     for r in range(cfg.repeats):
-        for task in ("read", "read+sum", "average"):
-            out = cfg.out / "lawa"
+        order = [(t, task) for t in cfg.threads for task in tasks]
+        shift = (r * len(order)) // cfg.repeats  # rotate: no tool always runs right after another
+        for threads, (fmt, tool) in order[shift:] + order[:shift]:
             shutil.rmtree(out, ignore_errors=True)
-            row = _child(task, {"files": files, "folders": [str(f) for f in folders], "out": str(out)})
-            row["repeat"] = r
+            if out.exists():
+                out.unlink()
+            target = out.with_suffix(".pt") if fmt == "pt" else out
+            args = {"files": files[fmt], "inputs": [str(p) for p in paths[fmt]], "out": str(target),
+                    "threads": threads}
+            row = {"round": r, "format": fmt, "tool": tool, "threads": threads, **_child(tool, args)}
+            row.pop("task")
             rows.append(row)
+            for p in (out, out.with_suffix(".pt")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             if progress:
                 progress(row)
-    shutil.rmtree(cfg.out / "lawa", ignore_errors=True)
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpts, ignore_errors=True)
-    fp32_mib = params * 4 / 2**20
-
-    def median(task, field):
-        return statistics.median(row[field] for row in rows if row["task"] == task)
-
-    read_s, avg_s, floor_s = median("read", "seconds"), median("average", "seconds"), median("read+sum", "seconds")
-    base = median("average", "rss_after_imports_mib")
-    peak = median("average", "peak_rss_mib")
-    results = {
-        "config": {**asdict(cfg), "out": str(cfg.out)},
-        "parameters": params, "fp32_mib": fp32_mib, "files_mib": nbytes / 2**20,
-        "read_seconds": read_s, "read_sum_seconds": floor_s, "average_seconds": avg_s,
-        "time_ratio": avg_s / read_s, "floor_ratio": floor_s / read_s, "time_ratio_to_floor": avg_s / floor_s,
-        "average_peak_rss_mib": peak, "average_rss_after_imports_mib": base,
-        "read_peak_rss_mib": median("read", "peak_rss_mib"),
-        "memory_ratio_above_imports": (peak - base) / fp32_mib, "memory_ratio_total": peak / fp32_mib,
-        "targets": {"time_ratio": 1.5, "memory_ratio": 2.2},
-        "rows": rows,
-    }
+    results = summarize(cfg, rows, params, nbytes, missing)
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     with open(cfg.out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["repeat", "task", "seconds", "rss_after_imports_mib", "peak_rss_mib"])
+        writer = csv.DictWriter(f, fieldnames=["round", "format", "tool", "threads", "seconds", "cpu_seconds",
+                                               "process_seconds", "import_seconds", "peak_rss_mib"])
         writer.writeheader()
         writer.writerows(rows)
+    results["table"] = markdown_table(results)
+    (cfg.out / "table.md").write_text(results["table"] + "\n")
+    plot(results, cfg.out / "cost.png")
     return results
+
+
+def summarize(cfg: CostConfig, rows: list[dict], params: int, nbytes: dict, missing: dict) -> dict:
+    """Medians per (format, threads, tool) and the target ratios."""
+    cells: dict = {}
+    for fmt in cfg.formats:
+        for threads in cfg.threads:
+            for tool in TOOLS[fmt]:
+                runs = [r for r in rows if (r["format"], r["threads"], r["tool"]) == (fmt, threads, tool)]
+                key = f"{fmt}/{threads}/{tool}"
+                if not runs:
+                    cells[key] = {"missing": missing.get((fmt, tool), "not measured")}
+                    continue
+                cells[key] = {f: statistics.median(r[f] for r in runs) for f in
+                              ("seconds", "cpu_seconds", "process_seconds", "import_seconds", "peak_rss_mib")}
+                cells[key]["runs"] = len(runs)
+    ratios = {}
+    one, most = cfg.threads[0], cfg.threads[-1]
+
+    def ratio(a: str, b: str, field: str) -> float | None:
+        x, y = cells.get(a, {}), cells.get(b, {})
+        return x[field] / y[field] if field in x and field in y and y[field] else None
+
+    for fmt in cfg.formats:
+        for threads in cfg.threads:
+            lawa = f"{fmt}/{threads}/lawa"
+            r = {"lawa_vs_floor_time": ratio(lawa, f"{fmt}/{threads}/floor", "seconds"),
+                 "lawa_vs_floor_cpu": ratio(lawa, f"{fmt}/{threads}/floor", "cpu_seconds")}
+            peer = {"pt": "plain", "hf": "mergekit"}.get(fmt)
+            if peer:
+                r[f"lawa_vs_{peer}_time"] = ratio(lawa, f"{fmt}/{threads}/{peer}", "seconds")
+                r[f"lawa_vs_{peer}_cpu"] = ratio(lawa, f"{fmt}/{threads}/{peer}", "cpu_seconds")
+                r[f"lawa_vs_{peer}_memory"] = ratio(lawa, f"{fmt}/{threads}/{peer}", "peak_rss_mib")
+            ratios[f"{fmt}/{threads}"] = r
+        if most != one:
+            ratios[f"{fmt}/speedup_{most}_threads"] = ratio(f"{fmt}/{one}/lawa", f"{fmt}/{most}/lawa", "seconds")
+    targets = {"pt": {"lawa_vs_plain_time": 0.7, "lawa_vs_plain_memory": 1.0, "lawa_vs_floor_time": 1.3},
+               "hf": {"lawa_vs_mergekit_time": 0.5, "lawa_vs_mergekit_memory": 0.25, "lawa_vs_floor_time": 1.3},
+               "dcp": {"lawa_vs_floor_time": 1.3}}
+    met = {}
+    for fmt in cfg.formats:
+        for name, limit in targets[fmt].items():
+            value = ratios[f"{fmt}/{one}"].get(name)
+            met[f"{fmt}/{one}/{name}"] = None if value is None else bool(value <= limit)
+    return {
+        "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "out": str(cfg.out)},
+        "parameters": params, "fp32_mib": params * 4 / 2**20, "files_mib": {f: b / 2**20 for f, b in nbytes.items()},
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "cells": cells, "ratios": ratios, "targets": targets, "met": met, "rows": rows,
+    }
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def markdown_table(results: dict) -> str:
+    """One row per (format, tool), a time and a memory column per thread count, and the target ratios."""
+    cfg = results["config"]
+    threads = cfg["threads"]
+    head = "| input | tool | " + " | ".join(f"time, {t} thread{'s' if t > 1 else ''} (CPU)" for t in threads)
+    head += f" | peak RSS, {threads[0]} thread |"
+    lines = [head, "|" + "---|" * (3 + len(threads))]
+    for fmt in cfg["formats"]:
+        for tool in TOOLS[fmt]:
+            cells = [results["cells"][f"{fmt}/{t}/{tool}"] for t in threads]
+            if "missing" in cells[0]:
+                lines.append(f"| {FORMAT_NAMES[fmt]} | {TOOL_NAMES[tool]} | {cells[0]['missing']} |"
+                             + " |" * len(threads))
+                continue
+            times = " | ".join(f"{c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s)" for c in cells)
+            name = f"**{TOOL_NAMES[tool]}**" if tool == "lawa" else TOOL_NAMES[tool]
+            lines.append(f"| {FORMAT_NAMES[fmt]} | {name} | {times} | {cells[0]['peak_rss_mib']:,.0f} MiB |")
+    lines.append("")
+    one = threads[0]
+    for fmt in cfg["formats"]:
+        r = results["ratios"][f"{fmt}/{one}"]
+        parts = [f"{name.replace('lawa_vs_', 'vs ').replace('_', ' ')} {_fmt(v, '.2f', 'x')}"
+                 + ("" if results["met"].get(f"{fmt}/{one}/{name}") is None else
+                    f" (target <= {results['targets'][fmt][name]}: "
+                    f"{'met' if results['met'][f'{fmt}/{one}/{name}'] else 'missed'})")
+                 for name, v in r.items()]
+        speedup = results["ratios"].get(f"{fmt}/speedup_{threads[-1]}_threads")
+        extra = f"; {threads[-1]} threads: {_fmt(speedup, '.2f', 'x')} faster" if len(threads) > 1 else ""
+        lines.append(f"- {FORMAT_NAMES[fmt]}, `lawa average` at {one} thread: " + "; ".join(parts) + extra)
+    lines.append("")
+    lines.append(f"{results['parameters'] / 1e6:.1f}M float32 parameters ({results['fp32_mib']:.0f} MiB), "
+                 f"k={cfg['k']}; medians of {cfg['repeats']} interleaved rounds; time = wall time of the work "
+                 "after `import torch` (its CPU time in parentheses); peak RSS = VmHWM of the process, the "
+                 f"interpreter and torch included; {results['machine']['cpus']} CPUs, load average "
+                 f"{results['machine']['load_average'][0]:.1f} at the end (other jobs shared the cores).")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Time (one thread) and peak memory of every tool, per format."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = results["config"]
+    one = cfg["threads"][0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels, times, mems = [], [], []
+    for fmt in cfg["formats"]:
+        for tool in TOOLS[fmt]:
+            cell = results["cells"][f"{fmt}/{one}/{tool}"]
+            if "missing" in cell:
+                continue
+            labels.append(f"{fmt}: {tool}")
+            times.append(cell["seconds"])
+            mems.append(cell["peak_rss_mib"])
+    colors = ["C3" if lbl.endswith("lawa") else "C7" if lbl.endswith(("read", "floor")) else "C0" for lbl in labels]
+    for ax, values, title in ((axes[0], times, f"time, {one} thread (s)"), (axes[1], mems, "peak RSS (MiB)")):
+        ax.barh(range(len(values)), values, color=colors)
+        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"{results['parameters'] / 1e6:.1f}M parameters, k={cfg['k']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    return tuple(os.cpu_count() or 1 if v.strip() == "all" else int(v) for v in value.split(","))
 
 
 @click.command(epilog="""\b
 Examples:
-  lawa bench average-cost --out runs/average_cost                 # 110M parameters, k=6, 3 repeats
-  lawa bench average-cost --out runs/small --layers 2 --vocab 1000 --k 3 --repeats 1   # a quick check
+  lawa bench average-cost --out runs/average_cost                        # 134.5M parameters, k=6, 3 rounds
+  lawa bench average-cost --out runs/small --layers 4 --repeats 3        # 42.5M parameters
+  lawa bench average-cost --out runs/tiny --layers 1 --vocab 1000 --k 3 --repeats 1 --formats pt,hf
 """)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/average_cost"),
-              show_default=True, help="Folder for results.json / results.csv (and the checkpoints, while it runs).")
+              show_default=True, help="Run folder for results.json/.csv, table.md, cost.png (and the checkpoints).")
 @click.option("--k", type=click.IntRange(min=1), default=6, show_default=True, help="Checkpoints averaged.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Read/average pairs.")
-@click.option("--layers", type=click.IntRange(min=1), default=12, show_default=True, help="BERT layers.")
-@click.option("--hidden", type=click.IntRange(min=64), default=768, show_default=True, help="BERT hidden size.")
-@click.option("--vocab", type=click.IntRange(min=8), default=30522, show_default=True, help="Vocabulary size.")
-@click.option("--keep-checkpoints", is_flag=True, help="Keep the k checkpoints in OUT/checkpoints (reused by a rerun).")
-def average_cost(out, k, repeats, layers, hidden, vocab, keep_checkpoints) -> None:
-    """Time and peak memory of `lawa average` over k safetensors checkpoints, beside reading them once."""
-    cfg = CostConfig(out=out, k=k, repeats=repeats, hidden=hidden, layers=layers, vocab=vocab,
-                     keep_checkpoints=keep_checkpoints)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
+@click.option("--layers", type=click.IntRange(min=1), default=30, show_default=True, help="Llama layers.")
+@click.option("--hidden", type=click.IntRange(min=8), default=576, show_default=True,
+              help="Hidden size (MLP: 8/3 of it; heads of 64; a third as many key/value heads).")
+@click.option("--vocab", type=click.IntRange(min=8), default=49152, show_default=True, help="Vocabulary size.")
+@click.option("--formats", default="pt,hf,dcp", show_default=True, help="Comma-separated: pt, hf, dcp.")
+@click.option("--threads", "threads", default="1,all", show_default=True,
+              help="Comma-separated thread counts ('all': every core).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints (a rerun reuses them).")
+def average_cost(out, k, repeats, layers, hidden, vocab, formats, threads, keep_checkpoints) -> None:
+    """Time and peak memory of `lawa average` beside the plain loop, mergekit and the floor, per format."""
+    try:
+        cfg = CostConfig(out=out, k=k, repeats=repeats, layers=layers, hidden=hidden, vocab=vocab,
+                         intermediate=hidden * 8 // 3,
+                         heads=max(1, hidden // 64), kv_heads=max(1, hidden // 192),
+                         formats=tuple(f.strip() for f in formats.split(",")), threads=_ints(threads),
+                         keep_checkpoints=keep_checkpoints)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
     res = run(cfg, progress=lambda row: click.echo(
-        f"  {row['task']:9s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mib']:7.0f} MiB", err=True))
-    click.echo(f"{res['parameters'] / 1e6:.1f}M parameters ({res['fp32_mib']:.0f} MiB fp32), k={k}: "
-               f"average {res['time_ratio']:.2f}x the read time (target <= 1.5; read+float64 sum: "
-               f"{res['floor_ratio']:.2f}x); peak RSS "
-               f"{res['average_peak_rss_mib']:.0f} MiB = {res['memory_ratio_above_imports']:.2f}x fp32 above the "
-               f"{res['average_rss_after_imports_mib']:.0f} MiB of the imports ({res['memory_ratio_total']:.2f}x "
-               f"in all; target <= 2.2). Results in {out}")
+        f"  {row['format']:3s} {row['tool']:8s} {row['threads']}t {row['seconds']:7.2f} s "
+        f"(CPU {row['cpu_seconds']:6.2f} s)  peak RSS {row['peak_rss_mib']:7.0f} MiB", err=True))
+    click.echo(res["table"])
+    click.echo(f"Results in {out}")

@@ -6,32 +6,66 @@ import csv
 import json
 
 import pytest
+import torch
 from conftest import require
+
+
+def test_llama_state_dict_has_smollm_135m_shapes():
+    from lawa_benchmarks.offline_cost import CostConfig, llama_state_dict
+
+    sd = llama_state_dict(CostConfig(out="unused"))
+    assert sum(v.numel() for v in sd.values()) == 134_515_008  # SmolLM-135M, tied embeddings
+    assert sd["model.layers.0.self_attn.k_proj.weight"].shape == (192, 576)
+    assert "lm_head.weight" not in sd
+
+
+def test_bad_config_is_refused():
+    from lawa_benchmarks.offline_cost import CostConfig
+
+    with pytest.raises(ValueError, match="Invalid formats"):
+        CostConfig(out="x", formats=("pt", "onnx"))
+    with pytest.raises(ValueError, match="Invalid threads"):
+        CostConfig(out="x", threads=(0,))
 
 
 @pytest.mark.slow
 @pytest.mark.cli
-def test_average_cost_runs_and_reports_ratios(tmp_path):
-    transformers = require("transformers", "the benchmark saves BERT checkpoints with save_pretrained")
+def test_average_cost_runs_every_tool_and_reports_ratios(tmp_path):
+    require("safetensors", "the benchmark writes HF folders")
+    require("mergekit", "the HF row compares with mergekit's linear merge")
     click_testing = require("click.testing")
     from lawa_optim.cli import main
 
     out = tmp_path / "cost"
-    result = click_testing.CliRunner().invoke(main, ["bench", "average-cost", "--out", str(out), "--k", "3",
+    result = click_testing.CliRunner().invoke(main, ["bench", "average-cost", "--out", str(out), "--k", "2",
                                                      "--repeats", "1", "--layers", "1", "--hidden", "64",
-                                                     "--vocab", "100"])
+                                                     "--vocab", "100", "--formats", "pt,hf", "--threads", "1",
+                                                     "--keep-checkpoints"])
     assert result.exit_code == 0, result.output
     res = json.loads((out / "results.json").read_text())
-    assert [r["task"] for r in res["rows"]] == ["read", "read+sum", "average"]
-    bert = transformers.BertModel(transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1,
-                                                          num_attention_heads=1, intermediate_size=256))
-    assert res["parameters"] == sum(p.numel() for p in bert.parameters())
-    assert res["fp32_mib"] == pytest.approx(res["parameters"] * 4 / 2**20)
-    assert res["time_ratio"] == pytest.approx(res["average_seconds"] / res["read_seconds"])
-    assert res["memory_ratio_above_imports"] == pytest.approx(
-        (res["average_peak_rss_mib"] - res["average_rss_after_imports_mib"]) / res["fp32_mib"])
-    assert res["average_peak_rss_mib"] >= res["average_rss_after_imports_mib"] > 100  # torch is imported in both
+    assert sorted((r["format"], r["tool"]) for r in res["rows"]) == sorted(
+        [("pt", t) for t in ("read", "floor", "plain", "lawa")] + [("hf", t) for t in ("read", "floor", "mergekit",
+                                                                                         "lawa")])
+    assert res["parameters"] == 100 * 64 + 4 * 64 * 64 + 3 * 170 * 64 + 3 * 64  # embed, attention, MLP, norms
+    cells, ratios = res["cells"], res["ratios"]
+    assert ratios["pt/1"]["lawa_vs_plain_time"] == pytest.approx(cells["pt/1/lawa"]["seconds"]
+                                                                 / cells["pt/1/plain"]["seconds"])
+    assert ratios["hf/1"]["lawa_vs_mergekit_memory"] == pytest.approx(cells["hf/1/lawa"]["peak_rss_mib"]
+                                                                      / cells["hf/1/mergekit"]["peak_rss_mib"])
+    assert ratios["hf/1"]["lawa_vs_floor_time"] == pytest.approx(cells["hf/1/lawa"]["seconds"]
+                                                                 / cells["hf/1/floor"]["seconds"])
+    assert set(res["met"]) == {"pt/1/lawa_vs_plain_time", "pt/1/lawa_vs_plain_memory", "pt/1/lawa_vs_floor_time",
+                               "hf/1/lawa_vs_mergekit_time", "hf/1/lawa_vs_mergekit_memory", "hf/1/lawa_vs_floor_time"}
+    assert cells["pt/1/lawa"]["peak_rss_mib"] > 100  # torch is imported in every child but the read
     with open(out / "results.csv") as f:
-        assert [row["task"] for row in csv.DictReader(f)] == ["read", "read+sum", "average"]
-    assert not (out / "checkpoints").exists() and not (out / "lawa").exists()  # cleaned up
-    assert "x the read time (target <= 1.5" in result.output
+        assert len(list(csv.DictReader(f))) == len(res["rows"])
+    assert (out / "cost.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "mergekit `linear`" in table and "vs plain time" in table and table in result.output
+    # the benchmark's own checkpoints average to what the library computes
+    from lawa_optim.offline import average_checkpoints
+
+    pts = sorted((out / "checkpoints" / "pt").iterdir())
+    want = average_checkpoints(pts)["model"]
+    got = average_checkpoints(sorted((out / "checkpoints" / "hf").iterdir()))
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -76,10 +76,18 @@ The output appears atomically: a crash leaves the old file (or no folder).
                    "ONLY for files you trust: a crafted checkpoint runs code.")
 @click.option("--force", is_flag=True,
               help="Allow --out to exist already or to be one of the inputs (it is replaced atomically).")
+@click.option("--threads", "-j", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the sums (default: every core this process may use).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-def average(checkpoints, out, quiet, **options) -> None:
+def average(checkpoints, out, quiet, threads, **options) -> None:
     """Average saved checkpoints CHECKPOINTS... (files or folders) into one, in their format (offline LAWA)."""
+    import os
+
+    import torch
     from tqdm import tqdm
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads or cores)
 
     from lawa_optim.io import CheckpointError
     from lawa_optim.offline import AverageOptions, write_average
