@@ -20,7 +20,8 @@ Writing (``out_format``): ``"dcp"`` (default) a DCP folder holding only the weig
 model at any world size; ``"safetensors"`` a file of the weights; ``"huggingface"`` a folder
 holding ``model.safetensors`` (add the model's ``config.json`` to load it with
 ``from_pretrained``). The DCP folder is written by ``dcp.save`` with a planner that averages each
-tensor when DCP asks for its bytes, so it never holds more than one averaged tensor; every output
+tensor when DCP asks for its bytes, one file per tensor (DCP's writer keeps every tensor of a file
+referenced until it closes the file), so it never holds more than one averaged tensor; every output
 is staged beside ``out`` and renamed into place once complete.
 """
 
@@ -363,7 +364,8 @@ def _save_dcp(folder: Path, newest: DCPSource, average, source: DCPSource) -> No
                               for k, (code, shape) in newest.layout.items()}
     values.update({k: source.read_object(k) for k in newest.objects})
     state = _nest(newest.paths, values)
-    writer = FileSystemWriter(folder, single_file_per_rank=True, thread_count=1, per_thread_copy_ahead=0)
+    # one file per tensor: DCP's writer keeps every tensor of a file referenced until the file is closed
+    writer = FileSystemWriter(folder, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
     ctx = _quiet()
     try:
         save(state, storage_writer=writer, planner=Planner(), no_dist=True)
