@@ -321,7 +321,8 @@ class AveragingOptimizer(Optimizer):
                 weights over these batches (``update_bn`` semantics); the model's buffers are
                 then restored on :meth:`swap_out` too. Without it the buffers stay as they are.
             bn_batches (int, optional): use at most this many batches of ``bn_loader``.
-            bn_device, bn_forward: see :func:`lawa_optim.bn.recompute_bn`.
+            bn_device (torch.device or str, optional): see :func:`lawa_optim.bn.recompute_bn`.
+            bn_forward (callable, optional): see :func:`lawa_optim.bn.recompute_bn`.
 
         Returns a context manager that calls :meth:`swap_out` on exit.
         """

@@ -52,8 +52,10 @@ class LAWAJumpWrapper(LAWAWrapper):
 
     Args:
         optimizer (torch.optim.Optimizer): the base optimizer.
-        k, period, weights, alpha, offload, offload_dir, nonfinite: as :class:`~lawa_optim.LAWAWrapper`
-            (default: k=6, one snapshot every ``period`` steps).
+        k (int, optional): the number of latest snapshots averaged, as in :class:`~lawa_optim.LAWAWrapper`
+            (default: 6).
+        period (int, optional): one snapshot every ``period`` optimizer steps, as in
+            :class:`~lawa_optim.LAWAWrapper` (default: None, snapshots only on ``snapshot()``).
         every (int, optional): jump after every ``every``-th snapshot, the first at snapshot
             ``start``; counted from the last jump, whatever made it. ``None``: jump only on
             :meth:`jump` or :meth:`jump_if_ahead` calls (default: None).
@@ -64,6 +66,8 @@ class LAWAJumpWrapper(LAWAWrapper):
             ``"reset_momentum"`` or ``"reset"`` (see the module docstring) (default: ``"keep"``).
         restart_ring (bool, optional): after a jump, empty the ring and put the jumped weights in
             it as its only snapshot (default: False, the ring is kept).
+        **lawa_options: :class:`~lawa_optim.LAWAWrapper`'s other options (``weights``, ``alpha``,
+            ``offload``, ``offload_dir``, ``nonfinite``), as there.
 
     Example:
         >>> opt = LAWAJumpWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
