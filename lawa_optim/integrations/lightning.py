@@ -22,6 +22,7 @@ Importing this module imports ``lightning``.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -43,6 +44,7 @@ except ImportError as err:
     ) from err
 
 from ..bn import has_batchnorm, model_input
+from .lightning_sharded import AtomicCheckpoints, is_sharded, load_average, load_ring, save_entry
 from .observer import Observer, StateSwap, TimeSaved, check_method, check_model
 
 __all__ = ["LAWACallback"]
@@ -163,6 +165,10 @@ class LAWACallback(Callback):
         self._loaded_average: dict[str, torch.Tensor] | None = None  # a checkpoint's average (test/validate)
         self._warned: set[str] = set()
         self._train_loader: Any = None
+        self._sharded = False  # ModelParallelStrategy: the ring and the average go in the distributed checkpoint
+        self._atomic: AtomicCheckpoints | None = None
+        self._folder: Any = None  # the distributed checkpoint folder being resumed from
+        self._module: LightningModule | None = None
 
     # ---------------------------------------------------------------------------------- names
     @property
@@ -191,11 +197,22 @@ class LAWACallback(Callback):
 
         self._check_model(pl_module)  # after configure_model and the strategy's setup
 
-        if isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
+        if isinstance(trainer.strategy, (DeepSpeedStrategy, FSDPStrategy)):
             raise ValueError(
-                f"Invalid strategy: {type(trainer.strategy).__name__} shards the weights, which LAWACallback does "
-                "not support; use strategy='ddp' (or a single device)"
+                f"Invalid strategy: LAWACallback does not support {type(trainer.strategy).__name__} (Lightning runs it "
+                "on GPUs only, so it is untested here); for sharded weights use strategy=ModelParallelStrategy() with "
+                "fully_shard in configure_model (FSDP2, supported and tested), or strategy='ddp'"
             )
+        self._sharded = isinstance(trainer.strategy, ModelParallelStrategy)
+        if self._sharded and not getattr(trainer.strategy, "_save_distributed_checkpoint", True):
+            raise ValueError(
+                "Invalid strategy: ModelParallelStrategy(save_distributed_checkpoint=False) gathers full checkpoints "
+                "on rank 0, which LAWACallback does not support; keep the default save_distributed_checkpoint=True "
+                "(the ring is saved and resharded with the distributed checkpoint)"
+            )
+        self._module = pl_module
+        if self._sharded and self._atomic is None:
+            self._atomic = AtomicCheckpoints(trainer.strategy)  # folder saves renamed into place once complete
         if len(trainer.optimizers) != 1:
             raise ValueError(
                 f"Invalid optimizers: LAWACallback observes one optimizer, configure_optimizers returned "
@@ -204,7 +221,7 @@ class LAWACallback(Callback):
         previous = None
         if self.observer is not None:  # a second fit with the same callback continues its ring
             self.observer.close()
-            previous = None if self._pending is not None else self.state_dict()
+            previous = None if self._pending is not None else self._state(sharded=False)
         # period=None: the callback decides every snapshot (should_snapshot), after the step the observer counted
         self.observer = Observer(trainer.optimizers[0], self.method, **self.method_kwargs)
         self._seen_steps, self._snap_step = 0, -1
@@ -221,6 +238,9 @@ class LAWACallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self.observer is not None:
             self.observer.close()  # the average (and its evaluation copy) stays, for trainer.test
+        if self._atomic is not None:
+            self._atomic.close()
+            self._atomic = None
 
     # ---------------------------------------------------------------------------------- training
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -458,10 +478,16 @@ class LAWACallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.observer is None:
             return dict(self._pending or {})
+        return self._state(sharded=self._sharded)
+
+    def _state(self, sharded: bool) -> dict[str, Any]:
+        """Sharded: counters only, the ring goes into the distributed checkpoint (on_save_checkpoint)."""
+        assert self.observer is not None
+        ring = {"sharded": True} if sharded else {"observer": self.observer.state_dict()}
         return {
             "format": STATE_FORMAT,
             "method": self.method,
-            "observer": self.observer.state_dict(),
+            **ring,
             "snap_epoch": self._snap_epoch,
             "snap_step": self._snap_step,
             "time_saved": self._time_saved.state_dict(),
@@ -482,7 +508,22 @@ class LAWACallback(Callback):
 
     def _apply(self, state: dict[str, Any]) -> None:
         assert self.observer is not None
-        self.observer.load_state_dict(state["observer"])  # checks method, k, shapes before changing anything
+        if state.get("sharded"):
+            if state.get("method") != self.method:
+                raise ValueError(
+                    f"Invalid LAWACallback state: saved by method {state.get('method')!r}, this callback runs "
+                    f"{self.method!r}; resume with the same method"
+                )
+            if self._folder is None or self._module is None or not load_ring(self._folder, self._module,
+                                                                              self.observer.wrapper):
+                warnings.warn(
+                    f"LAWACallback: the checkpoint {self._folder} holds no ring of the callback's (saved with a "
+                    "weights-only save, or without the callback); the average starts afresh",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        else:
+            self.observer.load_state_dict(state["observer"])  # checks method, k, shapes before changing anything
         self._snap_epoch = int(state["snap_epoch"])
         self._snap_step = int(state.get("snap_step", -1))  # absent in states saved before should_snapshot existed
         self._seen_steps = self.observer.num_steps
@@ -493,8 +534,13 @@ class LAWACallback(Callback):
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._loading_for_fit = trainer.state.fn == TrainerFn.FITTING
+        path = trainer.ckpt_path
+        self._folder = path if path is not None and os.path.isdir(path) else None  # a distributed checkpoint
+        self._module = pl_module
         if not self._loading_for_fit:
             average = checkpoint.get(self.average_key)
+            if self._folder is not None and is_sharded(pl_module):
+                average = load_average(self._folder, pl_module)
             self._loaded_average = average if isinstance(average, dict) else None
             self._drop_eval()
             return
@@ -510,8 +556,16 @@ class LAWACallback(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._eval is not None and self._eval.active:  # saved from inside the average's pass
             checkpoint["state_dict"] = {**checkpoint["state_dict"], **self._eval.training_state()}
-        if self.observer is None or not self.observer.ready:
+        if self.observer is None:
             return
-        self._prepare(trainer, pl_module)  # reuses this validation's average when nothing changed since
-        if self._eval is not None:
-            checkpoint[self.average_key] = {name: t.detach().clone() for name, t in self._eval.state.items()}
+        average = None
+        if self.observer.ready:
+            self._prepare(trainer, pl_module)  # reuses this validation's average when nothing changed since
+            if self._eval is not None:
+                average = {name: t.detach().clone() for name, t in self._eval.state.items()}
+        if self._sharded:  # saved shard by shard with the optimizer states, as optimizer_<n>
+            if "optimizer_states" in checkpoint:
+                entry = save_entry(pl_module, self.observer.wrapper, average)
+                checkpoint["optimizer_states"] = [*checkpoint["optimizer_states"], entry]
+        elif average is not None:
+            checkpoint[self.average_key] = average

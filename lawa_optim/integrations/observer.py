@@ -27,6 +27,7 @@ Nothing here imports a framework; each ``integrations/<framework>.py`` is a thin
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,6 +50,20 @@ class _Observed(Optimizer):
 
     def __init__(self, base: Optimizer) -> None:
         super().__init__([{"params": list(g["params"])} for g in base.param_groups], {})
+        # An (empty) state entry per parameter, also after a load: torch's get/set_optimizer_state_dict
+        # would otherwise call step() once to create the state of what looks like a fresh optimizer.
+        self._fill_state()
+        self.register_load_state_dict_post_hook(lambda opt: opt._fill_state())
+
+    def _fill_state(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state.setdefault(p, {})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_optimizer_load_state_dict_post_hooks"):  # not while Optimizer.__init__ runs
+            self._fill_state()
 
     def step(self, closure: Any = None) -> None:
         raise RuntimeError(
@@ -239,6 +254,23 @@ class Observer:
         return f"Observer({self.wrapper._describe()}, method={self.method!r}, base={type(self.base).__name__})"
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view of its storage); any other tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def release_unsharded(model: nn.Module) -> None:
+    """Free FSDP2's unsharded parameter copies (``FSDPModule.reshard``), so that the next forward
+    gathers the shards as they are now: after weights are written into the shards in place, a
+    module kept unsharded (``reshard_after_forward=False``) would still compute with the old ones."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None or not hasattr(fsdp, "FSDPModule"):
+        return  # FSDP2 never imported: nothing is sharded
+    for module in model.modules():
+        if isinstance(module, fsdp.FSDPModule):
+            module.reshard()
+
+
 class StateSwap:
     """Copy a saved state (the average, from :meth:`Observer.averaged_state`) into ``model`` in place,
     and back: ``with swap: evaluate(model)``; reusable, one backup buffer allocated once.
@@ -254,7 +286,7 @@ class StateSwap:
     """
 
     def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        targets = model.state_dict()  # detached aliases of the parameters and buffers
+        targets = model.state_dict()  # detached aliases of the parameters and buffers (FSDP2: local shards' DTensors)
         missing = sorted(set(state) - set(targets))
         if missing:
             raise ValueError(f"Invalid state: {missing[:5]} are not in the model's state_dict")
@@ -263,19 +295,22 @@ class StateSwap:
                 want = tuple(targets[name].shape)
                 raise ValueError(f"Invalid state: {name!r} has shape {tuple(t.shape)}, the model's {want}")
         self.state = state
-        self._targets = [targets[n] for n in state]
-        self._sources = list(state.values())
+        self.model = model
+        self._targets = [_local(targets[n]) for n in state]  # FSDP2: each rank copies its own shards
+        self._sources = [_local(t) for t in state.values()]
         with torch.no_grad():
-            self._backup = [t.detach().clone() for t in self._targets]
+            self._backups = [targets[n].detach().clone() for n in state]  # DTensors stay DTensors
+        self._backup = [_local(t) for t in self._backups]
         self.active = False
 
     def training_state(self) -> dict[str, torch.Tensor]:
         """While active: copies of the model's own tensors (what a checkpoint must hold)."""
-        return {n: b.clone() for n, b in zip(self.state, self._backup)}
+        return {n: b.clone() for n, b in zip(self.state, self._backups)}
 
     def __enter__(self) -> StateSwap:
         if self.active:
             raise RuntimeError("StateSwap entered twice: the average is already in the model")
+        release_unsharded(self.model)
         with torch.no_grad():
             torch._foreach_copy_(self._backup, self._targets)
             torch._foreach_copy_(self._targets, self._sources)
@@ -285,6 +320,7 @@ class StateSwap:
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
             torch._foreach_copy_(self._targets, self._backup)
+        release_unsharded(self.model)
         self.active = False
 
 
