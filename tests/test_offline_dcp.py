@@ -366,3 +366,34 @@ def test_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
     got = {"big": torch.empty(2 * CHUNK + 5), "w": torch.empty(4, 3), "steps": torch.tensor(0)}
     dcp.load({"model": got}, checkpoint_id=tmp_path / "avg", no_dist=True)
     assert_equal_state(got, reference(states))
+
+
+def test_non_tensor_values_of_the_weights_entry(tmp_path):
+    """A value of the weights entry that is no tensor (a module's extra state): the newest's, in the DCP output;
+    left out of a safetensors output (named); unpickled with weights_only unless trust_pickle."""
+    states = []
+    for i in range(2):
+        torch.manual_seed(i)
+        states.append({"w": torch.randn(3, 4), "norm._extra_state": {"version": i, "scale": 0.5 * i}})
+        dcp.save({"model": states[-1]}, checkpoint_id=tmp_path / "run" / f"step-{i}", no_dist=True)
+    got = average_checkpoints([tmp_path / "run"])
+    assert torch.equal(got["w"], reference([{"w": s["w"]} for s in states])["w"])
+    assert got["norm._extra_state"] == {"version": 1, "scale": 0.5}
+    summary = write_average([tmp_path / "run"], tmp_path / "avg")
+    assert set(summary.copied) == {"norm._extra_state.version", "norm._extra_state.scale"}  # DCP's flat names
+    back = {"w": torch.empty(3, 4), "norm._extra_state": {"version": None, "scale": None}}
+    dcp.load({"model": back}, checkpoint_id=tmp_path / "avg", no_dist=True)
+    assert torch.equal(back["w"], got["w"]) and back["norm._extra_state"] == {"version": 1, "scale": 0.5}
+    summary = write_average([tmp_path / "run"], tmp_path / "avg.safetensors", out_format="safetensors")
+    assert set(summary.dropped) == {f"norm._extra_state.{k} (not a tensor)" for k in ("version", "scale")}
+
+    for i in range(2):
+        dcp.save({"model": {"w": torch.randn(3, 4), "norm._extra_state": _Opaque()}},
+                 checkpoint_id=tmp_path / "opaque" / f"step-{i}", no_dist=True)
+    with pytest.raises(UnsafeCheckpointError, match="weights_only.*trust_pickle=True"):
+        average_checkpoints([tmp_path / "opaque"])
+    assert isinstance(average_checkpoints([tmp_path / "opaque"], trust_pickle=True)["norm._extra_state"], _Opaque)
+
+
+class _Opaque:
+    """A class torch.load(weights_only=True) refuses to build."""

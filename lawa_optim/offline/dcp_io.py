@@ -182,16 +182,19 @@ class DCPSource:
         from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-        trust = self.trust_pickle
+        trust, name = self.trust_pickle, self.name
 
         class Planner(DefaultLoadPlanner):
             def load_bytes(self, read_item, value: io.BytesIO) -> None:  # DCP's own unpickles fully
                 try:
                     obj = torch.load(value, weights_only=not trust)
                 except pickle.UnpicklingError as err:
+                    why = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
                     raise UnsafeCheckpointError(
-                        f"a value of the weights entry needs more than weights_only unpickling ({err}); pass "
-                        "trust_pickle=True (--trust-pickle on the command line) if you trust the checkpoint") from err
+                        f"{name}: {read_item.dest_index.fqn!r} is not a tensor and needs more than weights_only "
+                        f"unpickling ({why[0] if why else type(err).__name__}); if you made this checkpoint "
+                        "yourself or trust its source, pass trust_pickle=True (--trust-pickle on the command "
+                        "line) to unpickle it fully, which can run code") from err
                 from torch.distributed.checkpoint._nested_dict import set_element
 
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
@@ -201,8 +204,9 @@ class DCPSource:
         try:
             load(state, storage_reader=self._reader, planner=Planner(), no_dist=True)
         except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
-            cause = getattr(err, "failures", None)
+            cause = getattr(err, "failures", None)  # {rank: (exception, traceback)}
             first = next(iter(cause.values()), None) if isinstance(cause, Mapping) else None
+            first = first[0] if isinstance(first, tuple) and first else first
             if isinstance(first, CheckpointError):
                 raise first from err
             raise CheckpointError(f"Distributed checkpoint {self.name!r} could not be read ({type(err).__name__}: "
@@ -309,10 +313,11 @@ class DCPFolder(Format):
 
     def average(self, paths, opts):
         def run(newest, tensors, used, coeffs, total):
-            state = collect(tensors(used, coeffs, total), newest.layout)
-            for k in newest.objects:
-                state[k] = used[-1].read_object(k)
-            return state
+            averaged = collect(tensors(used, coeffs, total), newest.layout)
+            values = {k: averaged[k] if k in averaged else used[-1].read_object(k) for k in newest.paths}
+            # nested as in the checkpoint (DCP flattens a dict value, e.g. a module's extra state, into its items)
+            inside = {k: p[1:] if newest.entry is not None else p for k, p in newest.paths.items()}
+            return _nest(inside, values)
 
         return self._run(paths, opts, run)
 
