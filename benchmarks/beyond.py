@@ -102,8 +102,6 @@ class _Run:
                  kwargs: dict[str, Any], k: int) -> None:
         import lawa_optim
 
-        from .suite.workloads.base import warmup_cosine
-
         torch.manual_seed(seed)
         random.seed(seed)
         self.w, self.seed = workload, seed
@@ -116,7 +114,7 @@ class _Run:
             period = {"period": spe} if "period" in lawa_optim.get_method_info(driver).accepted_kwargs() else {}
             self.driver = lawa_optim.create(driver, self.base, **period, **kwargs)
             self.lawa = self.driver
-        self.scheduler = warmup_cosine(self.driver, warmup * spe, epochs * spe)
+        self.scheduler = workload.lr_scheduler(self.driver)  # the suite's recipe: warm-up, then cosine
         self.last: list[Any] = []
 
     def train_epoch(self, epoch: int, proxy_batches: int) -> float:

@@ -1,6 +1,6 @@
 """What every benchmark runner's per-run trainer shares: its checkpoint, its observers, its swap.
 
-A runner's ``_Trainer`` (``resnet/runner.py``, ``suite/runner.py``) subclasses :class:`RunState`
+The one runner's ``Trainer`` (:mod:`lawa_benchmarks.suite.runner`) subclasses :class:`RunState`
 and sets ``model``, ``driver`` (the optimizer that steps: the base optimizer, or a zoo method that
 changes the trajectory around it), ``base`` (the base optimizer), ``observers`` (zoo methods that
 watch ``base``), ``scheduler``, ``plan``, ``seed``, ``device``, ``epoch``, ``train_time`` and
@@ -18,12 +18,30 @@ from typing import Any
 
 import torch
 
-__all__ = ["RunState"]
+__all__ = ["ResumeError", "RunState"]
+
+
+class ResumeError(RuntimeError):
+    """The run folder holds checkpoints of another configuration (or of another version of the benchmark)."""
 
 
 def _as_tuple(obj: Any) -> Any:
     """Python's RNG state comes back from a checkpoint with lists where it had tuples."""
     return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def _own_part(sd: dict[str, Any]) -> dict[str, Any]:
+    """A wrapper's entries of its state dict: ``"lawa"``, and the ``lawa_*`` entries of each parameter's state."""
+    per_param = {i: {k: v for k, v in st.items() if k.startswith("lawa_")} for i, st in sd["state"].items()}
+    return {"lawa": sd["lawa"], "state": {i: st for i, st in per_param.items() if st}}
+
+
+def _with_own_part(plain: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The base optimizer's state dict ``plain`` with a wrapper's own entries (:func:`_own_part`) put back."""
+    state = {i: dict(st) for i, st in plain["state"].items()}
+    for i, st in own["state"].items():
+        state.setdefault(i, {}).update(st)
+    return {**plain, "state": state, "lawa": own["lawa"]}
 
 
 class RunState:
@@ -53,7 +71,7 @@ class RunState:
             "model": self.model.state_dict(),
             "optimizer": self.driver.state_dict(),
             # observers share the base optimizer's state: keep only their own part
-            "observers": {n: w.state_dict()["lawa"] for n, w in self.observers.items()},
+            "observers": {n: _own_part(w.state_dict()) for n, w in self.observers.items()},
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -69,7 +87,7 @@ class RunState:
         self.driver.load_state_dict(sd["optimizer"])
         plain = self.base.state_dict()
         for name, w in self.observers.items():
-            w.load_state_dict({**plain, "lawa": sd["observers"][name]})
+            w.load_state_dict(_with_own_part(plain, sd["observers"][name]))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(sd["scheduler"])
         torch.set_rng_state(sd["rng"]["torch"])

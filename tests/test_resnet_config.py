@@ -61,7 +61,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "data: {dataset: mnist, batch_sise: 64}\n"
         "model: {width: wide}\n"
         "train: {epochs: 5, momentum: 1.5}\n"
-        "methods: {lawa: {k: [0, 6]}, swa: {start_epoch: 9}, exp: {alpha: 1.5}, ema: {enabled: maybe}}\n"
+        "methods: {lawa: {k: [0, 6]}, swa: {swa_start: -1}, exp: {alpha: 1.5}, ema: {enabled: maybe}}\n"
         "colour: blue\n"
     )
     with pytest.raises(ConfigError) as info:
@@ -70,7 +70,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     for expected in ("seeds: 0 is invalid", "data.dataset: 'mnist' is invalid",
                      "data.batch_sise: unknown key (did you mean 'batch_size'?)",
                      "model.width: 'wide' is invalid: input should be a valid integer", "train.momentum: 1.5",
-                     "methods.lawa.k[0]: 0 is invalid", "methods.swa.start_epoch: 9 is invalid",
+                     "methods.lawa.k[0]: 0 is invalid", "methods.swa: Invalid swa_start: -1",
                      "methods.exp: Invalid alpha: 1.5",  # the method's own check, from the registry
                      "methods.ema.enabled: 'maybe' is invalid", "colour: unknown key", "train.lr: -1 is invalid",
                      "override 'nonsense': write it as key=value"):
@@ -82,13 +82,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_overrides_apply_before_validation(tmp_path):
     """A file that is invalid alone validates once an override fixes it, and an override can break a good file."""
     path = tmp_path / "c.yaml"
-    path.write_text("data: {dataset: cifar10}\ntrain: {epochs: 4}\nmethods: {swa: {start_epoch: 6}}\n")
+    path.write_text("data: {dataset: cifar10}\ntrain: {epochs: 4, warmup_epochs: 6}\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert [e.split(":")[0] for e in info.value.errors] == ["data.root", "methods.swa.start_epoch"]
-    cfg = load_config(path, ["data.root=/data/cifar", "train.epochs=8"])  # start_epoch 6 < 8 now
-    assert (cfg.data.root, cfg.train.epochs, cfg.methods.swa.start_epoch) == ("/data/cifar", 8, 6)
-    with pytest.raises(ConfigError, match=r"methods.swa.start_epoch: 6 is invalid"):
+    assert [e.split(":")[0] for e in info.value.errors] == ["data.root", "train.warmup_epochs"]
+    cfg = load_config(path, ["data.root=/data/cifar", "train.epochs=8"])  # warm-up 6 < 8 now
+    assert (cfg.data.root, cfg.train.epochs, cfg.train.warmup_epochs) == ("/data/cifar", 8, 6)
+    with pytest.raises(ConfigError, match=r"train.warmup_epochs: 6 is invalid"):
         load_config(path, ["data.root=/x", "train.epochs=6"])
 
 

@@ -39,7 +39,8 @@ def _dummy(optimizer, k: int = 3, gain: float = 0.5, period=None):
 @pytest.fixture(params=[False, True], ids=["observer", "own-run"])
 def dummy(request, monkeypatch):
     info = dataclasses.replace(lawa_optim.get_method_info("lawa"), name="dummy", factory=_dummy,
-                               defaults=MappingProxyType({"k": 3}), changes_trajectory=request.param)
+                               defaults=MappingProxyType({"k": 3}), changes_trajectory=request.param,
+                               units=MappingProxyType({}))
     monkeypatch.setattr(registry, "_METHODS", MappingProxyType({**registry._METHODS, "dummy": info}))
     assert "dummy" in lawa_optim.list_methods()
     return info
@@ -80,6 +81,42 @@ def test_plan_runs_places_it_by_changes_trajectory(dummy):
     assert [p.run for p in only] == (["base", "dummy"] if dummy.changes_trajectory else ["base"])
 
 
+def _timed(optimizer, k: int = 3, warm_steps: int = 0, period=None):
+    """A method with options in other units: windows, steps stated in epochs, and a learning rate of its own."""
+    return lawa_optim.LAWAWrapper(optimizer, k=k, period=period)
+
+
+def test_units_say_how_the_benchmark_states_options(monkeypatch):
+    """No method is named in the benchmark: a new method's MethodInfo.units shape its section and its plan."""
+    info = dataclasses.replace(lawa_optim.get_method_info("lawa"), name="timed", factory=_timed,
+                               defaults=MappingProxyType({}), changes_trajectory=True,
+                               units=MappingProxyType({"k": "windows", "warm_steps": "epochs", "lr": "constant"}))
+    monkeypatch.setattr(registry, "_METHODS", MappingProxyType({**registry._METHODS, "timed": info}))
+    cfg = load_config(QUICK, ["methods.timed.k=[2,4]", "methods.timed.bncopy_k=[5]", "methods.timed.warm_epochs=1.5",
+                              "methods.timed.lr=0.5"])
+    assert cfg.methods.timed.method_kwargs() == {}  # every option is stated in the benchmark's units
+    with pytest.raises(ConfigError, match="methods.timed.warm_steps: unknown key"):
+        load_config(QUICK, ["methods.timed.warm_steps=3"])
+    (plan,) = [p for p in plan_runs(cfg, ["timed"], steps_per_epoch=10) if p.run == "timed"]
+    assert plan.driver_kwargs == {"k": 5, "warm_steps": 15, "period": 10}  # one ring of the largest window
+    assert (plan.base_options, plan.lr_schedule) == ({"lr": 0.5}, False)
+    assert [(e.name, e.k, e.bn, e.label) for e in plan.evals] == [
+        ("timed_k2", 2, "recompute", "timed k=2"), ("timed_k4", 4, "recompute", "timed k=4"),
+        ("timed_k5_bncopy", 5, "copy", "timed k=5, BN copied")]
+    assert load_config(QUICK).methods.timed.lr is None  # null: the recipe's learning rate
+    assert plan_runs(load_config(QUICK), ["timed"], 10)[1].base_options == {}
+
+
+def test_every_method_states_known_units():
+    for name in lawa_optim.list_methods():
+        info = lawa_optim.get_method_info(name)
+        for option, unit in info.units.items():
+            if option == "lr":
+                assert unit == "constant", name
+            else:
+                assert option in info.accepted_kwargs() and unit in ("snapshots", "windows", "steps", "epochs"), name
+
+
 def test_the_plots_colour_it(dummy, tmp_path, monkeypatch):
     require("matplotlib")
     from lawa_benchmarks.report_plots import family_color, method_styles, plot_curves
@@ -103,7 +140,8 @@ def test_the_plots_colour_it(dummy, tmp_path, monkeypatch):
 
 def test_the_shipped_methods_are_planned_as_before():
     """The runs and keyword arguments the former hand-written plan made for configs/quick.yaml."""
-    cfg = load_config(QUICK, ["train.epochs=10", "methods.lawa.k=[2,4,6]"])  # the demo's former epochs and windows
+    cfg = load_config(QUICK, ["train.epochs=10", "methods.lawa.k=[2,4,6]",  # the demo's former epochs and windows
+                              "methods.swa.swa_start=5"])
     plans = plan_runs(cfg, None, steps_per_epoch=20)
     assert [p.run for p in plans] == ["base", "lookahead", "schedulefree"]
     base, la, sf = plans
@@ -113,9 +151,9 @@ def test_the_shipped_methods_are_planned_as_before():
                    "swa": {"period": 20, "swa_start": 5}, "ema": {"decay": 0.98}}
     assert [e.name for e in base.evals] == ["base", "lawa_k2", "lawa_k4", "lawa_k6", "lawa_k6_bncopy", "exp_k6",
                                             "swa", "ema"]
-    assert (la.driver_kwargs, la.sgd, la.lr_schedule) == ({"k": 5, "alpha": 0.8}, {}, True)
-    assert sf.driver_kwargs["warmup_steps"] == 20 and (sf.sgd, sf.lr_schedule) == ({"lr": 1.0, "nesterov": False},
-                                                                                    False)
+    assert (la.driver_kwargs, la.base_options, la.lr_schedule) == ({"k": 5, "alpha": 0.8}, {}, True)
+    assert sf.driver_kwargs["warmup_steps"] == 20 and (sf.base_options, sf.lr_schedule) == ({"lr": 1.0}, False)
+    assert [e.label for e in sf.evals] == ["Schedule-free SGD warmup_steps=20"]
     with pytest.raises(ValueError, match=r"unknown \['adam'\]"):
         plan_runs(cfg, ["lawa", "adam"], steps_per_epoch=20)
     assert [e.name for e in plan_runs(parse_config({"eval": {"bn": "copy"}}), ["lawa"], 5)[0].evals] == [
@@ -144,7 +182,7 @@ def _reference_factor(t, steps_per_epoch: int):
 @pytest.mark.parametrize("steps_per_epoch", [1, 3])
 def test_lr_schedule_is_the_formula_and_resumes_exactly(schedule, warmup, steps_per_epoch):
     require("torchvision")
-    from lawa_benchmarks.resnet.runner import _lr_scheduler
+    from lawa_benchmarks.suite.workloads.base import lr_schedule
 
     t = SimpleNamespace(epochs=6, warmup_epochs=warmup, schedule=schedule,
                         step_epochs=[e for e in (3, 5) if e > warmup])
@@ -152,7 +190,7 @@ def test_lr_schedule_is_the_formula_and_resumes_exactly(schedule, warmup, steps_
 
     def fresh():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        return opt, _lr_scheduler(opt, t, steps_per_epoch)
+        return opt, lr_schedule(opt, steps_per_epoch, t.epochs, t.warmup_epochs, t.schedule, t.step_epochs)
 
     opt, sched = fresh()
     lrs, half = [], t.epochs * steps_per_epoch // 2
@@ -177,8 +215,12 @@ def test_lr_schedule_is_the_formula_and_resumes_exactly(schedule, warmup, steps_
 
 def test_a_method_not_run_leaves_the_config_hash_alone(dummy):
     """Run folders resume after a method joins the registry, unless the run uses it."""
-    require("torchvision")
-    from lawa_benchmarks.resnet.runner import _config_hash
+    from lawa_benchmarks.resnet.config import config_to_dict
+    from lawa_benchmarks.suite.runner import config_hash
+
+    def _config_hash(cfg, plans):
+        d = config_to_dict(cfg)
+        return config_hash({"train": d["train"]}, d["methods"], plans)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "_METHODS", MappingProxyType({k: v for k, v in registry._METHODS.items()

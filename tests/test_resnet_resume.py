@@ -30,7 +30,7 @@ QUICK = ROOT / "configs" / "quick.yaml"
 TINY = [
     "seeds=1",  # configs/quick.yaml (the demo) runs 2
     "threads=1", "data.train_images=192", "data.val_images=96", "data.train_eval_images=64", "data.bn_images=64",
-    "data.batch_size=64", "data.eval_batch_size=96", "model.width=4", "train.epochs=3", "methods.swa.start_epoch=0",
+    "data.batch_size=64", "data.eval_batch_size=96", "model.width=4", "train.epochs=3", "methods.swa.swa_start=0",
     "methods.lawa.k=[2]", "methods.lawa.bncopy_k=[2]", "methods.exp.k=2", "methods.ema.decay=0.9",
     "train.warmup_epochs=1",  # kills on both sides of the warm-up -> cosine hand-over of torch's SequentialLR
 ]

@@ -27,7 +27,8 @@ TINY = ["seeds=1", "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[2]", "methods
         "workloads.vit.batch_size=64", "workloads.vit.width=16", "workloads.vit.depth=1",
         "workloads.vit.warmup_epochs=1",
         "workloads.gpt.epochs=2", "workloads.gpt.steps_per_epoch=2", "workloads.gpt.batch_size=4",
-        "workloads.gpt.context=16", "workloads.gpt.width=16", "workloads.gpt.depth=1", "workloads.gpt.val_windows=4"]
+        "workloads.gpt.context=16", "workloads.gpt.width=16", "workloads.gpt.depth=1", "workloads.gpt.val_windows=4",
+        "methods.swa.swa_start=1", "workloads.vit.methods.swa.swa_start=1"]
 
 
 def _need(workload: str) -> None:
@@ -112,6 +113,24 @@ def test_each_workload_end_to_end_and_lawa_is_the_float64_mean(workload, tmp_pat
     raw = next(r for r in rows if r["method"] == ("base_bn" if w.has_batchnorm else "base") and r["epoch"] == 2)
     assert one["val_loss"] == pytest.approx(raw["val_loss"], abs=1e-5)
     assert any(r["val_loss"] != one["val_loss"] for r in rows if r["method"] == "lawa_k2" and r["epoch"] == 2)
+
+
+@pytest.mark.slow
+def test_the_trainer_trains_on_the_plain_loaders_batches(tmp_path, one_thread, monkeypatch):
+    """The loop iterates the seeded loader itself (through tqdm.auto it got another order: one more iter())."""
+    _need("resnet")
+    from lawa_benchmarks.suite.runner import run_workload
+    from lawa_benchmarks.suite.workloads import build
+    from lawa_benchmarks.suite.workloads.images import ImageWorkload
+
+    cfg = load_config("configs/suite.yaml", TINY)
+    seen, loss = [], ImageWorkload.loss
+    monkeypatch.setattr(ImageWorkload, "loss", lambda self, model, batch: seen.append(batch[1]) or
+                        loss(self, model, batch))
+    run_workload(cfg, "resnet", tmp_path, families=[], progress=True)  # the bars on: what the quirk needed
+    w = build("resnet", cfg.workload("resnet"))
+    plain = [y for epoch in range(2) for _, y in w.train_batches(0, epoch)]
+    assert len(seen) == len(plain) == 4 and all(torch.equal(a, b) for a, b in zip(seen, plain))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def test_roberta_section_is_opt_in_and_has_no_suite_methods():
     assert w.enabled and w.epochs is None and w.config == "configs/roberta_small.yaml"
     with pytest.raises(ValueError, match="fairseq's trainer runs only Adam"):
         methods_for(cfg, "roberta")
-    from lawa_benchmarks.suite.roberta import roberta_config, roberta_seeds
+    from lawa_benchmarks.suite.workloads.roberta import roberta_config, roberta_seeds
 
     assert roberta_seeds(cfg) == [1, 2, 3]  # suite seeds 0-2; the benchmark's seeds are positive
     rcfg = roberta_config(cfg, 2)
@@ -32,7 +32,7 @@ def test_roberta_section_is_opt_in_and_has_no_suite_methods():
 
 
 def test_rows_are_the_benchmarks_records():
-    from lawa_benchmarks.suite.roberta import roberta_rows
+    from lawa_benchmarks.suite.workloads.roberta import roberta_rows
 
     summary = {"lawa_k": 3, "epochs": [
         {"epoch": 1, "num_updates": 10.0, "adam_loss": 2.0, "adam_ppl": 4.0, "lawa_loss": None, "lawa_ppl": None,

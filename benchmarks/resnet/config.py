@@ -10,10 +10,13 @@ together in one :class:`~lawa_benchmarks.config_base.ConfigError`.
 ``base`` aside: the SGD baseline always runs), built from the registry when a config is parsed:
 ``enabled`` (default: on for methods that observe the base run and need no optional package) and
 every keyword argument the method accepts, with the registry's default. The benchmark gives
-``period`` itself (one snapshot per epoch) and states a few options in its own units:
-``lawa.k`` is a list of windows evaluated from one ring (``lawa.bncopy_k``: also with the
-model's BatchNorm statistics), ``swa.start_epoch`` (null: half of ``train.epochs``) and
-``schedulefree.lr`` / ``schedulefree.warmup_epochs``. A method's values are checked by the
+``period`` itself (one snapshot per epoch, so options counted in snapshots count epochs) and
+states an option in other units where the method's ``MethodInfo.units`` says so (no method is
+named here): ``"windows"`` makes it a list of windows evaluated from one ring, with
+``bncopy_<option>`` the windows also evaluated with the model's BatchNorm statistics
+(``lawa.k``, ``lawa.bncopy_k``); ``"epochs"`` states ``X_steps`` as ``X_epochs``
+(``schedulefree.warmup_epochs``); ``lr: "constant"`` adds ``lr``, the learning rate of the
+method's own run (null: the recipe's). A method's values are checked by the
 method itself (created once, with the options its section gives, on a one-element model), so
 its own error message is reported, beside every other problem of the config.
 
@@ -30,7 +33,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     Field,
     ValidationInfo,
@@ -63,14 +65,6 @@ SET_BY_RUNNER = ("period",)  # one snapshot per epoch: the runner passes the ste
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
-
-
-def _epochs(info: ValidationInfo) -> int | None:
-    """``train.epochs`` of the config being validated, if it is a valid one (else None: skip the check)."""
-    train = (info.context or {}).get("config", {}).get("train")
-    epochs = train.get("epochs", TrainConfig.model_fields["epochs"].default) if isinstance(train, dict) else \
-        TrainConfig.model_fields["epochs"].default
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else None
 
 
 class DataConfig(Section):
@@ -134,16 +128,6 @@ class TrainConfig(Section):
         return steps
 
 
-def _start_before_end(start: int | None, info: ValidationInfo) -> int | None:
-    epochs = _epochs(info)
-    if start is not None and epochs is not None and start >= epochs:
-        raise ValueError(f"use an epoch in [0, train.epochs={epochs}), or null for half of train.epochs")
-    return start
-
-
-StartEpoch = Annotated[NonNegInt | None, AfterValidator(_start_before_end)]
-
-
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
@@ -177,23 +161,33 @@ class MethodsConfig(Section):
         return getattr(self, name)
 
 
-def _own_options(name: str, registry_defaults: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The options the benchmark states in its own units for a few methods (pydantic field definitions),
-    and the method's keyword arguments they stand for (set by :mod:`.methods` from them)."""
-    if name == "lawa":
-        k = registry_defaults["k"]
-        return {"k": (Windows, Field(default_factory=lambda: [k], min_length=1)),  # the windows evaluated
-                "bncopy_k": (Windows, Field(default_factory=lambda: [k]))}, ("k",)  # ... also with the model's BN
-    if name == "swa":
-        return {"start_epoch": (StartEpoch, None)}, ("swa_start",)  # null: half of train.epochs
-    if name == "schedulefree":  # its own run's SGD learning rate, and its warm-up in epochs
-        return {"lr": (PosFloat, 1.0), "warmup_epochs": (Annotated[float, Field(ge=0)], 1.0)}, ("warmup_steps",)
-    return {}, ()
+def epochs_name(option: str) -> str:
+    """The config's name of an option stated in epochs: ``warmup_steps`` -> ``warmup_epochs``."""
+    return option.removesuffix("_steps") + "_epochs"
+
+
+def _own_options(units: dict[str, str], registry_defaults: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The options the benchmark states in other units than the method (``MethodInfo.units``: pydantic field
+    definitions), and the method's keyword arguments they stand for (set by :mod:`.methods` from them)."""
+    fields: dict[str, Any] = {}
+    replaced = []
+    for option, unit in units.items():
+        if unit == "windows":  # the windows evaluated (all from one ring), and those also with the model's BN
+            default = registry_defaults[option]
+            fields[option] = (Windows, Field(default_factory=lambda d=default: [d], min_length=1))
+            fields[f"bncopy_{option}"] = (Windows, Field(default_factory=lambda d=default: [d]))
+            replaced.append(option)
+        elif unit == "epochs":  # X_steps stated as X_epochs
+            fields[epochs_name(option)] = (Annotated[float, Field(ge=0)], float(registry_defaults[option]))
+            replaced.append(option)
+        elif option == "lr" and unit == "constant":  # the learning rate of the method's own run (null: the recipe's)
+            fields["lr"] = (PosFloat | None, None)
+    return fields, tuple(replaced)
 
 
 def _method_model(info: Any) -> type[MethodConfig]:
     defaults = info.accepted_kwargs()
-    own, replaced = _own_options(info.name, defaults)
+    own, replaced = _own_options(dict(info.units), defaults)
     fields: dict[str, Any] = {"enabled": (bool, not info.changes_trajectory and info.requires is None)}
     options = [k for k in defaults if k not in SET_BY_RUNNER and k not in replaced]
     fields.update({k: (Any, defaults[k]) for k in options})

@@ -18,6 +18,7 @@ QUICK = ("seeds=1",
          "workloads.vit.warmup_epochs=1",
          "workloads.gpt.epochs=3", "workloads.gpt.steps_per_epoch=4", "workloads.gpt.val_windows=32",
          "workloads.roberta.epochs=2",
+         "methods.swa.swa_start=1", "workloads.vit.methods.swa.swa_start=1",  # half of the 3 epochs
          # the targets of the full runs are out of reach of a few steps: the quick run's own baseline sets them
          "workloads.resnet.target=null", "workloads.vit.target=null", "workloads.gpt.target=null",
          "workloads.roberta.target=null")

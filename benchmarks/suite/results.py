@@ -200,10 +200,9 @@ def _generic(r: dict[str, Any], res: dict[str, Any]) -> str:
         return "LAWA k=6"  # roberta's cell says its own k (the LAWA plugin's, from its config)
     if "bncopy" in r["method"]:
         return "LAWA k=6, BN copied" if r["method"] == "lawa_k6_bncopy" else r["method"]
-    from ..resnet.methods import DISPLAY_NAMES
+    from ..resnet.methods import display_name
 
-    name = DISPLAY_NAMES.get(r["family"], r["family"])
-    return "Schedule-free" if r["family"] == "schedulefree" else name
+    return display_name(r["family"], base="").strip()  # "Schedule-free {base}": the workloads' bases differ
 
 
 def write_suite_report(out_dir: str | Path, cfg: Any = None, plots: bool = True) -> dict[str, Any]:
