@@ -21,8 +21,9 @@ it in (:func:`find_nonfinite`).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -131,24 +132,30 @@ def average_pieces(
         if m not in views:
             views[m] = (acc_all[:m], buf_all[:m])
         acc, buf = views[m]
-        for i in range(count):
-            read_into(i, start, buf)
-            if i == 0:
-                acc.copy_(buf)  # exactly 0 + x
-                if coeffs is not None:
-                    acc.mul_(coeffs[0])
-            elif coeffs is None:
-                acc.add_(buf)  # in float64: exact sums keep the uniform mean exact
-            else:
-                acc.add_(buf, alpha=coeffs[i])
         dst = out_all[:m] if out is None else out[start:start + m]
-        if coeffs is None:
-            torch.div(acc, count, out=dst)  # computed in float64, rounded once to the stored dtype
-        elif total is not None:
-            torch.div(acc, total, out=dst)
-        else:
-            dst.copy_(acc)
+        _average_piece(read_into, count, start, coeffs, total, acc, buf, dst)
         yield acc, dst
+
+
+def _average_piece(read_into, count: int, start: int, coeffs, total, acc: torch.Tensor, buf: torch.Tensor,
+                   dst: torch.Tensor) -> None:
+    """One piece: ``acc`` = the float64 sum of the ``count`` checkpoints' pieces, ``dst`` = the average."""
+    for i in range(count):
+        read_into(i, start, buf)
+        if i == 0:
+            acc.copy_(buf)  # exactly 0 + x
+            if coeffs is not None:
+                acc.mul_(coeffs[0])
+        elif coeffs is None:
+            acc.add_(buf)  # in float64: exact sums keep the uniform mean exact
+        else:
+            acc.add_(buf, alpha=coeffs[i])
+    if coeffs is None:
+        torch.div(acc, count, out=dst)  # computed in float64, rounded once to the stored dtype
+    elif total is not None:
+        torch.div(acc, total, out=dst)
+    else:
+        dst.copy_(acc)
 
 
 class _Skip(Exception):
@@ -185,7 +192,21 @@ def averaged_tensors(
     naming the oldest checkpoint holding one (``nonfinite="raise"``), or :class:`_Skip` with all of
     them (``"skip"``; :func:`with_skips` runs again without them). ``outputs``: flat tensors to
     write the averages of their keys into (the pieces yielded are views of them).
+
+    Threads: ``torch.get_num_threads()`` (``lawa average --threads``). With more than one, the
+    pieces of a tensor are averaged by that many worker threads, each with its own cache-sized
+    buffers, while torch's own intra-op threads are set to 1 for the time of the call: a piece is
+    too small for torch to split it across threads without waiting at a barrier for every
+    operation (which made 2 threads 3-10x slower than 1 on this shared machine).
     """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            yield from _parallel(sources, layout, order, coeffs, total, nonfinite, progress, outputs, threads)
+        finally:
+            torch.set_num_threads(threads)
+        return
     newest = sources[-1]
     for n, key in enumerate(order):
         dtype, shape = layout[key]
@@ -203,6 +224,66 @@ def averaged_tensors(
                 yield key, piece
         if progress is not None:
             progress(n, key)
+
+
+def _parallel(sources, layout, order, coeffs, total, nonfinite, progress, outputs, threads):
+    """:func:`averaged_tensors` with ``threads`` workers over the pieces of each tensor, yielded in order.
+
+    A checkpoint is read by one thread at a time (its lock); the pieces of one tensor are in flight
+    together, never two tensors at once (a source may keep the tensor it reads whole). At most
+    ``4 * threads`` pieces wait, so the memory stays a few pieces per thread.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    locks = [threading.Lock() for _ in sources]
+    local = threading.local()
+    newest, count = sources[-1], len(sources)
+
+    def work(key: str, dtype: torch.dtype, start: int, m: int, dst: torch.Tensor | None):
+        scratch = getattr(local, "scratch", None)
+        if scratch is None or scratch[0] != dtype:
+            scratch = local.scratch = (dtype, torch.empty(CHUNK, dtype=_sum_dtype(dtype)),
+                                       torch.empty(CHUNK, dtype=dtype))
+        acc, buf = scratch[1][:m], scratch[2][:m]
+
+        def read_into(i: int, start: int, out: torch.Tensor) -> None:
+            with locks[i]:
+                sources[i].read_into(key, start, out)
+
+        dst = torch.empty(m, dtype=dtype) if dst is None else dst
+        _average_piece(read_into, count, start, coeffs, total, acc, buf, dst)
+        return dst, bool(torch.isfinite(acc.sum())) or bool(torch.isfinite(acc).all())
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="lawa-average") as pool:
+        for n, key in enumerate(order):
+            dtype, shape = layout[key]
+            if not averaged_dtype(dtype):
+                yield key, newest.read(key).reshape(-1)
+            else:
+                numel = math.prod(shape)
+                out = None if outputs is None else outputs.get(key)
+                starts = iter(range(0, numel, CHUNK))
+                pending: deque = deque()
+                while True:
+                    while len(pending) < 4 * threads and (start := next(starts, None)) is not None:
+                        m = min(CHUNK, numel - start)
+                        dst = None if out is None else out[start:start + m]
+                        pending.append(pool.submit(work, key, dtype, start, m, dst))
+                    if not pending:
+                        break
+                    piece, finite = pending.popleft().result()
+                    if not finite:
+                        for f in pending:
+                            f.cancel()
+                        wait = [f for f in pending if not f.cancelled()]
+                        for f in wait:
+                            f.exception()  # let running pieces finish before the sources are read again
+                        _nonfinite(sources, layout, key, nonfinite)
+                    yield key, piece
+                if numel == 0:
+                    yield key, torch.empty(0, dtype=dtype) if out is None else out
+            if progress is not None:
+                progress(n, key)
 
 
 def _nonfinite(sources, layout, key, nonfinite) -> None:
