@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lawa-installed
 DEMO_OUT ?= runs/quick
 
-.PHONY: demo test install data lint
+.PHONY: demo test install data lint docs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ data:
 
 demo: install
 	$(BIN)/lawa bench resnet --config configs/quick.yaml --out $(DEMO_OUT)
+
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or docstring target fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 lint: $(STAMP)
 	$(BIN)/ruff check lawa_optim benchmarks tests

@@ -1,8 +1,9 @@
-"""The README as a new user runs it: every ```python block executed, every example command of the ```bash blocks run.
+"""The README and the documentation pages as a new user runs them: every ```python block executed, every example
+command of the ```bash blocks run.
 
 The convention (also in CONTRIBUTING.md): **every fenced ``python`` and ``bash`` block of README.md
-runs by default.** A block that cannot run here is opted out with an HTML comment on the line
-right before its opening fence, and the reason is required::
+and of the pages under docs/ runs by default.** A block that cannot run here is opted out with an
+HTML comment on the line right before its opening fence, and the reason is required::
 
     <!-- readme-test: skip (needs a GPU) -->
 
@@ -17,8 +18,9 @@ right before its opening fence, and the reason is required::
   as a template (a ``...`` or ``<placeholder>`` in it). A command no rule knows fails the test:
   add a rule, or opt the block out.
 
-The commands of all blocks run in README order in one temporary folder (``configs/`` linked in),
-so a command that collides with an earlier one's run folder fails here as it would for a user.
+The commands of each file's blocks run in that file's order in one temporary folder of its own
+(``configs/`` linked in), as a reader of that page would run them, so a command that collides
+with an earlier one's run folder fails here as it would for that reader.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 _SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b(.*?)-->")
 
+
+def doc_files() -> list[Path]:
+    """README.md, then every Markdown page of the documentation site (docs/, sorted), reference pages included."""
+    return [README] + sorted((ROOT / "docs").rglob("*.md"))
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
 # Small overrides for `lawa bench resnet` (a key the command sets itself is left as written).
 TINY_RESNET = {"threads": "1", "seeds": "1", "data.train_images": "128", "data.val_images": "64",
                "data.train_eval_images": "32", "data.bn_images": "32", "data.batch_size": "32",
@@ -53,11 +64,12 @@ class Block:
     code: str
     line: int  # 1-based line of the opening fence
     skip: str | None  # the reason given in the marker, or None
+    file: str = "README.md"  # the file, relative to the repository root
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    """Every fenced block of the README, with the skip marker right before it (if any)."""
-    lines = (README.read_text() if text is None else text).splitlines()
+def readme_blocks(text: str | None = None, path: Path = README) -> list[Block]:
+    """Every fenced block of ``path`` (default: the README), with the skip marker right before it (if any)."""
+    lines = (path.read_text() if text is None else text).splitlines()
     out, i = [], 0
     while i < len(lines):
         m = re.match(r"^```(\w*)\s*$", lines[i])
@@ -71,12 +83,18 @@ def readme_blocks(text: str | None = None) -> list[Block]:
         if marker:
             reason = re.fullmatch(r"\s*\((.+)\)\s*", marker.group(1))
             if reason is None:
-                raise ValueError(f"README.md line {i}: a readme-test skip marker needs a reason: "
+                raise ValueError(f"{path.name} line {i}: a readme-test skip marker needs a reason: "
                                  "<!-- readme-test: skip (why) -->")
             skip = reason.group(1)
-        out.append(Block(m.group(1), "\n".join(lines[i + 1 : j]), i + 1, skip))
+        out.append(Block(m.group(1), "\n".join(lines[i + 1 : j]), i + 1, skip, path.name if path == README
+                         else _name(path)))
         i = j + 1
     return out
+
+
+def doc_blocks() -> list[Block]:
+    """The blocks of README.md and of every documentation page, file by file."""
+    return [b for path in doc_files() for b in readme_blocks(path=path)]
 
 
 def _strip_comment(line: str) -> str:
@@ -133,8 +151,8 @@ def classify(cmd: str) -> tuple[str, str]:
 
 
 def readme_commands(prefix: str) -> list[str]:
-    """The README's commands (of blocks not opted out) that start with ``prefix``."""
-    return [c for b in readme_blocks() if b.lang == "bash" and b.skip is None
+    """The commands of README.md and the documentation pages (of blocks not opted out) that start with ``prefix``."""
+    return [c for b in doc_blocks() if b.lang == "bash" and b.skip is None
             for c in bash_commands(b) if c.startswith(prefix)]
 
 
@@ -175,11 +193,21 @@ def test_blocks_markers_and_commands_are_parsed():
 
 
 def test_every_readme_command_has_a_rule():
-    blocks = [b for b in readme_blocks() if b.lang == "bash" and b.skip is None]
-    assert blocks, "README.md has no bash block"
+    blocks = [b for b in doc_blocks() if b.lang == "bash" and b.skip is None]
+    assert any(b.file == "README.md" for b in blocks), "README.md has no bash block"
     for b in blocks:
         for cmd in bash_commands(b):
-            classify(cmd)
+            try:
+                classify(cmd)
+            except AssertionError as err:
+                raise AssertionError(f"{b.file} line {b.line}: {err}") from None
+
+
+def test_the_main_commands_are_documented_and_run():
+    """The demo's run, `lawa report` and `lawa average` stay in a page whose commands the slow test runs."""
+    commands = [c for b in doc_blocks() if b.lang == "bash" and b.skip is None for c in bash_commands(b)]
+    for prefix in ("lawa bench resnet --config configs/quick.yaml", "lawa report ", "lawa average "):
+        assert any(c.startswith(prefix) and classify(c)[0] == "run" for c in commands), prefix
 
 
 def test_no_file_refers_to_files_outside_the_repository():
@@ -219,24 +247,24 @@ def _preamble(seed: int = 0, evaluate=None) -> dict:
             "evaluate": evaluate or _evaluate, "scores": scores}
 
 
-PY_BLOCKS = [b for b in readme_blocks() if b.lang == "python"]
+PY_BLOCKS = [b for b in doc_blocks() if b.lang == "python"]
 # Blocks that opt out (the marker's reason says where they are exercised instead) are not collected,
 # so that CI never shows a skipped test; readme_blocks() refuses a marker without a reason.
 RUN_BLOCKS = [b for b in PY_BLOCKS if b.skip is None]
 
 
-@pytest.mark.parametrize("block", RUN_BLOCKS, ids=[f"line{b.line}" for b in RUN_BLOCKS])
+@pytest.mark.parametrize("block", RUN_BLOCKS, ids=[f"{b.file}:line{b.line}" for b in RUN_BLOCKS])
 def test_python_block_runs(block, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     try:
-        exec(compile(block.code, f"README.md:{block.line}", "exec"), _preamble())
+        exec(compile(block.code, f"{block.file}:{block.line}", "exec"), _preamble())
     except ModuleNotFoundError as err:  # an optional dependency: skips outside CI, fails in CI
-        require(err.name or str(err), f"README.md line {block.line}")
+        require(err.name or str(err), f"{block.file} line {block.line}")
         raise
 
 
 def _quickstart() -> Block:
-    return next(b for b in PY_BLOCKS if "LAWAWrapper(" in b.code and "ckpt.pt" in b.code)
+    return next(b for b in PY_BLOCKS if b.file == "README.md" and "LAWAWrapper(" in b.code and "ckpt.pt" in b.code)
 
 
 class _Killed(Exception):
@@ -326,10 +354,16 @@ def _workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _files_with_commands() -> list[Path]:
+    return [p for p in doc_files() if any(b.lang == "bash" and b.skip is None and bash_commands(b)
+                                          for b in readme_blocks(path=p))]
+
+
 @pytest.mark.slow
 @pytest.mark.cli
-def test_readme_commands_run_as_written(tmp_path):
-    """Every command of the README's bash blocks, in order, in one folder (small overrides for long runs)."""
+@pytest.mark.parametrize("path", _files_with_commands(), ids=_name)
+def test_readme_commands_run_as_written(path, tmp_path):
+    """Every command of a file's bash blocks, in order, in one folder of its own (small overrides for long runs)."""
     for module in ("click", "yaml", "torchvision", "matplotlib", "tqdm"):
         require(module)
     from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST
@@ -338,7 +372,7 @@ def test_readme_commands_run_as_written(tmp_path):
         require("__fashion_mnist_data__", "apt-get install dataset-fashion-mnist")
     work = _workdir(tmp_path)
     ran = []
-    for block in readme_blocks():
+    for block in readme_blocks(path=path):
         if block.lang != "bash" or block.skip:
             continue
         for cmd in bash_commands(block):
@@ -350,26 +384,26 @@ def test_readme_commands_run_as_written(tmp_path):
                 res = run_shell(full + (" --help" if how == "help" else ""), work)
             else:
                 continue
-            assert res.returncode == 0, f"README.md line {block.line}: {cmd!r} failed:\n{res.stdout}\n{res.stderr}"
+            assert res.returncode == 0, f"{block.file} line {block.line}: {cmd!r} failed:\n{res.stdout}\n{res.stderr}"
             ran.append(cmd)
-    assert any(c.startswith("lawa bench resnet") for c in ran) and any(c.startswith("lawa average") for c in ran)
     # what the commands promise
-    assert (work / "runs" / "quick" / "report" / "report.md").is_file()
-    average = [c for c in ran if c.startswith("lawa average")][0]
-    out = work / shlex.split(average)[shlex.split(average).index("--out") + 1]
-    got = torch.load(out, weights_only=True)
-    got = got.get("model", got)
-    newest6 = [torch.load(work / "ckpts" / f"checkpoint{i}.pt", weights_only=True)["model"] for i in range(3, 9)]
-    for key in ("w", "b"):
-        ref = torch.stack([sd[key].double() for sd in newest6]).mean(0)  # the float64 reference
-        torch.testing.assert_close(got[key].double(), ref, rtol=1e-6, atol=1e-7)
+    if any(c.startswith("lawa bench resnet --config configs/quick.yaml --out runs/quick ") for c in ran):
+        assert (work / "runs" / "quick" / "report" / "report.md").is_file()
+    for average in [c for c in ran if c.startswith("lawa average --sort --last 6 ckpts/checkpoint[0-9]*.pt ")]:
+        out = work / shlex.split(average)[shlex.split(average).index("--out") + 1]
+        got = torch.load(out, weights_only=True)
+        got = got.get("model", got)
+        newest6 = [torch.load(work / "ckpts" / f"checkpoint{i}.pt", weights_only=True)["model"] for i in range(3, 9)]
+        for key in ("w", "b"):
+            ref = torch.stack([sd[key].double() for sd in newest6]).mean(0)  # the float64 reference
+            torch.testing.assert_close(got[key].double(), ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.cli
 def test_readme_torchrun_command(tmp_path):
-    """The README's torchrun line, 2 CPU processes, tiny: runs, and records the global batch."""
+    """The torchrun line of the README or the pages, 2 CPU processes, tiny: runs, and records the global batch."""
     import json
 
     for module in ("click", "yaml", "torchvision", "matplotlib", "tqdm"):
