@@ -335,3 +335,20 @@ def test_sigkill_never_leaves_a_truncated_file(tmp_path):
         print(f"uninterrupted run {full:.2f}s; kill outcomes (file, killed, stray tmp files):", outcomes)
     finally:
         server.close()
+
+
+def test_an_existing_out_file_needs_force_and_out_format_is_checked(tmp_path):
+    paths = make_checkpoints(tmp_path, 3)
+    out = tmp_path / "lawa.pt"
+    out.write_bytes(b"an earlier average")
+    result = invoke(*paths, "--out", out)
+    assert result.exit_code == 2 and "Invalid --out: " in result.output
+    assert "already exists; pick a new file, or pass --force to replace it" in result.output
+    assert out.read_bytes() == b"an earlier average"
+    result = invoke(*paths, "--out", out, "--force", "-q")
+    assert result.exit_code == 0, result.output
+    assert torch.equal(torch.load(out, weights_only=True)["model"]["w"], average_checkpoints(paths)["model"]["w"])
+    result = invoke(*paths, "--out", tmp_path / "x.safetensors", "--out-format", "safetensors")
+    assert result.exit_code == 2 and not (tmp_path / "x.safetensors").exists()
+    assert ("Invalid --out-format: 'safetensors'; the average of pickled checkpoints is written in their own "
+            "format only") in result.output

@@ -45,9 +45,12 @@ class Format:
     def check_options(self, opts: AverageOptions) -> None:
         """Refuse options this format cannot use, before anything is read (override to add more)."""
         if opts.out_format not in (None, self.name, *self.out_formats):
-            can = ", ".join(repr(f) for f in (self.name, *self.out_formats))
-            raise ValueError(f"Invalid out_format: {opts.out_format!r}; {self.name} checkpoints average into "
-                             f"{can}")
+            if self.out_formats:
+                can = f"one of {', '.join(repr(f) for f in (self.name, *self.out_formats))}"
+            else:
+                can = "their own format only"
+            raise ValueError(f"Invalid out_format: {opts.out_format!r}; the average of {self.name} checkpoints is "
+                             f"written in {can}")
 
     def writes_folder(self, opts: AverageOptions) -> bool:
         """Whether the average is written as a folder (with these options)."""
