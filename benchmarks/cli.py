@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import click
 
-from lawa_optim.cli import LazyGroup
+from lawa_optim.cli import LazyGroup, name_missing_packages
 
-__all__ = ["BENCHMARKS", "bench"]
+from .report import report as _report
+
+__all__ = ["BENCHMARKS", "BENCH_REQUIRES", "INSTALL_HINT", "bench", "report"]
+
+INSTALL_HINT = "pip install 'lawa-optim[bench]'"
+# the top-level modules the bench extra installs (pyproject.toml), which the benchmarks import
+BENCH_REQUIRES = ("torchvision", "matplotlib", "yaml", "pydantic", "torch_optimizer", "schedulefree")
 
 # command name -> "module:attribute" of its click command
 BENCHMARKS: dict[str, str] = {
@@ -29,7 +35,8 @@ BENCHMARKS: dict[str, str] = {
 @click.group(
     cls=LazyGroup,
     lazy=BENCHMARKS,
-    install_hint="pip install 'lawa-optim[bench]'",
+    install_hint=INSTALL_HINT,
+    requires=BENCH_REQUIRES,
     epilog="""\b
 Examples:
   lawa bench resnet --config quick --out runs/quick          # SGD vs the zoo on Fashion-MNIST (make demo)
@@ -53,3 +60,7 @@ def bench() -> None:
     `beyond` (online k and jumps), `pretrain` (constant LR and merges), `roberta` (fairseq MLM),
     `overhead` (cost), `soak` (long-run exactness), `average-cost` (offline averaging against
     reading the files)."""
+
+
+# `lawa report` (registered in pyproject.toml): its plots import matplotlib when it runs
+report = name_missing_packages(_report, INSTALL_HINT, BENCH_REQUIRES)

@@ -73,19 +73,38 @@ def test_a_missing_benchmark_dependency_is_a_clear_message(monkeypatch):
     assert "resnet" in listing.output and "(Not available: needs torchvision" in listing.output
 
 
-def test_a_registered_command_whose_extra_is_missing_names_that_extra(monkeypatch):
+def test_a_registered_command_whose_extra_is_missing_names_that_extra(monkeypatch, tmp_path):
     real = importlib.import_module
 
-    def fake(name, *args, **kwargs):
-        if name == "lawa_benchmarks.report":
-            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    def fake(name, *args, **kwargs):  # the bench extra missing at import: the entry point's [bench] is named
+        if name == "lawa_benchmarks.cli":
+            raise ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(importlib, "import_module", fake)
-    assert invoke("--help").exit_code == 0
-    result = invoke("report", "runs/x")
-    assert result.exit_code == 1
+    with monkeypatch.context() as m:
+        m.setattr(importlib, "import_module", fake)
+        listing = invoke("--help")
+        assert listing.exit_code == 0 and "(Not available: needs pydantic" in listing.output, listing.output
+        result = invoke("report", str(tmp_path))
+        assert result.exit_code == 1
+        assert "`lawa report` needs pydantic, which is not installed: pip install 'lawa-optim[bench]'" in result.output
+
+    # ... and missing when it runs (report imports matplotlib to draw): the same advice, no traceback
+    import lawa_benchmarks.report
+
+    def no_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(lawa_benchmarks.report, "write_report", no_matplotlib)
+    result = invoke("report", str(tmp_path))
+    assert result.exit_code == 1 and "Traceback" not in result.output
     assert "`lawa report` needs matplotlib, which is not installed: pip install 'lawa-optim[bench]'" in result.output
+
+    def no_fairseq(*args, **kwargs):  # another extra's package: not disguised as the bench extra's
+        raise ModuleNotFoundError("No module named 'fairseq'", name="fairseq")
+
+    monkeypatch.setattr(lawa_benchmarks.report, "write_report", no_fairseq)
+    assert isinstance(invoke("report", str(tmp_path)).exception, ModuleNotFoundError)
 
 
 def test_a_missing_module_inside_the_library_is_not_disguised(monkeypatch):

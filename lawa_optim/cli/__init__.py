@@ -20,7 +20,7 @@ from importlib import metadata
 
 import click
 
-__all__ = ["ENTRY_POINT_GROUP", "LazyGroup", "main"]
+__all__ = ["ENTRY_POINT_GROUP", "LazyGroup", "main", "name_missing_packages"]
 
 ENTRY_POINT_GROUP = "lawa.commands"
 
@@ -43,6 +43,32 @@ def _missing_command(name: str, missing: str, hint: str, err: ModuleNotFoundErro
                                            "help_option_names": []})
 
 
+def name_missing_packages(command: click.Command, install_hint: str, requires: tuple[str, ...]) -> click.Command:
+    """``command``, whose run names ``install_hint`` when it fails importing one of ``requires``.
+
+    For a command that imports its dependencies when it runs (e.g. matplotlib only to draw):
+    ``requires`` are the top-level modules the hint installs; any other missing module is raised
+    as is (a bug, or another extra's package, which the command names itself).
+    """
+    invoke = command.invoke
+    if getattr(invoke, "names_missing", False):
+        return command  # wrapped already
+
+    def invoke_naming_missing(ctx: click.Context):
+        try:
+            return invoke(ctx)
+        except ModuleNotFoundError as err:
+            missing = (err.name or "").split(".")[0]
+            if missing not in requires:
+                raise
+            raise click.ClickException(
+                f"`{ctx.command_path}` needs {missing}, which is not installed: {install_hint}") from err
+
+    invoke_naming_missing.names_missing = True
+    command.invoke = invoke_naming_missing
+    return command
+
+
 def _load(spec: str) -> click.Command:
     module, attr = spec.split(":")
     return getattr(importlib.import_module(module), attr)
@@ -56,12 +82,16 @@ class LazyGroup(click.Group):
         install_hint: what to run when a lazy command's module needs a package that is not
             installed (e.g. ``"pip install 'lawa-optim[bench]'"``). Without one, or when the
             module missing is of the command's own top-level package (a bug), the error is raised as is.
+        requires: the top-level modules ``install_hint`` installs: a command that fails importing
+            one of them when it runs names the hint too (see :func:`name_missing_packages`).
     """
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, install_hint: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, lazy: dict[str, str] | None = None, install_hint: str | None = None,
+                 requires: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
         self.install_hint = install_hint
+        self.requires = tuple(requires)
 
     def _specs(self) -> dict[str, tuple[str, str | None]]:
         """name -> ("module:attribute", install hint) of every lazy command."""
@@ -76,12 +106,15 @@ class LazyGroup(click.Group):
             return super().get_command(ctx, name)
         spec, hint = specs[name]
         try:
-            return _load(spec)
+            command = _load(spec)
         except ModuleNotFoundError as err:
             missing = (err.name or "").split(".")[0]
             if hint is None or not missing or missing == spec.split(".")[0]:
                 raise  # no extra brings it (the library's own dependencies are always installed), or a bug of ours
             return _missing_command(f"{ctx.command_path} {name}", missing, hint, err)
+        if hint is not None and self.requires and name in self.lazy:
+            command = name_missing_packages(command, hint, self.requires)
+        return command
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
