@@ -48,9 +48,9 @@ JUMP_POLICIES: dict[str, dict[str, Any]] = {  # LAWAJumpWrapper options; "lead":
 
 def _selection_split(workload: Any, n: int) -> torch.utils.data.TensorDataset:
     """``n`` Fashion-MNIST training images after the training subset in the same fixed permutation."""
-    from .resnet.data import DEFAULT_FASHION_MNIST, _fashion_mnist
+    from .resnet.data import DEFAULT_FASHION_MNIST, fashion_mnist
 
-    train, _ = _fashion_mnist(Path(workload.data_cfg.root or DEFAULT_FASHION_MNIST))
+    train, _ = fashion_mnist(Path(workload.data_cfg.root or DEFAULT_FASHION_MNIST))
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # as _fixed_subset's
     used = workload.cfg.train_images
     idx = perm[used:used + n].sort().values

@@ -10,7 +10,7 @@ import click
 
 from .config import ConfigError, load_config
 
-__all__ = ["resnet"]
+__all__ = ["log_to_stderr", "resnet"]
 
 _EPILOG = """\b
 Examples:
@@ -34,7 +34,7 @@ class _EchoHandler(logging.Handler):
         click.echo(self.format(record), err=True)
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     logger = logging.getLogger("lawa_benchmarks")
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
         logger.addHandler(_EchoHandler())
@@ -93,7 +93,7 @@ def resnet(config_path: Path | None, methods: str | None, seeds: int | None, out
         out_dir = Path("runs") / (config_path.stem if config_path else "default")
     from .runner import ResumeError, run
 
-    _log_to_stderr()  # the images loaded per split, the global batch
+    log_to_stderr()  # the images loaded per split, the global batch
     try:
         result = run(cfg, out_dir, families=families, progress=not no_progress, fresh=fresh)
     except (DataMissingError, DataLayoutError) as err:

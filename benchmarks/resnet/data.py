@@ -42,6 +42,7 @@ __all__ = [
     "DataLayoutError",
     "DataMissingError",
     "eval_loader",
+    "fashion_mnist",
     "load_data",
     "num_train_batches",
     "shard",
@@ -121,7 +122,8 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _fashion_mnist(root: Path) -> tuple[TensorDataset, TensorDataset]:
+def fashion_mnist(root: Path) -> tuple[TensorDataset, TensorDataset]:
+    """Fashion-MNIST's training and test sets from the IDX files under ``root``, normalized, in memory."""
     out = []
     for split in ("train", "test"):
         paths = [_find_idx(root, stem) for stem in _FMNIST_FILES[split]]
@@ -253,7 +255,7 @@ def load_data(cfg: DataConfig, data_dir: str | Path | None = None) -> DataBundle
     """
     root = Path(data_dir or cfg.root or DEFAULT_FASHION_MNIST).expanduser()
     if cfg.dataset == "fashion-mnist":
-        train, val = _fashion_mnist(root)
+        train, val = fashion_mnist(root)
         train_plain, num_classes, channels, batched = train, 10, 1, True
     elif cfg.dataset in ("cifar10", "cifar100"):
         train, train_plain, val = _cifar(cfg.dataset, root, cfg.augment)

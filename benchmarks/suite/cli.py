@@ -76,7 +76,7 @@ def suite(config_path: Path | None, out_dir: Path, workloads: str | None, method
     """
     from lawa_optim import list_methods
 
-    from ..resnet.cli import _log_to_stderr
+    from ..resnet.cli import log_to_stderr
 
     extra = (list(QUICK) if quick else []) + list(overrides) + ([f"seeds={seeds}"] if seeds is not None else [])
     try:
@@ -88,7 +88,7 @@ def suite(config_path: Path | None, out_dir: Path, workloads: str | None, method
     from .results import write_suite_report
     from .runner import ResumeError, run
 
-    _log_to_stderr()
+    log_to_stderr()
     try:
         if report_only:
             info = write_suite_report(out_dir, cfg)

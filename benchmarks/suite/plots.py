@@ -26,16 +26,22 @@ def _curve(rows: list[dict[str, Any]], method: str, metric: str) -> tuple[list[i
     return xs, means, stds
 
 
-def plot_workload(path: Path, res: dict[str, Any]) -> str:
-    """The curves of :func:`~lawa_benchmarks.suite.results.workload_results`'s shown methods; the path written."""
-    from ..report_plots import _plt, family_color
-    from .results import _row_name, _table_rows
+def plot_workload(path: Path, res: dict[str, Any], shown: list[tuple[dict[str, Any], str]]) -> str:
+    """The curves of a :func:`~lawa_benchmarks.suite.results.workload_results` result; the path written.
 
-    plt = _plt()
+    ``shown``: the rows of its table to draw (``res["methods"]`` entries), each with its legend label.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from ..report_plots import family_color
+
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     rows, metric = res["rows"], res["metric"]
     ys = []
-    for r in _table_rows(res):
+    for r, label in shown:
         m = r["method"]
         xs, mean, std = _curve(rows, m, metric)
         if not xs:
@@ -48,7 +54,7 @@ def plot_workload(path: Path, res: dict[str, Any]) -> str:
                 style["ls"] = "-."
             if "bncopy" in m:
                 style.update(ls=":", lw=1.2)
-        ax.plot(xs, mean, label=_row_name(r, res), marker="o", ms=2, **style)
+        ax.plot(xs, mean, label=label, marker="o", ms=2, **style)
         if any(std):
             ax.fill_between(xs, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.12,
                             color=style["color"])

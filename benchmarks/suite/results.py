@@ -34,10 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..lead import lead_sentence, robust_lead
-from ..metrics import atomic_text as _atomic_text
-from ..metrics import csv_text as _csv_text
-from ..metrics import load_metrics
-from ..report_text import md_table as _md_table
+from ..metrics import atomic_text, csv_text, load_metrics
+from ..report_text import md_table
 
 __all__ = ["REFERENCES", "workload_results", "write_suite_report"]
 
@@ -230,16 +228,17 @@ def write_suite_report(out_dir: str | Path, cfg: Any = None, plots: bool = True)
             flat.append({"workload": res["workload"], "row": _generic(r, res), **{k: v for k, v in r.items()}})
             cross.setdefault(_generic(r, res), {})[res["workload"]] = r
     text = _suite_text(results, cross)
-    _atomic_text(out / "suite.md", text + "\n")
-    _atomic_text(out / "suite.csv", _csv_text(flat))
+    atomic_text(out / "suite.md", text + "\n")
+    atomic_text(out / "suite.csv", csv_text(flat))
     doc = [{k: v for k, v in res.items() if k not in ("rows", "meta")} for res in results]
-    _atomic_text(out / "suite.json", json.dumps({"workloads": doc, "references": REFERENCES}, indent=1, default=str))
+    atomic_text(out / "suite.json", json.dumps({"workloads": doc, "references": REFERENCES}, indent=1, default=str))
     files = {name: str(out / name) for name in ("suite.md", "suite.csv", "suite.json")}
     if plots:
         from .plots import plot_workload
 
         for res in results:
-            files[f"{res['workload']}.png"] = plot_workload(out / f"{res['workload']}.png", res)
+            shown = [(r, _row_name(r, res)) for r in _table_rows(res)]
+            files[f"{res['workload']}.png"] = plot_workload(out / f"{res['workload']}.png", res, shown)
     return {"results": results, "text": text, "files": files}
 
 
@@ -272,7 +271,7 @@ def _suite_text(results: list[dict[str, Any]], cross: dict[str, dict[str, Any]])
         mean = f"{sum(fr) / len(fr):.2f}" if fr and len(fr) == sum(1 for n in names if n in per) else "-"
         body.append([row] + [_cell(per.get(n)) + _k_note(row, per.get(n)) for n in names]
                     + [mean, _REFERENCE_CELLS.get(row, "")])
-    parts.append(_md_table(header, body))
+    parts.append(md_table(header, body))
     only = [res for res in results if res["meta"].get("tuned_k") is False]
     if only:
         parts += ["", " ".join(
@@ -298,7 +297,7 @@ def _suite_text(results: list[dict[str, Any]], cross: dict[str, dict[str, Any]])
             rows.append([_row_name(r, res), _pm(r["steps_mean"], r["steps_std"], 0) if r["steps_mean"] is not None
                          else "never", _cell(r), _pm(r["wall_fraction_mean"], r["wall_fraction_std"]),
                          _pm(r["final_mean"], r["final_std"], 3), _pm(r["best_mean"], r["best_std"], 3)])
-        parts.append(_md_table(["method", "steps to target", "fraction of baseline (steps)",
+        parts.append(md_table(["method", "steps to target", "fraction of baseline (steps)",
                                 "fraction (wall-clock)", f"final {res['metric']}", f"best {res['metric']}"], rows))
         other = [r for r in res["methods"] if r["family"] == "lawa" and "bncopy" not in r["method"]]
         if len(other) > 1:
