@@ -259,11 +259,12 @@ def _seed_panel(ax, rows, setup: Setup, styles, lead, level, i) -> None:
     ax.annotate(text, xy=((me + end) / 2, y), xytext=(0, -8 if sign > 0 else 8), textcoords="offset points",
                 color="tab:red", ha="center", va="top" if sign > 0 else "bottom", fontsize=9,
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
-    values = [v for c in curves.values() for v in c.values()]
-    if "loss" in metric or "ppl" in metric:
-        _loss_axis(ax, values)
+    if "loss" in metric or "ppl" in metric:  # zoom on the epochs around the crossing: a loss falls steeply first
+        near = [v for c in curves.values() for e, v in c.items() if e >= me - 3] + [y]
+        pad = 0.08 * (max(near) - min(near) or abs(y) or 1.0)
+        ax.set_ylim(min(near) - pad, max(near) + pad)
     else:
-        _zoom(ax, values, metric)
+        _zoom(ax, [v for c in curves.values() for v in c.values()], metric)
     if be is None:
         ax.set_xlim(right=end + 0.3)
     _epochs_axis(ax)

@@ -55,7 +55,7 @@ def diff_words(diff: float, metric: str) -> str:
     """The sign of a difference in words: ``"0.8 points below"``, ``"0.012 above"``, ``"level with"``."""
     if abs(diff) < 5e-4:
         return "level with"
-    size = f"{abs(diff):.3g}"
+    size = f"{abs(diff):.2g}"
     unit = (" point" if size == "1" else " points") if metric in _PERCENT else ""
     return f"{size}{unit} {'above' if diff > 0 else 'below'}"
 
