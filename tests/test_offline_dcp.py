@@ -147,7 +147,7 @@ def test_missing_rank_file_nonfinite_and_unsafe_metadata_are_refused(tmp_path):
     save_single(tmp_path / "run", 3)
     broken = tmp_path / "run" / "step-2" / "__0_0.distcp"
     broken.rename(tmp_path / "aside.distcp")
-    with pytest.raises(CheckpointError, match=r"step-2' lacks '__0_0\.distcp'.*a rank's file is missing"):
+    with pytest.raises(CheckpointError, match=r"step-2' is incomplete: __0_0\.distcp \(written by rank 0\) is missing"):
         write_average([tmp_path / "run"], tmp_path / "avg")
     assert not (tmp_path / "avg").exists()
     (tmp_path / "aside.distcp").rename(broken)
@@ -200,7 +200,7 @@ def test_cli_on_dcp_folders(tmp_path):
     assert result.exit_code == 0, result.output
     (tmp_path / "run" / "step-1" / "__0_0.distcp").unlink()
     result = CliRunner().invoke(main, ["average", str(tmp_path / "run"), "--out", str(tmp_path / "avg2")])
-    assert result.exit_code == 1 and "lacks '__0_0.distcp'" in result.output
+    assert result.exit_code == 1 and "__0_0.distcp (written by rank 0) is missing" in result.output
 
 
 # ----------------------------------------------------------------------------- two gloo processes, FSDP2
@@ -255,7 +255,7 @@ def test_two_rank_fsdp2_folders_average_and_load(tmp_path):
     assert_equal_state(loaded_into_model(tmp_path / "avg", "model", model), want)
     assert_equal_state(average_checkpoints(folders), want)
     (folders[1] / "__1_0.distcp").unlink()
-    with pytest.raises(CheckpointError, match=r"step-2' lacks '__1_0\.distcp'"):
+    with pytest.raises(CheckpointError, match=r"step-2' is incomplete: __1_0\.distcp \(written by rank 1\) is missing"):
         write_average(folders, tmp_path / "avg2")
 
 

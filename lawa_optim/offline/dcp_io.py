@@ -8,7 +8,8 @@ else ``model``, ``state_dict`` (Lightning) or ``model_state_dict``, else the top
 Optimizer state (and LAWA's ring, saved in the optimizer's entry) is never read.
 
 Reading: ``.metadata`` is unpickled allowing only DCP's own classes (``trust_pickle`` for more),
-and every file it names must exist and be long enough (a rank's missing file is named). Each
+and every file it names must exist and be long enough (:func:`lawa_optim.dcp_atomic.check`: a
+rank's missing file is named). Each
 tensor is then loaded whole, one at a time, by DCP itself (``dcp.load`` of a one-tensor state
 dict, in this process: no process group), which puts a tensor saved in shards by several ranks
 back together; the float64 sums are those of every format (:mod:`.streamed`, :mod:`.accumulate`).
@@ -68,33 +69,29 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata(folder: Path, trust_pickle: bool = False):
-    """The ``Metadata`` of DCP folder ``folder``, its files checked: each file it names exists and is long enough."""
+    """The ``Metadata`` of DCP folder ``folder``, checked complete: each file it names exists and is long enough.
+
+    The pickle is first unpickled allowing DCP's own classes only (unless ``trust_pickle``); the
+    completeness check is :func:`lawa_optim.dcp_atomic.check`'s (which then reads it with DCP).
+    """
+    from ..dcp_atomic import check
+
     path = folder / METADATA
-    try:
-        with open(path, "rb") as f:
-            md = pickle.load(f) if trust_pickle else _MetadataUnpickler(f).load()
-    except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(
-            f"{str(path)!r} {err}, which DCP's metadata does not hold. If you made this checkpoint yourself or trust "
-            "its source, pass trust_pickle=True (--trust-pickle on the command line) to unpickle it fully, which "
-            "can run code") from err
-    except Exception as err:  # truncated, not a pickle
-        raise CheckpointError(f"Distributed checkpoint {str(folder)!r}: {METADATA} could not be read "
-                              f"({type(err).__name__}: {err}); the checkpoint is incomplete or damaged") from err
+    if not trust_pickle and path.is_file():
+        try:
+            with open(path, "rb") as f:
+                _MetadataUnpickler(f).load()
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(
+                f"{str(path)!r} {err}, which DCP's metadata does not hold. If you made this checkpoint yourself or "
+                "trust its source, pass trust_pickle=True (--trust-pickle on the command line) to unpickle it fully, "
+                "which can run code") from err
+        except Exception:  # truncated, not a pickle: check() names it
+            pass
+    md = check(folder)
     if not hasattr(md, "state_dict_metadata") or not isinstance(getattr(md, "storage_data", None), Mapping):
         raise CheckpointError(f"Distributed checkpoint {str(folder)!r}: {METADATA} holds a {type(md).__name__}, "
                               "not DCP's Metadata with its storage index")
-    ends: dict[str, int] = {}
-    for info in md.storage_data.values():
-        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-    for name in sorted(ends):
-        file = folder / name
-        if not file.is_file():
-            raise CheckpointError(f"Distributed checkpoint {str(folder)!r} lacks {name!r}, which its {METADATA} "
-                                  "names (a rank's file is missing: an interrupted save or an incomplete copy)")
-        if file.stat().st_size < ends[name]:
-            raise CheckpointError(f"Distributed checkpoint {str(folder)!r}: {name!r} is {file.stat().st_size} bytes, "
-                                  f"its {METADATA} needs {ends[name]} (truncated)")
     return md
 
 
