@@ -7,7 +7,9 @@
 # Usage:
 #   benchmarks/gpu_check.sh [OUT_DIR]            # OUT_DIR defaults to $OUT, else runs/gpu_check
 #   benchmarks/gpu_check.sh OUT_DIR --smoke      # the same script on the CPU with tiny sizes (a test)
-# Results: OUT_DIR/overhead/{overhead.json,overhead.md,overhead.png} and OUT_DIR/gpu_check.log.
+# Then a probe of accelerate's FSDP2 path with LAWA's observer (benchmarks/gpu_fsdp2_accelerate.py, GPU-only).
+# Results: OUT_DIR/overhead/{overhead.json,overhead.md,overhead.png}, OUT_DIR/fsdp2_accelerate.json and
+# OUT_DIR/gpu_check.log.
 # GPU_CHECK_TIMEOUT (seconds, default 290) bounds the run; a run stopped early prints what it measured.
 set -euo pipefail
 
@@ -46,5 +48,15 @@ print(markdown_table(json.load(open(sys.argv[1]))))' "$OUT_DIR/overhead/overhead
     | tee "$OUT_DIR/overhead/overhead.md" | tee -a "$OUT_DIR/gpu_check.log"
   echo "gpu_check.sh: the benchmark stopped early (exit $status); the table above is partial" | tee -a "$OUT_DIR/gpu_check.log"
 fi
-echo "gpu_check.sh: finished in $(( $(date +%s) - start )) s; results in $OUT_DIR/overhead" | tee -a "$OUT_DIR/gpu_check.log"
+# accelerate's FSDP2 path runs on GPUs only, so LAWATrainerCallback refuses FSDP; this probe checks on the GPU
+# what supporting it would rest on (DTensor parameters, the observer's average, the ring's DCP round trip).
+# --smoke runs it on the CPU, where accelerate ignores the FSDP plugin (a test of the probe only).
+NGPU=$("$PY" -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+PROBE_ARGS=()
+if [ "$MODE" = "--smoke" ]; then NGPU=2; PROBE_ARGS=(--smoke); fi
+timeout "${GPU_PROBE_TIMEOUT:-120}" "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" \
+  benchmarks/gpu_fsdp2_accelerate.py "$OUT_DIR" "${PROBE_ARGS[@]}" 2>&1 | grep -v Warning | tail -n 40 \
+  | tee -a "$OUT_DIR/gpu_check.log" || echo "gpu_check.sh: the FSDP2/accelerate probe did not finish" \
+  | tee -a "$OUT_DIR/gpu_check.log"
+echo "gpu_check.sh: finished in $(( $(date +%s) - start )) s; results in $OUT_DIR/overhead and $OUT_DIR/fsdp2_accelerate.json" | tee -a "$OUT_DIR/gpu_check.log"
 exit "$status"

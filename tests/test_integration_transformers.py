@@ -460,3 +460,16 @@ def test_without_a_trainer_the_error_names_the_supported_forms(tmp_path):
     state, control = transformers.TrainerState(), transformers.TrainerControl()
     with pytest.raises(TypeError, match=r"callbacks=\[LAWATrainerCallback\(k=6\)\].*add_callback"):
         callback.on_train_begin(args, state, control, model=_model())
+
+
+@pytest.mark.parametrize("flag", ["is_fsdp_enabled", "is_deepspeed_enabled"])
+def test_fsdp_and_deepspeed_are_refused_naming_the_supported_paths(tmp_path, flag):
+    """accelerate runs FSDP/DeepSpeed on GPUs only: the Trainer's flag is set by hand and the event called."""
+    model = _model()
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path, eval_strategy="no"), train_dataset=TRAIN)
+    callback = LAWATrainerCallback(trainer, k=2)
+    setattr(trainer, flag, True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="accelerate runs them on GPUs only.*ModelParallelStrategy.*docs/sharded.md"):
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=model, optimizer=optimizer)
+    assert callback.observer is None

@@ -24,7 +24,9 @@ each ``Trainer`` event does:
 - ``on_train_end``: the average to ``output_dir/lawa/``, and one line saying when the average
   first reached the raw weights' best metric and how many steps earlier (or that it never did).
 
-Not supported: DeepSpeed and FSDP (each process holds a shard of the weights).
+Not supported: FSDP and DeepSpeed (each process holds a shard of the weights): accelerate runs them
+on GPUs only (accelerate 1.16 ignores an FSDP plugin on the CPU), so that path cannot be tested
+here; the callback refuses them when training starts, naming what is supported (docs/sharded.md).
 """
 
 from __future__ import annotations
@@ -228,8 +230,10 @@ class LAWATrainerCallback(TrainerCallback):
         assert trainer is not None
         if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
             raise RuntimeError(
-                "LAWATrainerCallback does not support DeepSpeed or FSDP (each process holds a shard of the "
-                "weights); train without them, or average saved checkpoints afterwards with `lawa average`"
+                "LAWATrainerCallback does not support FSDP or DeepSpeed under the Trainer: accelerate runs them on "
+                "GPUs only, so this path is untested (benchmarks/gpu_check.sh probes it on a GPU). For sharded "
+                "training with LAWA use plain PyTorch FSDP2 with LAWAWrapper or Lightning's ModelParallelStrategy "
+                "with LAWACallback (docs/sharded.md), or average the saved checkpoints afterwards with `lawa average`"
             )
         check_model(model if model is not None else trainer.model)
         if isinstance(strip_proxies(optimizer), AveragingOptimizer):
