@@ -6,8 +6,9 @@ directory the user chooses; the arithmetic, exactness and state-dict format are 
 operating system's page cache holds what fits in memory and writes the rest back to disk, so a
 snapshot costs what the ring costs while the pages are cached, and is bounded by the disk's
 write bandwidth beyond that. Each file is unlinked as soon as it is mapped: nothing is left
-behind when the process ends, even after a crash. The copies made by ``state_dict()`` are
-memory-mapped in the same directory, so saving a checkpoint does not need k copies of RAM either.
+behind when the process ends, even after a crash. A state dict holds views of the mapped slots,
+not copies: ``torch.save`` and ``dcp.save`` read them through the page cache, so saving a
+checkpoint needs no extra RAM either (only what the writer itself buffers).
 
 Select it with ``LAWAWrapper(..., offload="disk", offload_dir="/scratch/lawa")`` (through
 :func:`lawa_optim.offload.make_ring`).
@@ -89,6 +90,3 @@ class DiskSnapshotRing(SnapshotRing):
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool, zero: bool = False
     ) -> Tensor:
         return mapped_tensor(self.directory, shape, dtype)  # new files read as zeros
-
-    def _materialize(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        return mapped_tensor(self.directory, shape, dtype, prefix="lawa-state-")

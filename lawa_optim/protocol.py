@@ -45,6 +45,8 @@ __all__ = ["STATE_KEY", "AveragingOptimizer", "check_not_wrapped"]
 
 STATE_KEY = "lawa"  # the key the wrapper's own state takes beside "state"/"param_groups"
 STATE_FORMAT = 1
+#: Prefix of the entries a wrapper adds to each parameter's ``state`` in its state dict (LAWA's ring).
+PARAM_STATE_PREFIX = "lawa_"
 # Per-parameter states of torch's optimizers that always have the parameter's shape.
 _PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -66,6 +68,66 @@ class _Swap:
 
     def __exit__(self, *exc: object) -> None:
         self._undo()
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's (FSDP2) local shard, aliasing its storage; other tensors as they are."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _is_state_init_step(groups: list[dict[str, Any]]) -> bool:
+    """Whether this ``step()`` is torch's ``_init_optim_state`` making a fresh optimizer's state
+    (``get_optimizer_state_dict``/``set_optimizer_state_dict`` call ``step()`` once with every
+    learning rate set to 0 and zero gradients when the optimizer has no state): no training step.
+
+    Cheap for real steps: the call stack is only looked at when every learning rate is a 0 on the CPU.
+    """
+    for group in groups:
+        lr = group.get("lr")
+        if isinstance(lr, Tensor):
+            if lr.device.type != "cpu" or lr.numel() != 1 or lr.item() != 0:
+                return False
+        elif lr != 0:
+            return False
+    module = sys.modules.get("torch.distributed.checkpoint.state_dict")
+    code = getattr(getattr(module, "_init_optim_state", None), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None and code is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _split_param_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """``(state_dict without the wrappers' per-parameter entries, {position: those entries})``.
+
+    ``position`` is the parameter's place in the saved ``param_groups`` (torch's
+    ``Optimizer.load_state_dict`` matches saved and current parameters by that order too, whether
+    the saved ids are ints or, from ``set_optimizer_state_dict``, FQNs). The input is not changed.
+    """
+    state, groups = state_dict.get("state"), state_dict.get("param_groups")
+    if not isinstance(state, dict) or not isinstance(groups, list):
+        return state_dict, {}
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    position: dict[Any, int] = {}
+    for n, key in enumerate(ids):
+        position.setdefault(key, n)
+    base: dict[Any, Any] = {}
+    mine: dict[int, dict[str, Any]] = {}
+    for key, value in state.items():
+        own = {} if not isinstance(value, dict) else {
+            n: v for n, v in value.items() if isinstance(n, str) and n.startswith(PARAM_STATE_PREFIX)
+        }
+        if not own:
+            base[key] = value
+            continue
+        if key in position:
+            mine[position[key]] = own
+        rest = {n: v for n, v in value.items() if n not in own}
+        if rest:
+            base[key] = rest
+    return {**state_dict, "state": base}, mine
 
 
 def _reshard(model: nn.Module | None) -> None:
@@ -97,6 +159,8 @@ class AveragingOptimizer(Optimizer):
     """
 
     method = "base"  # registry name, also stored in the state dict
+    state_format = STATE_FORMAT  # the format state_dict() writes
+    _loadable_formats: tuple[int, ...] = (STATE_FORMAT,)  # the formats load_state_dict() reads
 
     # Everything that changes after __init__ (see `shared`); subclasses declare theirs the same way.
     param_groups = shared()
@@ -250,7 +314,8 @@ class AveragingOptimizer(Optimizer):
             if result is not None:
                 args, kwargs = result
         loss = self.optimizer.step(*args[1:], **kwargs)  # type: ignore[union-attr]
-        self._count_step(mine)
+        if not _is_state_init_step(mine["param_groups"]):
+            self._count_step(mine)
         for post_hook in self._optimizer_step_post_hooks.values():
             post_hook(self, args, kwargs)
         return loss
@@ -464,7 +529,7 @@ class AveragingOptimizer(Optimizer):
         assert self.optimizer is not None
         sd = self.optimizer.state_dict()
         sd[STATE_KEY] = {
-            "format": STATE_FORMAT,
+            "format": self.state_format,
             "method": self.method,
             "num_steps": self.num_steps,
             "swapped_in": self._swap is not None,
@@ -474,6 +539,7 @@ class AveragingOptimizer(Optimizer):
             ],
             **self._method_state(),
         }
+        sd = self._with_param_state(sd)
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             sd = post_hook(self, sd) or sd
         return sd
@@ -493,21 +559,28 @@ class AveragingOptimizer(Optimizer):
         self._require_training_weights("load_state_dict()")
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = pre_hook(self, state_dict) or state_dict
-        if not isinstance(state_dict, dict) or STATE_KEY not in state_dict:
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"Invalid state_dict: a {type(state_dict).__name__}, not a dict")
+        # The wrapper's per-parameter entries (torch.distributed.checkpoint's API keeps only "state"
+        # and "param_groups": without the STATE_KEY entry, the method rebuilds it from them).
+        state_dict, param_state = _split_param_state(state_dict)
+        mine = state_dict[STATE_KEY] if STATE_KEY in state_dict else self._state_from_params(param_state)
+        if mine is None:
             raise ValueError(
-                f"Invalid state_dict: it has no {STATE_KEY!r} entry, so it was not saved by a lawa_optim "
-                "wrapper; a plain optimizer state dict goes to wrapper.optimizer.load_state_dict()"
+                f"Invalid state_dict: it has no {STATE_KEY!r} entry (nor per-parameter {PARAM_STATE_PREFIX}* "
+                "entries), so it was not saved by a lawa_optim wrapper; a plain optimizer state dict goes to "
+                "wrapper.optimizer.load_state_dict()"
             )
-        mine = state_dict[STATE_KEY]
         if not isinstance(mine, dict):
             raise ValueError(f"Invalid state_dict: its {STATE_KEY!r} entry is a {type(mine).__name__}, not a dict")
+        mine = {**mine, "param_state": param_state}  # what the method's hooks read its entries from
         steps = mine.get("num_steps")
         if not is_int(steps, 0):
             raise ValueError(f"Invalid state_dict: {STATE_KEY!r}['num_steps'] = {steps!r}; it must be an int >= 0")
-        if mine.get("format") != STATE_FORMAT or mine.get("method") != self.method:
+        if mine.get("format") not in self._loadable_formats or mine.get("method") != self.method:
             raise ValueError(
                 f"Invalid state_dict: saved by method {mine.get('method')!r} (format {mine.get('format')!r}); "
-                f"this is {self.method!r} (format {STATE_FORMAT})"
+                f"this is {self.method!r} (formats {self._loadable_formats})"
             )
         weights = mine.get("training_weights")
         if mine.get("swapped_in"):
@@ -529,7 +602,8 @@ class AveragingOptimizer(Optimizer):
         self._load_method_state(mine)
         if mine.get("swapped_in"):  # saved mid-swap: the training weights go back into the parameters
             with torch.no_grad():
-                copy_list(self._params, [w.to(p.device, p.dtype) for w, p in zip(weights, self._params)], False)
+                copy_list([_local(p) for p in self._params],
+                          [_local(w).to(p.device, p.dtype) for w, p in zip(weights, self._params)], False)
         self._pending_buffers = None if saved_buffers is None else [t.detach().clone() for t in saved_buffers]
         if saved_buffers is not None:
             warnings.warn(
@@ -588,6 +662,16 @@ class AveragingOptimizer(Optimizer):
 
     def _check_method_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def _with_param_state(self, sd: dict[str, Any]) -> dict[str, Any]:
+        """Add the method's per-parameter entries (keys starting with ``PARAM_STATE_PREFIX``) to
+        ``sd["state"]``, without changing the base optimizer's live state dicts."""
+        return sd
+
+    def _state_from_params(self, param_state: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+        """The ``STATE_KEY`` entry rebuilt from the per-parameter entries (the state dict went
+        through torch's ``get/set_optimizer_state_dict``, which drop it), or None if it cannot be."""
+        return None
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         pass

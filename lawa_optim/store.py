@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import is_int
+
 __all__ = ["HostSnapshotRing", "SnapshotRing"]
 
 # How many full ring cycles pass between exact rebuilds of the running sum.
@@ -446,26 +448,82 @@ class SnapshotRing:
         return g.total[col : col + p.numel()].view(p.shape)
 
     # ----------------------------------------------------------------------------- state
-    def _materialize(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Memory for a state-dict copy (the disk-backed ring keeps these on disk too)."""
-        return torch.empty(shape, dtype=dtype, device=device)
+    # Checkpoint format (see docs/sharded.md, "How the ring is checkpointed"): the k slots of every
+    # parameter as they lie in the ring (views, no copy) plus ``count`` and ``head``; the running
+    # sums are not saved but rebuilt from the slots on load, and a save is a rebuild point too, so
+    # the saving and the resumed run hold the same sums bit for bit.
+    def slot_views(self, i: int) -> list[Tensor]:
+        """All k slots of parameter ``i`` in ring order (slot 0 first, not oldest first), as views
+        shaped like the parameter; call :meth:`prepare_save` first (it zeroes the unfilled slots)."""
+        g, shape = self._where[i], self.params[i].shape
+        return [g.row_view(s, i, shape) for s in range(self.k)]
 
-    def state_dict(self) -> dict:
-        """``{"count", "ring": [Tensor[size, *shape] oldest first], "sums": [Tensor]}``, copies."""
+    def prepare_save(self) -> None:
+        """Settle the ring for a save: join an async copy, zero the slots not filled yet (so a
+        checkpoint holds no stale memory) and rebuild the running sums exactly (a save is a
+        rebuild point: the loaded ring rebuilds them the same way)."""
         self.join()
-        order = self.order()
-        ring, sums = [], []
-        for i, p in enumerate(self.params):
-            g = self._where[i]
-            col, m = g.columns[i], p.numel()
-            index = torch.tensor(order, dtype=torch.long, device=g.device)
-            r = self._materialize((len(order), m), g.dtype, g.device)
-            torch.index_select(g.rows[:, col : col + m], 0, index, out=r)
-            ring.append(r.view(len(order), *p.shape))
-            sums.append(self.sum_of(i).clone())
-        return {"count": self.count, "ring": ring, "sums": sums}
+        filled = set(self.order())
+        with torch.no_grad():
+            for g in self.groups:
+                for s in range(self.k):
+                    if s not in filled:
+                        g.rows[s].zero_()
+        self.rebuild()
 
-    def check_state_dict(self, state: dict, where: str) -> None:
+    def check_slots(self, count: int, head: int, slots: Sequence[Sequence[Tensor]], where: str) -> None:
+        """Raise ``ValueError`` naming what differs from :meth:`load_slots`'s expectations; change nothing."""
+        if not is_int(count, 0) or not is_int(head, 0) or head >= self.k:
+            raise ValueError(
+                f"Invalid state dict: {where} has count={count!r}, head={head!r}; expected ints >= 0, head < k={self.k}"
+            )
+        if len(slots) != len(self.params):
+            raise ValueError(
+                f"Invalid state dict: {where} holds snapshots of {len(slots)} parameters, this optimizer has "
+                f"{len(self.params)}; load a state dict saved for the same model and param groups"
+            )
+        for i, (per, p) in enumerate(zip(slots, self.params)):
+            if len(per) != self.k:
+                raise ValueError(
+                    f"Invalid state dict: {where} has {len(per)} snapshot slots for parameter {i}, this wrapper "
+                    f"has k={self.k}; create the wrapper with the k it was saved with"
+                )
+            for s, t in enumerate(per):
+                if not isinstance(t, Tensor) or tuple(t.shape) != tuple(p.shape) or t.dtype != p.dtype:
+                    got = f"has shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else \
+                        f"a {type(t).__name__}"
+                    raise ValueError(
+                        f"Invalid state dict: {where} slot {s} of parameter {i} {got}, expected shape "
+                        f"{tuple(p.shape)}, dtype {p.dtype} (this rank's shard under FSDP2); was it saved for "
+                        "another model?"
+                    )
+
+    def load_slots(self, count: int, head: int, slots: Sequence[Sequence[Tensor]]) -> None:
+        """Load slots checked by :meth:`check_slots` into the same ring positions and rebuild the sums.
+
+        A slot that already is the ring's memory (``dcp.load`` wrote into the views of
+        :meth:`slot_views`) is left as it is.
+        """
+        self.join()
+        with torch.no_grad():
+            for i, per in enumerate(slots):
+                for dst, src in zip(self.slot_views(i), per):
+                    if src.data_ptr() != dst.data_ptr() or src.device != dst.device:
+                        dst.copy_(src)
+        self.count, self.head, self.size = count, head, min(count, self.k)
+        self._slot_views = {}
+        self.rebuild()
+
+    def clear(self) -> None:
+        """Forget every snapshot (the slots' memory stays allocated)."""
+        self.join()
+        self.count = self.size = self.head = 0
+        with torch.no_grad():
+            for g in self.groups:
+                g.total.zero_()
+
+    # Format 1 (state dicts saved before the slots moved into the per-parameter state): still loaded.
+    def check_legacy_state(self, state: dict, where: str) -> None:
         """Raise ``ValueError`` naming what differs (including a running sum that is not the sum of
         its snapshots, as a corrupted checkpoint would hold); change nothing."""
         for key in ("count", "ring", "sums"):
@@ -476,7 +534,7 @@ class SnapshotRing:
             entries = state[key]
             if not isinstance(entries, (list, tuple)) or not all(isinstance(t, Tensor) for t in entries):
                 raise ValueError(f"Invalid state dict: {where}[{key!r}] must be a list of tensors")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if not is_int(count, 0):
             raise ValueError(f"Invalid state dict: {where}['count'] = {count!r}")
         if len(ring) != len(self.params) or len(sums) != len(self.params):
             raise ValueError(
@@ -507,12 +565,14 @@ class SnapshotRing:
                     "(a corrupted checkpoint?); nothing was loaded"
                 )
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load a state checked by :meth:`check_state_dict` (slots may come from another device)."""
+    def load_legacy_state(self, state: dict) -> None:
+        """Load a format-1 state checked by :meth:`check_legacy_state`, its running sums as saved
+        (so a run resumed from an old checkpoint continues exactly as it would have)."""
         self.join()
         self.count = state["count"]
         self.size = min(self.count, self.k)
         self.head = self.size % self.k
+        self._slot_views = {}
         with torch.no_grad():
             for i, (r, t) in enumerate(zip(state["ring"], state["sums"])):
                 g, p = self._where[i], self.params[i]

@@ -10,12 +10,13 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import ring_state
 from ._checks import is_int
 from ._shared import on_owner, shared
 from ._tensors import copy_list
 from .averaging import resolve_weights, window_coefficients
 from .offload import check_offload, make_ring
-from .protocol import AveragingOptimizer
+from .protocol import STATE_KEY, AveragingOptimizer
 
 __all__ = ["LAWAWrapper"]
 NONFINITE_CHOICES = ("raise", "skip")
@@ -203,8 +204,154 @@ class LAWAWrapper(AveragingOptimizer):
     def _on_new_params(self, params: list[Tensor]) -> None:
         self._ring.add_params([_local(p) for p in params])
 
+    # --------------------------------------------------------------------------- state
+    @on_owner
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state dict, the ring in each parameter's state, and ``"lawa"``.
+
+        Format 2 (see :mod:`lawa_optim.ring_state` and ``docs/sharded.md``, "How the ring is
+        checkpointed"): ``sd["state"][i]`` holds, beside the base optimizer's entries, the k ring
+        slots ``lawa_slot_0`` ... ``lawa_slot_{k-1}`` (shaped like the parameter, in its dtype;
+        DTensors sharded like it under FSDP2) and the counters ``lawa_count``, ``lawa_head``,
+        ``lawa_num_steps``, ``lawa_skipped_snapshots``, ``lawa_swapped_in`` (0-dim int64 tensors),
+        so that torch's ``get_optimizer_state_dict``/``set_optimizer_state_dict`` and ``dcp.save``/
+        ``dcp.load`` carry and reshard the ring. ``sd["lawa"]`` holds the wrapper-level entries of
+        :meth:`AveragingOptimizer.state_dict` plus ``k``, ``count`` and ``skipped_snapshots``;
+        ``load_state_dict`` reads them when present and the counters otherwise.
+
+        Bytes: the base optimizer's state plus k copies of the parameters in their dtype plus a
+        few counters per parameter; the float64 running sums are not saved (they are rebuilt
+        exactly from the slots on load, and the save rebuilds them too, so the run that saved and
+        the resumed one continue bit for bit). Like torch's own optimizers, the slots are views of
+        the live ring, not copies: ``torch.save``/``dcp.save`` copy them; ``copy.deepcopy`` the
+        state dict to keep it in memory while training goes on. State dicts of format 1 (with
+        ``"ring"``/``"sums"`` lists) still load.
+        """
+        return super().state_dict()
+
+    state_format = 2
+    _loadable_formats = (1, 2)
+
     def _method_state(self) -> dict[str, Any]:
-        return {"k": self.k, "skipped_snapshots": self.skipped_snapshots, **self._ring.state_dict()}
+        self._ring.prepare_save()  # a save is a rebuild point (see lawa_optim.ring_state)
+        return {"k": self.k, "count": self._ring.count, "skipped_snapshots": self.skipped_snapshots}
+
+    def _meta(self) -> dict[str, int]:
+        """The counters stored in every parameter's state (``lawa_<name>``)."""
+        swap = self._swap
+        ring = self._ring
+        return {
+            "count": ring.count,
+            "head": ring.head,
+            "num_steps": self.num_steps,
+            "skipped_snapshots": self.skipped_snapshots,
+            "swapped_in": 0 if swap is None else 1 if swap["backup"] is None else 2,
+            **self._extra_meta(),
+        }
+
+    def _with_param_state(self, sd: dict[str, Any]) -> dict[str, Any]:
+        meta = {ring_state.meta_key(name): value for name, value in self._meta().items()}
+        training = sd[STATE_KEY]["training_weights"] if self._swap is not None and self._swap["backup"] is not None \
+            else None
+        index = {id(p): i for i, p in enumerate(self._params)}
+        flat = [p for group in self.param_groups for p in group["params"]]
+        old, state = sd["state"], {}
+        for pos, p in enumerate(flat):  # torch's id of a parameter: its first position in the groups
+            if pos in state or id(p) not in index:
+                continue
+            i = index.pop(id(p))
+            entry = dict(old.get(pos, {}))  # a copy: the base optimizer's live dict stays as it is
+            for j, view in enumerate(self._ring.slot_views(i)):
+                entry[ring_state.slot_key(j)] = ring_state.like_param(ring_state.alias(view), p)
+            entry.update({key: ring_state.counter(value) for key, value in meta.items()})
+            if training is not None:
+                entry[ring_state.TRAINING_KEY] = ring_state.like_param(ring_state.local(training[i]), p)
+            state[pos] = entry
+        state.update({key: value for key, value in old.items() if key not in state})
+        sd["state"] = state
+        return sd
+
+    def _state_from_params(self, param_state: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+        if not param_state:
+            return None
+        first = param_state[min(param_state)]
+        meta = ring_state.read_meta(first)
+        missing = [name for name in (*ring_state.META_FIELDS, *self._extra_meta()) if name not in meta]
+        if missing:
+            raise ValueError(
+                f"Invalid state_dict: its per-parameter entries lack {[ring_state.meta_key(m) for m in missing]}; "
+                f"was it saved by another method than {self.method!r} or another version?"
+            )
+        mine = {
+            "format": self.state_format,
+            "method": self.method,
+            "num_steps": meta["num_steps"],
+            "swapped_in": meta["swapped_in"] != 0,
+            "training_weights": None,
+            "training_buffers": None,
+            "k": ring_state.num_slots(first),
+            "count": meta["count"],
+            "skipped_snapshots": meta["skipped_snapshots"],
+            **self._extra_from_meta(meta),
+        }
+        if meta["swapped_in"]:
+            mine["training_weights"] = self._saved_training_weights(param_state, meta)
+        return mine
+
+    def _saved_training_weights(self, param_state: dict[int, dict[str, Any]], meta: dict[str, int]) -> list[Tensor]:
+        """The training weights of a state dict saved mid-swap: its ``lawa_training`` entries, or its
+        newest slot when they were the newest snapshot (``lawa_swapped_in == 1``)."""
+        by_param = self._by_param(param_state)
+        if meta["swapped_in"] == 1:
+            newest = ring_state.slot_key((meta["head"] - 1) % self.k)
+            keys = [newest] * len(by_param)
+        else:
+            keys = [ring_state.TRAINING_KEY] * len(by_param)
+        if any(key not in entry for key, entry in zip(keys, by_param)):
+            raise ValueError(
+                "Invalid state_dict: it was saved while the average was swapped in, but its training weights "
+                f"({keys[0]!r}) are not in it (dcp.load only fills the entries the destination state dict has); "
+                "save checkpoints outside the swap, or load this one with torch.load and opt.load_state_dict"
+            )
+        return [ring_state.local(entry[key]) for key, entry in zip(keys, by_param)]
+
+    def _by_param(self, param_state: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The per-parameter entries in ring order (``self._params``); ValueError if one is missing."""
+        flat = [p for group in self.param_groups for p in group["params"]]
+        index = {id(p): i for i, p in enumerate(self._params)}
+        found: list[dict[str, Any] | None] = [None] * len(self._params)
+        for pos, entry in param_state.items():
+            if not is_int(pos, 0, len(flat) - 1):
+                raise ValueError(f"Invalid state_dict: per-parameter entries at position {pos!r}, this optimizer "
+                                 f"has {len(flat)} parameters; was it saved for another model?")
+            found[index[id(flat[pos])]] = entry
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            raise ValueError(
+                f"Invalid state_dict: no {ring_state.SLOT_PREFIX}* entries for parameter(s) {missing[:8]} of the "
+                f"{len(found)} parameters of this optimizer; was it saved for another model or param groups?"
+            )
+        return found  # type: ignore[return-value]
+
+    def _parse_ring(self, state: dict[str, Any]) -> tuple[int, int, list[list[Tensor]], int]:
+        """``(count, head, slots per parameter, skipped_snapshots)`` from a format-2 state; ValueError."""
+        by_param = self._by_param(state["param_state"])
+        metas = [ring_state.read_meta(entry) for entry in by_param]
+        if any(m != metas[0] for m in metas):
+            raise ValueError("Invalid state_dict: the parameters' lawa_* counters differ (a corrupted checkpoint?)")
+        meta = metas[0]
+        for name in ring_state.META_FIELDS:
+            if not is_int(meta.get(name), 0):
+                raise ValueError(f"Invalid state_dict: {ring_state.meta_key(name)} = {meta.get(name)!r}; "
+                                 "expected an int >= 0")
+        if state.get("count", meta["count"]) != meta["count"]:
+            raise ValueError(f"Invalid state_dict: {STATE_KEY!r}['count'] = {state.get('count')!r} but lawa_count = "
+                             f"{meta['count']} (a corrupted checkpoint?)")
+        slots = []
+        for entry in by_param:
+            n = ring_state.num_slots(entry)
+            slots.append([ring_state.local(entry.get(ring_state.slot_key(j))) for j in range(n)])
+        return meta["count"], meta["head"], slots, meta["skipped_snapshots"]
 
     def _check_method_state(self, state: dict[str, Any]) -> None:
         if state.get("k") != self.k:
@@ -212,9 +359,26 @@ class LAWAWrapper(AveragingOptimizer):
                 f"Invalid state_dict: saved with k={state.get('k')!r}, this wrapper has k={self.k}; "
                 "create the wrapper with the same k"
             )
-        self._ring.check_state_dict(state, "state_dict['lawa']")
+        if state.get("format") == 1:  # the ring as lists under "lawa" (before format 2)
+            self._ring.check_legacy_state(state, "state_dict['lawa']")
+            return
+        count, head, slots, _ = self._parse_ring(state)
+        self._ring.check_slots(count, head, slots, "state_dict['state']")
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
-        self._ring.load_state_dict(state)
-        self.skipped_snapshots = int(state.get("skipped_snapshots", 0))  # absent in older state dicts
+        if state.get("format") == 1:
+            self._ring.load_legacy_state(state)
+            self.skipped_snapshots = int(state.get("skipped_snapshots", 0))  # absent in older state dicts
+        else:
+            count, head, slots, skipped = self._parse_ring(state)
+            self._ring.load_slots(count, head, slots)
+            self.skipped_snapshots = skipped
         self._newest_key = None  # the weights loaded with the model may be anything
+
+    def _extra_meta(self) -> dict[str, int]:
+        """A subclass's own counters, stored like :meth:`_meta`'s (``lawa_<name>``)."""
+        return {}
+
+    def _extra_from_meta(self, meta: dict[str, int]) -> dict[str, Any]:
+        """A subclass's entries of the ``"lawa"`` dict, rebuilt from its counters."""
+        return {}

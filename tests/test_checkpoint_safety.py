@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ring_formats import to_format1
 from torch import nn
 
 from lawa_optim import CheckpointError, LAWAWrapper, atomic_save, safe_load
@@ -231,21 +232,44 @@ def _foreign_state_dicts():
     other_method["lawa"]["method"] = "ema"
     out.append(("other_method", other_method, "ema"))
 
-    plain = copy.deepcopy(good)
-    del plain["lawa"]
+    plain = copy.deepcopy(opt.optimizer.state_dict())  # the base optimizer's own: no ring anywhere
     out.append(("plain_optimizer", plain, "lawa"))
 
     wrong_dtype = copy.deepcopy(good)
-    wrong_dtype["lawa"]["ring"] = [r.double() for r in wrong_dtype["lawa"]["ring"]]
+    wrong_dtype["state"][0]["lawa_slot_1"] = wrong_dtype["state"][0]["lawa_slot_1"].double()
     out.append(("ring_dtype", wrong_dtype, "float64"))
 
     short_ring = copy.deepcopy(good)
-    short_ring["lawa"]["ring"] = short_ring["lawa"]["ring"][:-1]
-    out.append(("ring_length", short_ring, "parameters"))
+    for entry in short_ring["state"].values():
+        del entry["lawa_slot_2"]
+    out.append(("ring_length", short_ring, "2 snapshot slots"))
+
+    no_ring = copy.deepcopy(good)
+    no_ring["state"][3] = {n: v for n, v in no_ring["state"][3].items() if not n.startswith("lawa_")}
+    out.append(("ring_missing", no_ring, r"no lawa_slot_\* entries for parameter\(s\) \[3\]"))
 
     bad_count = copy.deepcopy(good)
     bad_count["lawa"]["count"] = -1
+    for entry in bad_count["state"].values():
+        entry["lawa_count"] = torch.tensor(-1)
     out.append(("negative_count", bad_count, "count"))
+
+    bad_head = copy.deepcopy(good)
+    for entry in bad_head["state"].values():
+        entry["lawa_head"] = torch.tensor(3)
+    out.append(("head_past_k", bad_head, "head"))
+
+    differ = copy.deepcopy(good)
+    differ["state"][2]["lawa_num_steps"] = torch.tensor(99)
+    out.append(("counters_differ", differ, "counters differ"))
+
+    slot_list = copy.deepcopy(good)
+    slot_list["state"][1]["lawa_slot_0"] = [0.0]
+    out.append(("slot_not_tensor", slot_list, "a list"))
+
+    dcp_other_k = copy.deepcopy(other_k.state_dict())  # as torch's get_optimizer_state_dict passes it on
+    del dcp_other_k["lawa"]
+    out.append(("dcp_other_k", dcp_other_k, "k=4"))
 
     swapped = copy.deepcopy(good)
     swapped["lawa"]["swapped_in"] = True
@@ -267,25 +291,35 @@ def _foreign_state_dicts():
     not_dict["lawa"] = [1, 2]
     out.append(("lawa_not_dict", not_dict, "not a dict"))
 
+    # Format 1 (the ring and its running sums as lists under "lawa") still loads, so it is still checked.
     # Found here: a running sum that disagrees with the snapshots was loaded silently.
-    nan_sums = copy.deepcopy(good)
+    legacy = to_format1(good)
+    nan_sums = copy.deepcopy(legacy)
     nan_sums["lawa"]["sums"][0].view(-1)[0] = float("nan")
     out.append(("sums_nan", nan_sums, "running sum of parameter 0"))
-    skewed = copy.deepcopy(good)
+    skewed = copy.deepcopy(legacy)
     skewed["lawa"]["sums"][2].add_(1.0)
     out.append(("sums_skewed", skewed, "running sum of parameter 2"))
-    ring_lists = copy.deepcopy(good)
+    ring_lists = copy.deepcopy(legacy)
     ring_lists["lawa"]["ring"] = [[0.0]] * len(ring_lists["lawa"]["ring"])
     out.append(("ring_not_tensors", ring_lists, "list of tensors"))
-    sums_none = copy.deepcopy(good)
+    sums_none = copy.deepcopy(legacy)
     sums_none["lawa"]["sums"] = None
     out.append(("sums_none", sums_none, "list of tensors"))
+    legacy_dtype = copy.deepcopy(legacy)
+    legacy_dtype["lawa"]["ring"] = [r.double() for r in legacy_dtype["lawa"]["ring"]]
+    out.append(("legacy_ring_dtype", legacy_dtype, "float64"))
+    legacy_short = copy.deepcopy(legacy)
+    legacy_short["lawa"]["ring"] = legacy_short["lawa"]["ring"][:-1]
+    out.append(("legacy_ring_length", legacy_short, "parameters"))
     return out
 
 
 FOREIGN = ["other_k", "other_shape", "other_model", "other_method", "plain_optimizer", "ring_dtype",
-           "ring_length", "negative_count", "training_weights", "param_groups", "num_steps_missing",
-           "num_steps_str", "lawa_not_dict", "sums_nan", "sums_skewed", "ring_not_tensors", "sums_none"]
+           "ring_length", "ring_missing", "negative_count", "head_past_k", "counters_differ", "slot_not_tensor",
+           "dcp_other_k", "training_weights", "param_groups", "num_steps_missing", "num_steps_str",
+           "lawa_not_dict", "sums_nan", "sums_skewed", "ring_not_tensors", "sums_none", "legacy_ring_dtype",
+           "legacy_ring_length"]
 
 
 @pytest.mark.parametrize("name", FOREIGN)

@@ -122,20 +122,28 @@ def test_rebuild_is_exact_and_keeps_the_average(small_blocks):
     check_average(ring, params, history, 4)
 
 
-def test_state_dict_roundtrip_is_bit_exact(small_blocks):
+def _saved(ring: SnapshotRing) -> tuple[int, int, list[list[torch.Tensor]]]:
+    """What a checkpoint holds of the ring: count, head and copies of every slot."""
+    ring.prepare_save()
+    return ring.count, ring.head, [[t.clone() for t in ring.slot_views(i)] for i in range(len(ring.params))]
+
+
+def test_saved_slots_round_trip_bit_exact(small_blocks):
     params = make_params()
     ring = SnapshotRing(params, 3)
-    for step in range(5):  # head is not 0: the saved ring must be rotated oldest first
+    for step in range(5):  # head is not 0: the slots are saved in ring order with the head
         perturb(params, step)
         ring.push()
-    state = ring.state_dict()
-    assert state["count"] == 5 and [tuple(r.shape) for r in state["ring"]] == [(3, *p.shape) for p in params]
+    count, head, slots = _saved(ring)
+    assert (count, head) == (5, 2) and [len(s) for s in slots] == [3] * len(params)
     for i in range(len(params)):
-        for a, b in zip(state["ring"][i], ring.snapshots(i)):
-            assert torch.equal(a, b)
+        assert all(torch.equal(a, b) for a, b in zip([slots[i][s] for s in ring.order()], ring.snapshots(i)))
     other = SnapshotRing([torch.zeros_like(p) for p in params], 3)
-    other.check_state_dict(state, "test")
-    other.load_state_dict(state)
+    other.push()  # something to overwrite
+    other.check_slots(count, head, slots, "test")
+    other.load_slots(count, head, slots)
+    for i in range(len(params)):  # the sums are rebuilt: equal to the saver's, which the save rebuilt
+        assert torch.equal(ring.sum_of(i), other.sum_of(i))
     for step in range(5, 9):  # both continue identically
         perturb(params, step)
         ring.push()
@@ -148,17 +156,91 @@ def test_state_dict_roundtrip_is_bit_exact(small_blocks):
         assert all(torch.equal(a, b) for a, b in zip(ring.snapshots(i), other.snapshots(i)))
 
 
-def test_check_state_dict_names_the_mismatch():
+def test_unfilled_slots_are_saved_as_zeros():
+    ring = SnapshotRing([torch.randn(4)], 3)
+    with torch.no_grad():
+        ring.groups[0].rows.fill_(float("nan"))  # what torch.empty may hold
+    ring.push()
+    ring.prepare_save()
+    views = ring.slot_views(0)
+    assert torch.equal(views[0], ring.params[0]) and not views[1].any() and not views[2].any()
+
+
+def test_lockstep_save_and_load_keep_the_sums_bit_for_bit(small_blocks):
+    """A ring saved and loaded into a fresh one at every snapshot runs in lockstep with the ring
+    that saved it: the sums are not saved, but a save rebuilds them exactly as a load does.
+
+    The weights span 2**-40 .. 2**10 so that the running float64 sum of float32 slots rounds
+    (a ring that never saves drifts from the rebuilt sum; checked, so the test can fail)."""
+    g = torch.Generator().manual_seed(3)
+
+    def weights(step):
+        scale = 2.0 ** torch.randint(-40, 10, (64,), generator=g).float()
+        return torch.randn(64, generator=g) * scale
+
+    src = torch.zeros(64)
+    saver = SnapshotRing([src], 4)
+    never = SnapshotRing([src], 4)  # the same snapshots, never saved
+    drift = 0
+    for step in range(40):
+        with torch.no_grad():
+            src.copy_(weights(step))
+        saver.push()
+        never.push()
+        count, head, slots = _saved(saver)
+        fresh = SnapshotRing([torch.zeros(64)], 4)
+        fresh.check_slots(count, head, slots, "lockstep")
+        fresh.load_slots(count, head, slots)
+        assert torch.equal(fresh.sum_of(0), saver.sum_of(0)), step
+        out_a, out_b = torch.empty(64), torch.empty(64)
+        saver.write_average([out_a], saver.size, None)
+        fresh.write_average([out_b], fresh.size, None)
+        assert torch.equal(out_a, out_b), step
+        drift += int(not torch.equal(never.sum_of(0), saver.sum_of(0)))
+    assert drift > 0, "the running sum never rounded: the data does not test the rebuild"
+
+
+def test_check_slots_names_the_mismatch():
     ring = SnapshotRing([torch.zeros(3)], 2)
     ring.push()
-    state = ring.state_dict()
-    bad = dict(state, ring=[torch.zeros(1, 4)])
-    with pytest.raises(ValueError, match=r"shape \(1, 4\), expected \(1, 3\)"):
-        ring.check_state_dict(bad, "x")
+    count, head, slots = _saved(ring)
+    with pytest.raises(ValueError, match=r"slot 1 of parameter 0 has shape \(4,\), dtype torch.float32, expected "
+                                         r"shape \(3,\)"):
+        ring.check_slots(count, head, [[slots[0][0], torch.zeros(4)]], "x")
+    with pytest.raises(ValueError, match="1 snapshot slots for parameter 0, this wrapper has k=2"):
+        ring.check_slots(count, head, [slots[0][:1]], "x")
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        ring.check_slots(count, head, [[t.double() for t in slots[0]]], "x")
+    with pytest.raises(ValueError, match="head=2"):
+        ring.check_slots(count, 2, slots, "x")
+    with pytest.raises(ValueError, match="count=-1"):
+        ring.check_slots(-1, head, slots, "x")
+    with pytest.raises(ValueError, match="2 parameters"):
+        ring.check_slots(count, head, slots * 2, "x")
+
+
+def test_legacy_state_loads_with_its_sums_and_names_the_mismatch(small_blocks):
+    """Format 1 (the filled slots oldest first and the running sums) loads as saved."""
+    params = make_params()
+    ring = SnapshotRing(params, 3)
+    for step in range(5):
+        perturb(params, step)
+        ring.push()
+    legacy = {"count": 5, "ring": [torch.stack(ring.snapshots(i)) for i in range(len(params))],
+              "sums": [ring.sum_of(i).clone() for i in range(len(params))]}
+    other = SnapshotRing([torch.zeros_like(p) for p in params], 3)
+    other.check_legacy_state(legacy, "x")
+    other.load_legacy_state(legacy)
+    for i in range(len(params)):
+        assert torch.equal(other.sum_of(i), ring.sum_of(i))
+        assert all(torch.equal(a, b) for a, b in zip(other.snapshots(i), ring.snapshots(i)))
+    bad = dict(legacy, ring=[torch.zeros(1, 4)] + legacy["ring"][1:])
+    with pytest.raises(ValueError, match=r"shape \(1, 4\), expected \(3, 37, 5\)"):
+        other.check_legacy_state(bad, "x")
     with pytest.raises(ValueError, match="lacks 'sums'"):
-        ring.check_state_dict({"count": 1, "ring": state["ring"]}, "x")
+        other.check_legacy_state({"count": 5, "ring": legacy["ring"]}, "x")
     with pytest.raises(ValueError, match="dtype|snapshots are"):
-        ring.check_state_dict(dict(state, sums=[torch.zeros(3)]), "x")
+        other.check_legacy_state(dict(legacy, sums=[t.float() for t in legacy["sums"]]), "x")
 
 
 def test_add_params_history_is_the_current_value(small_blocks):

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from ring_formats import to_format1
 from torch import nn
 
 from lawa_optim import LAWAWrapper
@@ -92,7 +93,9 @@ def test_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
     torch.save(opt.state_dict(), tmp_path / "o.pt")
     sd = torch.load(tmp_path / "o.pt", weights_only=True)
     assert sd["lawa"]["k"] == 4 and sd["lawa"]["count"] == 3 and sd["lawa"]["num_steps"] == 10
-    assert [tuple(r.shape) for r in sd["lawa"]["ring"]][0] == (3, 9, 6)
+    entry = sd["state"][0]  # the ring in the first parameter's state: all k slots, shaped like it
+    assert [tuple(entry[f"lawa_slot_{s}"].shape) for s in range(4)] == [(9, 6)] * 4
+    assert int(entry["lawa_count"]) == 3 and int(entry["lawa_head"]) == 3 and int(entry["lawa_num_steps"]) == 10
 
 
 def test_host_ring_loads_into_a_wrapper_on_another_placement():
@@ -199,18 +202,19 @@ def test_restore_training_buffers_refuses_another_model():
 
 
 def _snapshot_everything(model, opt):
-    sd = opt.state_dict()
-    return [p.detach().clone() for p in model.parameters()], sd
+    sd = copy.deepcopy(opt.state_dict())  # a copy: the state dict's slots are views of the live ring
+    sums = [opt._ring.sum_of(i).clone() for i in range(len(opt._ring.params))]
+    return [p.detach().clone() for p in model.parameters()], sd, sums
 
 
 def _assert_unchanged(model, opt, before):
-    params, sd = before
+    params, sd, sums = before
     for p, b in zip(model.parameters(), params):
         assert torch.equal(p, b)
+    for i, total in enumerate(sums):  # read before state_dict(), which rebuilds them
+        assert torch.equal(opt._ring.sum_of(i), total)
     after = opt.state_dict()
     assert after["lawa"]["count"] == sd["lawa"]["count"] and after["lawa"]["num_steps"] == sd["lawa"]["num_steps"]
-    for a, b in zip(after["lawa"]["ring"] + after["lawa"]["sums"], sd["lawa"]["ring"] + sd["lawa"]["sums"]):
-        assert torch.equal(a, b)
     assert after["param_groups"] == sd["param_groups"]
     for pid, st in sd["state"].items():
         for key, v in st.items():
@@ -231,14 +235,20 @@ def _trained(k=4, hidden=9):
 @pytest.mark.parametrize(
     "corrupt,match",
     [
-        (lambda sd: sd.pop("lawa"), "no 'lawa' entry"),
+        (lambda sd: [sd.pop("lawa"), *[e.pop(n) for e in sd["state"].values() for n in list(e)
+                                       if n.startswith("lawa_")]], "no 'lawa' entry"),
         (lambda sd: sd["lawa"].update(k=5), "saved with k=5"),
         (lambda sd: sd["lawa"].update(method="ema"), "method 'ema'"),
-        (lambda sd: sd["lawa"]["ring"].pop(), "snapshots of 3 parameters"),
-        (lambda sd: sd["lawa"]["ring"].__setitem__(0, torch.zeros(4, 9, 7)), "shape"),
-        (lambda sd: sd["lawa"]["ring"].__setitem__(0, sd["lawa"]["ring"][0].double()), "float64"),
-        (lambda sd: sd["lawa"].update(count=-1), "count"),
-        (lambda sd: sd["lawa"].pop("sums"), "lacks 'sums'"),
+        (lambda sd: [sd["state"][3].pop(n) for n in list(sd["state"][3]) if n.startswith("lawa_")],
+         r"no lawa_slot_\* entries for parameter\(s\) \[3\]"),
+        (lambda sd: sd["state"][0].__setitem__("lawa_slot_0", torch.zeros(9, 7)), "shape"),
+        (lambda sd: sd["state"][0].__setitem__("lawa_slot_0", sd["state"][0]["lawa_slot_0"].double()), "float64"),
+        (lambda sd: [e.__setitem__("lawa_count", torch.tensor(-1)) for e in sd["state"].values()], "count"),
+        (lambda sd: [e.pop("lawa_slot_3") for e in sd["state"].values()], "3 snapshot slots"),
+        # format 1 (the ring as lists under "lawa") still loads, so it is still checked
+        (lambda sd: sd.update(to_format1(sd)) or sd["lawa"]["ring"].pop(), "snapshots of 3 parameters"),
+        (lambda sd: sd.update(to_format1(sd)) or sd["lawa"]["ring"].__setitem__(0, torch.zeros(4, 9, 7)), "shape"),
+        (lambda sd: sd.update(to_format1(sd)) or sd["lawa"].pop("sums"), "lacks 'sums'"),
     ],
 )
 def test_bad_state_dict_rejected_and_nothing_changes(corrupt, match):
@@ -275,3 +285,41 @@ def test_skipped_snapshot_count_survives_resume():
     _, fresh = _trained()
     fresh.load_state_dict(opt.state_dict())
     assert opt.skipped_snapshots == fresh.skipped_snapshots == 1
+
+
+def _continue(model, opt, steps=7):
+    for i in range(steps):
+        opt.zero_grad()
+        model(torch.randn(3, 6, generator=torch.Generator().manual_seed(50 + i))).sum().backward()
+        opt.step()
+    out = {"weights": [p.detach().clone() for p in model.parameters()], "avg": {}}
+    for j in range(1, opt.k + 1):
+        with opt.averaged(j):
+            out["avg"][j] = [p.detach().clone() for p in model.parameters()]
+    return out
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_a_checkpoint_of_either_format_resumes_bit_exactly(tmp_path, fmt):
+    """Format 2 (the ring in the per-parameter state) and format 1 (the ring and its float64 sums
+    under "lawa", what versions before saved) both load and continue as the run that saved."""
+    model, opt = _trained()
+    sd = opt.state_dict()
+    torch.save({"model": model.state_dict(), "opt": to_format1(sd) if fmt == 1 else sd}, tmp_path / "c.pt")
+    assert ("ring" in torch.load(tmp_path / "c.pt", weights_only=True)["opt"]["lawa"]) == (fmt == 1)
+    straight = _continue(model, opt)
+    model2, opt2 = _trained(hidden=9)
+    with torch.no_grad():
+        for p in model2.parameters():
+            p.add_(1.0)  # other weights and ring before loading
+    opt2.snapshot()
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    assert (opt2.num_steps, opt2.snapshots_taken) == (6, 6)
+    resumed = _continue(model2, opt2)
+    for a, b in zip(resumed["weights"], straight["weights"]):
+        assert torch.equal(a, b)
+    for j in straight["avg"]:
+        for a, b in zip(resumed["avg"][j], straight["avg"][j]):
+            assert torch.equal(a, b), j

@@ -227,11 +227,7 @@ class LAWAJumpWrapper(LAWAWrapper):
     def _restart_ring(self) -> None:
         """Empty the ring, then snapshot the (jumped) weights into it."""
         ring = self._ring
-        ring.load_state_dict({
-            "count": 0,
-            "ring": [t.new_empty((0, *t.shape)) for t in ring.params],
-            "sums": [torch.zeros_like(ring.sum_of(i)) for i in range(len(ring.params))],
-        })
+        ring.clear()
         ring.push()
         self._newest_key = self._weights_key()
 
@@ -250,6 +246,18 @@ class LAWAJumpWrapper(LAWAWrapper):
         if not ok:
             raise ValueError(f"Invalid state_dict: its jump entry {mine!r} is not a lawa_jump state "
                              "({'taken', 'last_jump', 'jumps', 'last_lead'})")
+
+    def _extra_meta(self) -> dict[str, int]:
+        # in every parameter's state (lawa_jump_taken, lawa_jump_last: -1 for none yet), so that torch's
+        # get/set_optimizer_state_dict, which drop the "lawa" entry, keep the jump schedule; the list of
+        # jumps and the last lead are kept only in the "lawa" entry (opt.state_dict()/load_state_dict())
+        last = self._last_jump
+        return {"jump_taken": self._taken, "jump_last": -1 if last is None else last}
+
+    def _extra_from_meta(self, meta: dict[str, int]) -> dict[str, Any]:
+        last = meta["jump_last"]
+        return {"jump": {"taken": meta["jump_taken"], "last_jump": None if last < 0 else last, "jumps": [],
+                         "last_lead": None}}
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         super()._load_method_state(state)
