@@ -148,7 +148,8 @@ def test_folders_in_natural_order_and_the_summary_names_the_entry(tmp_path):
             "for WeightAveraging's average), uniform weights") in result.output
     assert "step=150.ckpt" in result.output and "step=1000.ckpt" in result.output
     assert "step=100.ckpt" not in result.output
-    assert f"left out (no step number in the name, or an earlier average): {run / 'last.ckpt'}" in result.output
+    assert f"left out (no step number in the name, an earlier average, or an interrupted save's staging folder): " \
+        f"{run / 'last.ckpt'}" in result.output
     got = torch.load(out, weights_only=True)
     assert torch.equal(got["state_dict"]["w"], torch.stack([s.double() for s in states[-2:]]).mean(0).float())
     assert list(got) == ["pytorch-lightning_version", "state_dict", "epoch"]

@@ -111,6 +111,14 @@ def test_single_process_folders_average_to_dcp_safetensors_and_hf(tmp_path):
     assert_equal_state(loaded_into_model(tmp_path / "avg", "model", _model(bf16=True)), want)
     assert_equal_state(average_checkpoints([tmp_path / "run"], last=3), want)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    # what an interrupted dcp_atomic.atomic_save leaves beside the checkpoints is no checkpoint of the run
+    import shutil
+
+    shutil.copytree(tmp_path / "run" / "step-5", tmp_path / "run" / "step-6.tmp-0123456789ab")
+    shutil.copytree(tmp_path / "run" / "step-4", tmp_path / "run" / "step-4.old-0123456789ab")
+    again = write_average([tmp_path / "run"], tmp_path / "avg", last=3, force=True)
+    assert again.files == summary.files
+    assert {Path(p).name for p in again.ignored} == {"step-6.tmp-0123456789ab", "step-4.old-0123456789ab"}
 
     from safetensors.torch import load_file
 

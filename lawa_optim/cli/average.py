@@ -109,7 +109,8 @@ def average(checkpoints, out, quiet, threads, **options) -> None:
     for path in summary.skipped:
         click.echo(f"  skipped (NaN/Inf): {path}")
     for path in summary.ignored:
-        click.echo(f"  left out (no step number in the name, or an earlier average): {path}")
+        click.echo(f"  left out (no step number in the name, an earlier average, or an interrupted save's staging "
+                   f"folder): {path}")
     for path in summary.copies:
         click.echo(f"  left out (a best/last copy of an epoch checkpoint; --include-copies averages it): {path}")
     copied = f"{len(summary.copied)} {'entry' if len(summary.copied) == 1 else 'entries'}"

@@ -13,7 +13,9 @@ A path given is one of:
   written earlier) are copies of a numbered one or not part of the trajectory: they are left
   out, and reported. A folder that is itself an HF checkpoint but also holds numbered
   checkpoints (a ``Trainer`` output folder after ``save_model``) counts as its checkpoints. An
-  averaged folder written by :func:`write_average` (it holds ``lawa_average.json``) is left out too.
+  averaged folder written by :func:`write_average` (it holds ``lawa_average.json``) is left out too,
+  as is the staging or set-aside folder of an interrupted distributed save (``step-800.tmp-<id>``,
+  ``step-800.old-<id>``, see :mod:`lawa_optim.dcp_atomic`).
   Numbered names starting with ``best`` or ``last`` (Lightning's ``ModelCheckpoint`` writes
   ``best-epoch=3.ckpt``, ``last-v1.ckpt``) are copies of an epoch's checkpoint: left out unless
   ``include_copies``, and reported.
@@ -42,6 +44,9 @@ HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch
 PROVENANCE = "lawa_average.json"
 # Names of copies of a numbered checkpoint (Lightning's ModelCheckpoint: best-epoch=3.ckpt, last-v1.ckpt).
 COPY_PREFIXES = ("best", "last")
+# lawa_optim.dcp_atomic's staging and set-aside folders (<folder>.tmp-<id>, <folder>.old-<id>): left over by an
+# interrupted save, they are no checkpoint of the run.
+_STAGING = re.compile(r"\.(tmp|old)-[0-9a-f]+$")
 
 
 def natural_key(path: str | os.PathLike) -> tuple:
@@ -73,7 +78,7 @@ def _expand(folder: Path, recognize: Recognize, include_copies: bool) -> tuple[l
     children = sorted((p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_dir() or not own)
                        and recognize(p, True) is not None), key=natural_key)
     numbered = [p for p in children if re.search(r"\d", p.name.split(".")[0] if p.is_file() else p.name)
-                and not (p / PROVENANCE).exists()]
+                and not (p / PROVENANCE).exists() and not _STAGING.search(p.name)]
     copies = [] if include_copies else [p for p in numbered if p.name.lower().startswith(COPY_PREFIXES)]
     numbered = [p for p in numbered if p not in copies]
     if numbered:
