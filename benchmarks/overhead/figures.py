@@ -112,119 +112,120 @@ def _row(name: str, reference: str, summary: dict, floor: float | None, target: 
     return row
 
 
+class _Sizes:
+    """What the per-size figure groups share: the parameters, their sizes, the floors and a plain copy."""
+
+    def __init__(self, params: list[Tensor], k: int, ks: tuple[int, int], clock: Clock, repeats: int) -> None:
+        self.params, self.k, self.ks, self.clock, self.repeats = params, k, ks, clock, repeats
+        p0 = params[0]
+        self.numel = sum(p.numel() for p in params)
+        self.b = p0.element_size()  # bytes per element
+        self.a = torch.empty((), dtype=_acc_dtype(p0.dtype)).element_size()  # bytes per accumulator element
+        self.fl = floors(p0.dtype, k)
+        self.dst = [torch.empty_like(p) for p in params]
+        self.detached = [p.detach() for p in params]
+
+    def plain_copy(self) -> None:
+        torch._foreach_copy_(self.dst, self.detached)
+
+
+def _snapshot_rows(c: _Sizes) -> list[dict]:
+    """One snapshot vs a plain copy; averaged() enter + exit vs the copy, before and after a step."""
+    opt = _filled(c.params, c.k)
+    pair = time_pair(opt.snapshot, c.plain_copy, c.clock, c.repeats)
+    rows = [_row("snapshot", "foreach_copy", pair.summary(), c.fl["snapshot"], 1.5, k=c.k)]
+
+    def enter_exit() -> None:
+        with opt.averaged():
+            pass
+
+    pair = time_pair(enter_exit, c.plain_copy, c.clock, c.repeats)
+    rows.append(_row("averaged", "foreach_copy", pair.summary(), c.fl["averaged"], 3.0, k=c.k))
+    opt.observe_step()  # a step since the snapshot: the training weights need the backup buffer
+    pair = time_pair(enter_exit, c.plain_copy, c.clock, c.repeats)
+    rows.append(_row("averaged_after_step", "foreach_copy", pair.summary(), c.fl["averaged_after_step"], None, k=c.k))
+    return rows
+
+
+def _k_rows(c: _Sizes) -> list[dict]:
+    """The same snapshot at the largest vs the smallest k."""
+    small, large = c.ks
+    opt_s, opt_l = _filled(c.params, small), _filled(c.params, large)
+    pair = time_pair(opt_l.snapshot, opt_s.snapshot, c.clock, c.repeats)
+    return [_row(f"snapshot_k{large}_vs_k{small}", f"snapshot_k{small}", pair.summary(), 1.0, 1.2)]
+
+
+def _update_rows(c: _Sizes) -> list[dict]:
+    """One LAWA update vs the paper's Algorithm 1, time and temporary memory."""
+    params, k = c.params, c.k
+    opt = _filled(params, k)
+    out = [torch.empty_like(p) for p in params]
+    alg = PaperAlgorithm1(params, k)
+    for _ in range(k - 1):
+        alg.update(params)
+    pair = time_pair(lambda: lawa_update(opt, out), lambda: alg.update(params), c.clock, c.repeats)
+    device = params[0].device
+    mem_lawa, new_lawa = temporary_bytes(lambda: lawa_update(opt, out), device)
+    mem_alg, new_alg = temporary_bytes(lambda: alg.update(params), device)
+    pb = c.numel * c.b
+    return [_row(
+        f"lawa_update_k{k}", "paper_algorithm1", pair.summary(), c.fl["lawa_vs_alg1"], 1.0, k=k,
+        temp_bytes=mem_lawa, reference_temp_bytes=mem_alg, temp_in_P=mem_lawa / pb,
+        reference_temp_in_P=mem_alg / pb, allocated_in_P=new_lawa / pb, reference_allocated_in_P=new_alg / pb,
+    )]
+
+
+def _offload_rows(c: _Sizes) -> list[dict]:
+    """The ring in pinned host memory, filled on a side stream, vs an asynchronous copy to pinned memory."""
+    pinned = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in c.params]
+
+    def host_copy() -> None:
+        for d, p in zip(pinned, c.detached):
+            d.copy_(p, non_blocking=True)
+
+    opt = _filled(c.params, c.k, offload="cpu")
+    pair = time_pair(opt.snapshot, host_copy, c.clock, c.repeats)
+    return [_row("offload_snapshot", "pinned_host_copy", pair.summary(), None, None, k=c.k,
+                 note="host float64 sum update + async copy; the sum update runs on the CPU")]
+
+
+def _disk_rows(c: _Sizes) -> list[dict]:
+    """The ring in memory-mapped files vs a plain copy."""
+    with tempfile.TemporaryDirectory(prefix="lawa-bench-") as tmp:
+        opt = _filled(c.params, c.k, offload="disk", offload_dir=tmp)
+        pair = time_pair(opt.snapshot, c.plain_copy, c.clock, c.repeats)
+        row = _row("disk_snapshot", "foreach_copy", pair.summary(), c.fl["snapshot"], None, k=c.k,
+                   note="memory-mapped files; page-cache speed while the ring fits in RAM")
+        del opt
+    return [row]
+
+
 def size_figures(
     params: list[Tensor], k: int, ks: tuple[int, int], clock: Clock, repeats: int, fits: Callable[[float], bool],
     disk: bool = True,
 ) -> list[dict]:
     """The per-size figures on ``params`` (skipped, with the reason, when ``fits`` refuses their memory)."""
-    p0 = params[0]
-    numel = sum(p.numel() for p in params)
-    b = p0.element_size()
-    a = torch.empty((), dtype=_acc_dtype(p0.dtype)).element_size()
-    fl = floors(p0.dtype, k)
-    dst = [torch.empty_like(p) for p in params]
-    detached = [p.detach() for p in params]
-
-    def plain_copy() -> None:
-        torch._foreach_copy_(dst, detached)
-
-    rows: list[dict] = []
-
-    def skipped(name: str, need: float) -> None:
-        rows.append({"figure": name, "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"})
-
-    # one snapshot vs a plain copy; averaged() enter + exit vs the copy
-    need = (k + 3) * numel * b + numel * a
-    if fits(need):
-        opt = _filled(params, k)
-        pair = time_pair(opt.snapshot, plain_copy, clock, repeats)
-        rows.append(_row("snapshot", "foreach_copy", pair.summary(), fl["snapshot"], 1.5, k=k))
-
-        def enter_exit() -> None:
-            with opt.averaged():
-                pass
-
-        pair = time_pair(enter_exit, plain_copy, clock, repeats)
-        rows.append(_row("averaged", "foreach_copy", pair.summary(), fl["averaged"], 3.0, k=k))
-        opt.observe_step()  # a step since the snapshot: the training weights need the backup buffer
-        pair = time_pair(enter_exit, plain_copy, clock, repeats)
-        rows.append(_row("averaged_after_step", "foreach_copy", pair.summary(), fl["averaged_after_step"], None, k=k))
-        del opt
-    else:
-        skipped("snapshot", need)
-        skipped("averaged", need)
-        skipped("averaged_after_step", need)
-
-    # the same snapshot at the largest vs the smallest k
+    c = _Sizes(params, k, ks, clock, repeats)
+    n, b, a = c.numel, c.b, c.a
     small, large = ks
-    need = (small + large + 1) * numel * b + 2 * numel * a
-    if fits(need):
-        opt_s, opt_l = _filled(params, small), _filled(params, large)
-        pair = time_pair(opt_l.snapshot, opt_s.snapshot, clock, repeats)
-        rows.append(_row(f"snapshot_k{large}_vs_k{small}", f"snapshot_k{small}", pair.summary(), 1.0, 1.2))
-        del opt_s, opt_l
-    else:
-        skipped(f"snapshot_k{large}_vs_k{small}", need)
-
-    # one LAWA update vs the paper's Algorithm 1, time and temporary memory
-    need = (3 * k + 4) * numel * b + numel * a
-    if fits(need):
-        opt = _filled(params, k)
-        out = [torch.empty_like(p) for p in params]
-        alg = PaperAlgorithm1(params, k)
-        for _ in range(k - 1):
-            alg.update(params)
-        pair = time_pair(lambda: lawa_update(opt, out), lambda: alg.update(params), clock, repeats)
-        device = p0.device
-        mem_lawa, new_lawa = temporary_bytes(lambda: lawa_update(opt, out), device)
-        mem_alg, new_alg = temporary_bytes(lambda: alg.update(params), device)
-        pb = numel * b
-        rows.append(_row(
-            f"lawa_update_k{k}", "paper_algorithm1", pair.summary(), fl["lawa_vs_alg1"], 1.0, k=k,
-            temp_bytes=mem_lawa, reference_temp_bytes=mem_alg, temp_in_P=mem_lawa / pb,
-            reference_temp_in_P=mem_alg / pb, allocated_in_P=new_lawa / pb, reference_allocated_in_P=new_alg / pb,
-        ))
-        del opt, out, alg
-    else:
-        skipped(f"lawa_update_k{k}", need)
-
-    # the zoo's EMA vs torch's AveragedModel with get_ema_multi_avg_fn
-    need = 4 * numel * b
-    if fits(need):
-        rows.append(_ema_row(params, clock, repeats))
-    else:
-        skipped("ema_update", need)
-
-    if p0.device.type == "cuda":  # the ring in pinned host memory, filled on a side stream
-        need = (k + 2) * numel * b + numel * a
-        if fits(need):
-            pinned = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in params]
-
-            def host_copy() -> None:
-                for d, p in zip(pinned, detached):
-                    d.copy_(p, non_blocking=True)
-
-            opt = _filled(params, k, offload="cpu")
-            pair = time_pair(opt.snapshot, host_copy, clock, repeats)
-            rows.append(_row("offload_snapshot", "pinned_host_copy", pair.summary(), None, None, k=k,
-                             note="host float64 sum update + async copy; the sum update runs on the CPU"))
-            del opt, pinned
-        else:
-            skipped("offload_snapshot", need)
-
+    groups = [  # (the figures, the memory they need, the function measuring them)
+        (("snapshot", "averaged", "averaged_after_step"), (k + 3) * n * b + n * a, _snapshot_rows),
+        ((f"snapshot_k{large}_vs_k{small}",), (small + large + 1) * n * b + 2 * n * a, _k_rows),
+        ((f"lawa_update_k{k}",), (3 * k + 4) * n * b + n * a, _update_rows),
+        (("ema_update",), 4 * n * b, lambda c: [_ema_row(c.params, c.clock, c.repeats)]),  # vs torch's AveragedModel
+    ]
+    if params[0].device.type == "cuda":
+        groups.append((("offload_snapshot",), (k + 2) * n * b + n * a, _offload_rows))
     if disk:
-        need = 3 * numel * b
+        groups.append((("disk_snapshot",), 3 * n * b, _disk_rows))
+    rows: list[dict] = []
+    for names, need, measure in groups:
         if fits(need):
-            with tempfile.TemporaryDirectory(prefix="lawa-bench-") as tmp:
-                opt = _filled(params, k, offload="disk", offload_dir=tmp)
-                pair = time_pair(opt.snapshot, plain_copy, clock, repeats)
-                rows.append(_row("disk_snapshot", "foreach_copy", pair.summary(), fl["snapshot"], None, k=k,
-                                 note="memory-mapped files; page-cache speed while the ring fits in RAM"))
-                del opt
+            rows += measure(c)
         else:
-            skipped("disk_snapshot", need)
+            rows += [{"figure": name, "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"} for name in names]
     for row in rows:
-        row["size"] = numel
+        row["size"] = n
     return rows
 
 
