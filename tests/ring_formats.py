@@ -40,3 +40,12 @@ def to_format1(sd: dict) -> dict:
             del sd["state"][key]
     sd["lawa"].update(format=1, ring=ring, sums=sums)
     return sd
+
+
+def ring_tensors(sd: dict) -> list[torch.Tensor]:
+    """Every ring entry (``lawa_*``: slots and counters) of a format-2 state dict, in a fixed order,
+    to compare two state dicts' rings; never empty (a comparison of nothing would pass)."""
+    out = [entry[name] for _, entry in sorted(sd["state"].items(), key=lambda kv: str(kv[0]))
+           for name in sorted(entry) if name.startswith("lawa_")]
+    assert out, "the state dict holds no ring"
+    return out

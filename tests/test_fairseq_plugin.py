@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import require
+from ring_formats import ring_tensors
 
 pytestmark = [pytest.mark.fairseq, pytest.mark.slow]
 
@@ -162,9 +163,9 @@ def test_resume_equals_uninterrupted(full_run, data_bin, tmp_path):
     for name in ("checkpoint_lawa.pt", f"checkpoint{EPOCHS}.pt", "checkpoint_lawa_best.pt"):
         a, b = load(save_a / name)["model"], load(save_b / name)["model"]
         assert all(torch.equal(a[key], b[key]) for key in a), name
-    ring_a = load(save_a / "checkpoint_last.pt")["extra_state"]["MaskedLMLAWATask"]["wrapper"]["lawa"]["ring"]
-    ring_b = load(save_b / "checkpoint_last.pt")["extra_state"]["MaskedLMLAWATask"]["wrapper"]["lawa"]["ring"]
-    assert all(torch.equal(x, y) for x, y in zip(ring_a, ring_b))
+    ring_a = ring_tensors(load(save_a / "checkpoint_last.pt")["extra_state"]["MaskedLMLAWATask"]["wrapper"])
+    ring_b = ring_tensors(load(save_b / "checkpoint_last.pt")["extra_state"]["MaskedLMLAWATask"]["wrapper"])
+    assert all(torch.equal(x, y) for x, y in zip(ring_a, ring_b, strict=True))
 
 
 def fairseq_validate(data_bin: Path, path: Path) -> float:

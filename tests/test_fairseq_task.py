@@ -197,7 +197,8 @@ def test_half_precision_ring_round_trips_in_its_dtype(dtype):
     train(task, model, itr, opt, epochs=3, updates_per_epoch=1)
     task._lawa_write_checkpoints = lambda wrapper: None
     state = task.get_checkpoint_dict()["MaskedLMLAWATask"]
-    assert {t.dtype for t in state["wrapper"]["lawa"]["ring"]} == {dtype}
+    assert {t.dtype for e in state["wrapper"]["state"].values() for n, t in e.items() if n.startswith("lawa_slot_")} \
+        == {dtype}
     fresh, fresh_model = make_task(lawa_k=2)
     fresh_model.to(dtype).load_state_dict(model.state_dict())
     fresh.set_checkpoint_dict(state)
