@@ -28,11 +28,12 @@ is staged beside ``out`` and renamed into place once complete.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,12 @@ def _nest(paths: Mapping[str, tuple], values: Mapping[str, Any]) -> dict:
     return out
 
 
-def _quiet():
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """DCP warns on every single-process load/save ("assuming the intent is to ... in a single process")."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
 
 
 class DCPSource:
@@ -197,9 +198,9 @@ class DCPSource:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
 
         state = _nest(self.paths, values)
-        ctx = _quiet()
         try:
-            load(state, storage_reader=self._reader, planner=Planner(), no_dist=True)
+            with _quiet():
+                load(state, storage_reader=self._reader, planner=Planner(), no_dist=True)
         except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
             cause = getattr(err, "failures", None)  # {rank: (exception, traceback)}
             first = next(iter(cause.values()), None) if isinstance(cause, Mapping) else None
@@ -208,8 +209,6 @@ class DCPSource:
                 raise first from err
             raise CheckpointError(f"Distributed checkpoint {self.name!r} could not be read ({type(err).__name__}: "
                                   f"{err})") from err
-        finally:
-            ctx.__exit__(None, None, None)
         return state
 
     def read(self, key: str) -> torch.Tensor:
@@ -368,12 +367,10 @@ def _save_dcp(folder: Path, newest: DCPSource, average, source: DCPSource) -> No
     state = _nest(newest.paths, values)
     # one file per tensor: DCP's writer keeps every tensor of a file referenced until the file is closed
     writer = FileSystemWriter(folder, single_file_per_rank=False, thread_count=1, per_thread_copy_ahead=0)
-    ctx = _quiet()
     try:
-        save(state, storage_writer=writer, planner=Planner(), no_dist=True)
+        with _quiet():
+            save(state, storage_writer=writer, planner=Planner(), no_dist=True)
     except (Exception, CheckpointException):  # DCP's CheckpointException is a BaseException
         if errors:
             raise errors[0] from None
         raise
-    finally:
-        ctx.__exit__(None, None, None)
