@@ -29,9 +29,33 @@ Importing this package does not import fairseq; :mod:`.task` does.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["user_dir"]
+
+
+@contextlib.contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Import fairseq inside this block to keep the root logger as it was.
+
+    ``import fairseq`` imports all its models, and ``fairseq/models/wav2vec/wav2vec2_classification.py``
+    calls ``logging.basicConfig(level=logging.DEBUG)`` at import: a process that had not configured
+    logging yet then prints every library's debug messages on stderr (thousands of
+    ``DEBUG:matplotlib.font_manager`` lines once matplotlib draws). fairseq-train configures logging
+    before that import, so only processes that use fairseq as a library need this.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
 
 
 def user_dir() -> str:

@@ -37,7 +37,10 @@ def masked_lm_updates_per_epoch(
         sample_break_mode (str): ``--sample-break-mode`` (default: ``"complete"``).
         split (str): the split to count (default: ``"train"``).
     """
-    from fairseq.data import Dictionary, TokenBlockDataset, data_utils
+    from . import root_logging_kept
+
+    with root_logging_kept():  # importing fairseq sets the root logger to DEBUG
+        from fairseq.data import Dictionary, TokenBlockDataset, data_utils
 
     dictionary = Dictionary.load(os.path.join(data_dir, "dict.txt"))
     dictionary.add_symbol("<mask>")
