@@ -259,20 +259,17 @@ def _fmt(values: list[float], digits: int = 1, censored: int = 0) -> str:
     return f"≥{text} ({censored} not reached)" if censored else text
 
 
-def analyse(data: dict[str, Any]) -> str:
-    """The markdown summary: online k against every fixed k, and the jump policies, epochs to the target."""
-    cfg, runs = data["config"], data["runs"]
-    seeds = [s for s in range(cfg["seeds"]) if f"base_seed{s}" in runs]
-    if not seeds:
-        return "no finished baseline run yet\n"
-    base = {s: runs[f"base_seed{s}"]["rows"] for s in seeds}
+def _metric(cfg: dict[str, Any]) -> tuple[str, float, int]:
+    """The reported metric: validation top-1 (higher is better), or GPT's validation loss (lower is better)."""
+    return ("loss", -1.0, 3) if cfg.get("workload") == "gpt" else ("top1", 1.0, 1)
+
+
+def _online_curves(cfg: dict[str, Any], base: dict[int, list[dict[str, Any]]], key: str, curves: dict[str, Any],
+                   passes: dict[str, float]) -> None:
+    """The fixed windows' curves, each online strategy's (replayed; its choices too) and the per-epoch oracle."""
+    orient = _metric(cfg)[1]
+    seeds = list(base)
     epochs = len(base[seeds[0]])
-    # the reported metric: validation top-1 (higher is better), or GPT's validation loss (lower is better)
-    key, orient, digits = ("loss", -1.0, 3) if cfg.get("workload") == "gpt" else ("top1", 1.0, 1)
-    target = statistics.mean(base[s][-1]["base"][key] for s in seeds)
-    curves: dict[str, dict[int, list[float]]] = {BASELINE: {s: [r["base"][key] for r in base[s]] for s in seeds}}
-    passes: dict[str, float] = {}
-    notes: list[str] = []
     for j in range(1, cfg["k_max"] + 1):
         curves[f"LAWA k={j} (fixed)"] = {s: [r["windows"][str(min(j, len(r["windows"])))]["val"][key]
                                              for r in base[s]] for s in seeds}
@@ -291,41 +288,61 @@ def analyse(data: dict[str, Any]) -> str:
             passes[name] = total / len(seeds) / epochs
     curves["per-epoch best k on validation (oracle, not usable)"] = {
         s: [orient * max(orient * w["val"][key] for w in r["windows"].values()) for r in base[s]] for s in seeds}
+
+
+def _jump_curves(cfg: dict[str, Any], runs: dict[str, Any], seeds: list[int], key: str,
+                 curves: dict[str, Any]) -> list[str]:
+    """Each jump policy's curves (the weights training continues from, and its average); the jumps made."""
+    notes = []
     for policy in cfg["policies"]:
         done = [s for s in seeds if f"{policy}_seed{s}" in runs]
-        if done:
-            parts = (("raw", "fast weights"), ("lawa", "slow weights")) if policy == "lookahead" else (
-                ("trained", "training weights (BN recomputed)" if key == "top1" else "training weights"),
-                ("lawa", "its LAWA average"))
-            for part, label in parts:
-                curves[f"{policy}: {label}"] = {s: [_part(r, prev, part, key) for r, prev in zip(
-                    runs[f"{policy}_seed{s}"]["rows"], [None, *runs[f"{policy}_seed{s}"]["rows"]])] for s in done}
-            jumps = [runs[f"{policy}_seed{s}"]["rows"][-1]["jumps"] for s in done]
-            if any(jumps):
-                notes.append(f"- {policy}: jumps at steps {jumps} (per seed)")
-    lines = [f"# Beyond the paper: online k and jumps ({cfg.get('workload', 'resnet')} workload, {len(seeds)} seeds, "
-             f"{epochs} epochs)", "",
-             f"Target: the baseline's final top-1 averaged over seeds = {target:.2f}%. Epochs to reach it (mean ± std "
-             "over seeds; a seed that never reaches it counts as one epoch past the end, marked ≥), as a fraction of "
-             "the better baseline's per seed (the training weights with the model's "
-             "BatchNorm statistics, or recomputed = LAWA k=1), the metric's mean over epochs 3..end (area under "
-             "the curve) and its difference to LAWA k=6's on the same seed (paired: the seed's own noise cancels), "
-             "and the final value.", "",
-             "| method | epochs to target | vs the better baseline | mean top-1, epochs 3+ | minus LAWA k=6's, "
-             "paired | final top-1 | selection passes / epoch |", "|---|---|---|---|---|---|---|"]
-    if key == "loss":
-        lines[2:5] = [f"Target: the baseline's final validation loss (nats per character) averaged over seeds = "
-                      f"{target:.4f}. Epochs to reach it, i.e. to get at or below it (mean ± std over seeds; a seed "
-                      "that never reaches it counts as one epoch past the end, marked ≥), as a fraction of the "
-                      "baseline's per seed (no BatchNorm: LAWA k=1 is the baseline), the mean validation loss over "
-                      "epochs 3..end (area under the curve) and LAWA k=6's minus it on the same seed (paired: the "
-                      "seed's own noise cancels; positive is better, as for top-1), and the final value.", "",
-                      "| method | epochs to target | vs the better baseline | mean val loss, epochs 3+ | LAWA k=6's "
-                      "minus it, paired | final val loss | selection passes / epoch |"]
+        if not done:
+            continue
+        parts = (("raw", "fast weights"), ("lawa", "slow weights")) if policy == "lookahead" else (
+            ("trained", "training weights (BN recomputed)" if key == "top1" else "training weights"),
+            ("lawa", "its LAWA average"))
+        for part, label in parts:
+            curves[f"{policy}: {label}"] = {s: [_part(r, prev, part, key) for r, prev in zip(
+                runs[f"{policy}_seed{s}"]["rows"], [None, *runs[f"{policy}_seed{s}"]["rows"]])] for s in done}
+        jumps = [runs[f"{policy}_seed{s}"]["rows"][-1]["jumps"] for s in done]
+        if any(jumps):
+            notes.append(f"- {policy}: jumps at steps {jumps} (per seed)")
+    return notes
+
+
+def _header(cfg: dict[str, Any], n_seeds: int, epochs: int, target: float) -> list[str]:
+    lines = [f"# Beyond the paper: online k and jumps ({cfg.get('workload', 'resnet')} workload, {n_seeds} seeds, "
+             f"{epochs} epochs)", ""]
+    if _metric(cfg)[0] == "loss":
+        return lines + [
+            f"Target: the baseline's final validation loss (nats per character) averaged over seeds = "
+            f"{target:.4f}. Epochs to reach it, i.e. to get at or below it (mean ± std over seeds; a seed "
+            "that never reaches it counts as one epoch past the end, marked ≥), as a fraction of the "
+            "baseline's per seed (no BatchNorm: LAWA k=1 is the baseline), the mean validation loss over "
+            "epochs 3..end (area under the curve) and LAWA k=6's minus it on the same seed (paired: the "
+            "seed's own noise cancels; positive is better, as for top-1), and the final value.", "",
+            "| method | epochs to target | vs the better baseline | mean val loss, epochs 3+ | LAWA k=6's "
+            "minus it, paired | final val loss | selection passes / epoch |", "|---|---|---|---|---|---|---|"]
+    return lines + [
+        f"Target: the baseline's final top-1 averaged over seeds = {target:.2f}%. Epochs to reach it (mean ± std "
+        "over seeds; a seed that never reaches it counts as one epoch past the end, marked ≥), as a fraction of "
+        "the better baseline's per seed (the training weights with the model's "
+        "BatchNorm statistics, or recomputed = LAWA k=1), the metric's mean over epochs 3..end (area under "
+        "the curve) and its difference to LAWA k=6's on the same seed (paired: the seed's own noise cancels), "
+        "and the final value.", "",
+        "| method | epochs to target | vs the better baseline | mean top-1, epochs 3+ | minus LAWA k=6's, "
+        "paired | final top-1 | selection passes / epoch |", "|---|---|---|---|---|---|---|"]
+
+
+def _table(cfg: dict[str, Any], curves: dict[str, Any], passes: dict[str, float], seeds: list[int], epochs: int,
+           target: float) -> list[str]:
+    """One row per curve: epochs to the target (raw and against the better baseline), area, paired, final."""
+    _key, orient, digits = _metric(cfg)
     k6 = {s: statistics.mean(c[2:]) for s, c in curves[f"LAWA k={min(6, cfg['k_max'])} (fixed)"].items()}
     baselines = [min(_epochs_to(curves[b][s], target, orient), epochs + 1) for b in (BASELINE, "LAWA k=1 (fixed)")
                  for s in seeds]
     better = {s: min(baselines[i], baselines[i + len(seeds)]) for i, s in enumerate(seeds)}
+    lines = []
     for name, per_seed in curves.items():
         if name.endswith("(choices)"):
             continue
@@ -340,8 +357,13 @@ def analyse(data: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_fmt(list(to.values()), 1, missed)} | {_fmt(ratio, 2, missed)} | "
                      f"{_fmt(list(area.values()), digits)} | {_fmt(paired, digits + 1)} | {_fmt(final, digits)} | "
                      f"{cost} |")
+    return lines
+
+
+def _choices(curves: dict[str, Any]) -> list[str]:
+    """The windows the exhaustive search chose, and how often each cheaper strategy agrees with it."""
     choices = curves["online k: all, selection loss (choices)"]
-    lines += ["", "Windows chosen online (exhaustive search on the selection loss), per epoch:", ""]
+    lines = ["", "Windows chosen online (exhaustive search on the selection loss), per epoch:", ""]
     lines += [f"- seed {s}: {c}" for s, c in choices.items()]
     lines += ["", "How often each cheaper choice equals the exhaustive search's on the same signal (all epochs, "
               "all seeds):", ""]
@@ -349,6 +371,25 @@ def analyse(data: dict[str, Any]) -> str:
         exhaustive = curves[name.replace("doubling", "all").replace("local", "all")]
         same = [a == b for s, picks in curves[name].items() for a, b in zip(picks, exhaustive[s])]
         lines.append(f"- {name[:-len(' (choices)')]}: {100.0 * sum(same) / len(same):.0f}%")
+    return lines
+
+
+def analyse(data: dict[str, Any]) -> str:
+    """The markdown summary: online k against every fixed k, and the jump policies, epochs to the target."""
+    cfg, runs = data["config"], data["runs"]
+    seeds = [s for s in range(cfg["seeds"]) if f"base_seed{s}" in runs]
+    if not seeds:
+        return "no finished baseline run yet\n"
+    base = {s: runs[f"base_seed{s}"]["rows"] for s in seeds}
+    epochs = len(base[seeds[0]])
+    key = _metric(cfg)[0]
+    target = statistics.mean(base[s][-1]["base"][key] for s in seeds)
+    curves: dict[str, dict[int, list[float]]] = {BASELINE: {s: [r["base"][key] for r in base[s]] for s in seeds}}
+    passes: dict[str, float] = {}
+    _online_curves(cfg, base, key, curves, passes)
+    notes = _jump_curves(cfg, runs, seeds, key, curves)
+    lines = _header(cfg, len(seeds), epochs, target) + _table(cfg, curves, passes, seeds, epochs, target)
+    lines += _choices(curves)
     if notes:
         lines += ["", "Jumps made:", "", *notes]
     return "\n".join(lines) + "\n"
