@@ -233,7 +233,9 @@ def _fsdp_worker(rank: int, world: int, port: int, root: str) -> None:
         for layer in (model[0], model[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+        from lawa_optim import LAWAWrapper
+
+        opt = LAWAWrapper(torch.optim.AdamW(model.parameters(), lr=0.05), k=2, period=1)  # its ring in "optim"
         for step in range(3):
             torch.manual_seed(100 * step + rank)
             opt.zero_grad()
@@ -253,12 +255,13 @@ def test_two_rank_fsdp2_folders_average_and_load(tmp_path):
     assert all((f / "__0_0.distcp").is_file() and (f / "__1_0.distcp").is_file() for f in folders)
     from torch.distributed.checkpoint import FileSystemReader
 
-    md = FileSystemReader(folders[0]).read_metadata()
+    md = FileSystemReader(folders[-1]).read_metadata()
     assert len(md.state_dict_metadata["model.0.weight"].chunks) == world  # saved in shards, one per rank
+    assert any("lawa_slot" in k for k in md.state_dict_metadata)  # LAWA's ring, in the optimizer's entry
     states = [full_state(f, tmp_path)["model"] for f in folders]
     want = reference(states)
-    write_average([tmp_path / "run"], tmp_path / "avg")
-    assert top_entries(tmp_path / "avg") == {"model"}  # no optimizer state
+    summary = write_average([tmp_path / "run"], tmp_path / "avg")
+    assert top_entries(tmp_path / "avg") == {"model"} and summary.dropped == ("optim",)  # no optimizer state, no ring
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     assert_equal_state(loaded_into_model(tmp_path / "avg", "model", model), want)
     assert_equal_state(average_checkpoints(folders), want)
@@ -273,6 +276,7 @@ import sys, torch, lightning as L
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lawa_optim.integrations.lightning import LAWACallback
 
 
 class Net(L.LightningModule):
@@ -293,6 +297,10 @@ class Net(L.LightningModule):
         x, y = batch
         return nn.functional.mse_loss(self.model(x), y)
 
+    def validation_step(self, batch, _):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.model(x), y), sync_dist=True)
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=0.05)
 
@@ -303,10 +311,12 @@ if __name__ == "__main__":
     x = torch.randn(32, 6)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=sys.argv[1], save_top_k=-1, every_n_epochs=1)
-    trainer = L.Trainer(accelerator="cpu", devices=2, max_epochs=3, callbacks=[ckpt], logger=False,
-                        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+    # LAWACallback saves its ring and average in the distributed checkpoint (as optimizer_1)
+    trainer = L.Trainer(accelerator="cpu", devices=2, max_epochs=3, callbacks=[LAWACallback(k=2), ckpt],
+                        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1), logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=sys.argv[1])
-    trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=8))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    trainer.fit(Net(), loader, loader)
 """
 
 
@@ -333,7 +343,8 @@ def test_lightning_model_parallel_strategy_folders(tmp_path):
                                        str(tmp_path / "avg")])
     assert result.exit_code == 0, result.output
     assert "Averaged 2 distributed checkpoints (weights from 'state_dict')" in result.output
-    assert "optimizer_0" in result.output  # dropped
+    assert "optimizer_0" in top_entries(folders[-1]) and "optimizer_1" in top_entries(folders[-1])  # LAWA's ring
+    assert "dropped optimizer_0, optimizer_1" in result.output
     assert top_entries(tmp_path / "avg") == {"state_dict"}
     assert not (tmp_path / "avg" / "meta.pt").exists()  # Lightning's training progress and callback states
     model = nn.Module()
