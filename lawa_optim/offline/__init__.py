@@ -3,7 +3,8 @@
 The paper's own code averages offline: keep the epoch checkpoints, then average the k latest.
 :func:`write_average` does that for the checkpoints people have: Hugging Face ``Trainer`` folders
 (safetensors, sharded or not, or ``pytorch_model.bin``), Lightning ``.ckpt``, timm ``.pth.tar``,
-bare ``.safetensors``, fairseq checkpoints and plain ``torch.save`` state dicts.
+bare ``.safetensors``, fairseq checkpoints, plain ``torch.save`` state dicts, and distributed
+checkpoint folders (``torch.distributed.checkpoint``: FSDP2 runs, Lightning's ``ModelParallelStrategy``).
 
 Modules, one idea each:
 
@@ -11,7 +12,8 @@ Modules, one idea each:
 - :mod:`.select`: which files (folders expanded, natural order, the ``last`` newest);
 - :mod:`.formats`: the table of formats, one reader/writer pair (a :class:`.base.Format`) each:
   :mod:`.pickled` (``torch.save`` files, whose dict layouts are in :mod:`.layouts`), :mod:`.hf`
-  (safetensors files and HF folders, through :mod:`.safetensors_io` and :mod:`.streamed`);
+  (safetensors files and HF folders, through :mod:`.safetensors_io` and :mod:`.streamed`),
+  :mod:`.dcp_io` (distributed checkpoint folders);
 - :mod:`.accumulate`: the float64 summing maths;
 - :mod:`.average`: the two public functions that put them together.
 """

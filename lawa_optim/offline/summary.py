@@ -22,8 +22,9 @@ class AverageSummary:
             non-tensor values).
         dropped: top-level entries of the newest checkpoint left out of the result.
         out: the file or folder written (``None`` for :func:`average_checkpoints`).
-        format: ``"huggingface"``, ``"safetensors"``, ``"lightning"``, ``"timm"``, ``"fairseq"``,
-            ``"plain"`` or ``"checkpoint"`` (a dict whose entry was named with ``key``).
+        format: ``"huggingface"``, ``"safetensors"``, ``"dcp"`` (a distributed checkpoint),
+            ``"lightning"``, ``"timm"``, ``"fairseq"``, ``"plain"`` or ``"checkpoint"`` (a dict whose
+            entry was named with ``key``).
         ignored: entries of the folders given that were left out because their name holds no
             number (``last.ckpt``, ``model_best.pth.tar``) or they are an average written earlier.
         copies: entries of the folders given that were left out as copies of a numbered checkpoint
