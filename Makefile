@@ -1,6 +1,7 @@
 # The two commands of the README:
-#   make demo   runs the main job (the ResNet benchmark on Fashion-MNIST, config `quick`: 2 seeds, about 3 minutes
-#               on an idle 2-core machine) and writes a report that opens with LAWA's lead beyond the seed spread
+#   make demo   runs the main job (the ResNet benchmark on Fashion-MNIST, config `quick`: 2 seeds, a few minutes
+#               on a 2-core machine, measured in the README) and writes a report that opens with LAWA's lead beyond
+#               the seed spread
 #   make test   installs everything the tests need and runs ruff and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv

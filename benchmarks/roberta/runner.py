@@ -219,14 +219,15 @@ def fairseq_train_command(cfg: RobertaBenchConfig, data_bin: Path, save_dir: Pat
     return cmd + list(t.extra_args)
 
 
-def _train(cmd: list[str], out: Path, epochs: int, env: dict[str, str], log) -> None:
+def _train(cmd: list[str], out: Path, epochs: int, env: dict[str, str], log, progress: bool = True) -> None:
     from tqdm import tqdm
 
     logfile = out / "train.log"
     done = len(parse_log(logfile.read_text().splitlines())) if logfile.exists() else 0
     (out / "command.txt").write_text(shlex.join(cmd) + "\n")
     log("$ " + shlex.join(cmd))
-    with open(logfile, "a") as flog, tqdm(total=epochs, initial=min(done, epochs), desc="epochs", unit="ep") as bar:
+    with open(logfile, "a") as flog, tqdm(total=epochs, initial=min(done, epochs), desc="epochs", unit="ep",
+                                              disable=not progress) as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -245,7 +246,7 @@ def _train(cmd: list[str], out: Path, epochs: int, env: dict[str, str], log) -> 
 
 
 def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_only: bool = False,
-        log=_logger.info, fresh: bool = False) -> dict[str, Any]:
+        log=_logger.info, fresh: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the benchmark of ``cfg`` in ``out``; return the summary written to results.json.
 
     Args:
@@ -257,6 +258,7 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
             (default: False).
         log (callable): where progress messages go (default: this module's logger).
         fresh (bool): delete this benchmark's outputs in ``out`` and start over (default: False).
+        progress (bool): a tqdm progress bar over the epochs (default: True).
 
     Raises:
         ResumeError: ``out`` holds a run of another config (see the module docstring).
@@ -292,7 +294,7 @@ def run(cfg: RobertaBenchConfig, out: str | Path, dry_run: bool = False, report_
         env.update(OMP_NUM_THREADS=str(t.threads), MKL_NUM_THREADS=str(t.threads))
     start = time.time()
     if not report_only:
-        _train(cmd, out, t.epochs, env, log)
+        _train(cmd, out, t.epochs, env, log, progress)
     elif not (out / "train.log").exists():
         raise FileNotFoundError(f"no train.log in {str(out)!r}: nothing to report; run without --report-only first")
     lines = (out / "train.log").read_text().splitlines()

@@ -25,10 +25,11 @@ QUICK = ("seeds=1",
 
 _EPILOG = """\b
 Examples:
-  lawa bench suite --config configs/suite.yaml --out runs/suite
-  lawa bench suite --config configs/suite.yaml --quick --out runs/suite_quick
-  lawa bench suite --config configs/suite.yaml --workloads gpt --out runs/suite   # one workload (another process
-  lawa bench suite --config configs/suite.yaml --report-only --out runs/suite     #   may run the others)
+  lawa bench suite --out runs/suite                                   # configs/suite.yaml: 4 workloads x 3 seeds
+  lawa bench suite --quick --out runs/suite_quick                     # the same, shortened: minutes
+  lawa bench suite --workloads gpt --out runs/suite                   # one workload (another process
+  lawa bench suite --report-only --out runs/suite                     #   may run the others)
+  lawa bench suite --config my_suite.yaml --out runs/mine             # a config of yours
 
 \b
 Killed? Run the same command again: each run continues after its last completed epoch.
@@ -48,14 +49,17 @@ def _names(text: str | None, known: list[str], option: str) -> list[str] | None:
 
 
 @click.command("suite", epilog=_EPILOG)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A YAML config (configs/suite.yaml); default: the built-in defaults.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("suite"),
+              show_default=True,
+              help="A YAML file or a shipped config's name: suite is configs/suite.yaml (4 workloads, every method).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/suite"),
               show_default=True, help="The suite folder: one run folder per workload, suite.md/csv/json, plots.")
 @click.option("--workloads", default=None, help="Comma-separated workloads to run (default: those enabled).")
 @click.option("--methods", default=None, help="Comma-separated methods of the zoo (default: those enabled).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (overrides the config).")
-@click.option("--quick", is_flag=True, help="A few short epochs of each workload on a small slice, one seed.")
+@click.option("--quick", is_flag=True,
+              help="The config shortened: every workload and method for a few short epochs on a small slice, one "
+                   "seed (roberta: 2 epochs); targets set by the quick run's own baseline.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where Fashion-MNIST lies.")
 @click.option("--fresh", is_flag=True, help="Ignore checkpoints in the suite folder and start over.")
 @click.option("--report-only", is_flag=True, help="Only write the suite's report from the workload folders there.")

@@ -112,7 +112,7 @@ def run_roberta(cfg: Any, out_dir: str | Path, *, fresh: bool = False, progress:
         try:
             summary = None if fresh else _finished(folder, rcfg)
             if summary is None:
-                summary = run_benchmark(rcfg, folder, log=log, fresh=fresh)
+                summary = run_benchmark(rcfg, folder, log=log, fresh=fresh, progress=progress)
         except RobertaResumeError as err:
             raise ResumeError(str(err)) from err
         rows += roberta_rows(summary, seed)
