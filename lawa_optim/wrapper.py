@@ -255,7 +255,7 @@ class LAWAWrapper(AveragingOptimizer):
             else None
         index = {id(p): i for i, p in enumerate(self._params)}
         flat = [p for group in self.param_groups for p in group["params"]]
-        old, state = sd["state"], {}
+        old, state = sd.get("state", {}), {}  # a base optimizer may keep its state under other keys (Lookahead)
         for pos, p in enumerate(flat):  # torch's id of a parameter: its first position in the groups
             if pos in state or id(p) not in index:
                 continue
