@@ -3,7 +3,8 @@
 Spawned gloo processes on the CPU (``torch.multiprocessing.spawn``, as in test_distributed.py):
 
 - world 2: the torch state-dict API round trip on a plain model (every rank the same replica)
-  and on a ``fully_shard`` model, each continued bit-exactly; a ``dcp.save`` of the FSDP2 run,
+  and on a ``fully_shard`` model (sharded, and with ``full_state_dict=True``), each continued
+  bit-exactly; a ``dcp.save`` of the FSDP2 run,
   loaded by a fresh model and wrapper on the same world, continues bit-exactly (training weights,
   every window's average, the later snapshots) as the run that saved it;
 - worlds 1 and 3: the world-2 checkpoint resharded: the average equals the float64 mean of the
@@ -24,6 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import mlp
 from torch import nn
 
 from lawa_optim import LAWAWrapper
@@ -37,12 +39,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    # The last layer's bias has 2 entries: with 3 ranks one rank holds an empty shard.
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
 
 
 def _batch(step: int, rank: int) -> torch.Tensor:
@@ -80,7 +76,7 @@ def _record(model, opt, sharded: bool) -> dict:
 def _reference(world: int, stop: int) -> list[torch.Tensor]:
     """Single process: the mean of the ranks' losses (FSDP2's averaged gradient); the float64 mean
     of the k latest snapshots taken by step ``stop``."""
-    model = _model(0)
+    model = mlp(4, 8, 2, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     history = []
     for step in range(stop):
@@ -95,7 +91,7 @@ def _reference(world: int, stop: int) -> list[torch.Tensor]:
 def _fsdp(seed: int):
     from torch.distributed.fsdp import fully_shard
 
-    model = _model(seed)
+    model = mlp(4, 8, 2, seed=seed)
     fully_shard(model[0])
     fully_shard(model)
     return model, _wrap(model)
@@ -124,7 +120,7 @@ def _plain_round_trip(rank: int, out: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    model = _model(0)
+    model = mlp(4, 8, 2, seed=0)
     opt = _wrap(model)
     _train(model, opt, 0, 0, CUT)  # rank 0's batches everywhere: a replicated state
     sd = _dcp_state(model, opt)
@@ -132,13 +128,13 @@ def _plain_round_trip(rank: int, out: str) -> None:
     assert set(state) == {name for name, _ in model.named_parameters()}
     assert {f"lawa_slot_{s}" for s in range(K)} <= set(state["0.weight"]) and "lawa" not in sd["optim"]
     # In process: a fresh model and wrapper take the state dict through the torch API.
-    model2 = _model(5)
+    model2 = mlp(4, 8, 2, seed=5)
     opt2 = _wrap(model2)
     set_model_state_dict(model2, copy.deepcopy(sd["model"]))
     set_optimizer_state_dict(model2, opt2, copy.deepcopy(sd["optim"]))
     folder = os.path.join(out, "plain_ckpt")
     dcp.save(sd, checkpoint_id=folder)
-    model3 = _model(7)
+    model3 = mlp(4, 8, 2, seed=7)
     opt3 = _wrap(model3)
     _dcp_resume(model3, opt3, folder)
     records = []
@@ -150,7 +146,13 @@ def _plain_round_trip(rank: int, out: str) -> None:
 
 def _fsdp_save_and_resume(rank: int, world: int, out: str) -> None:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     model, opt = _fsdp(0)
     _train(model, opt, rank, 0, CUT)
@@ -161,13 +163,20 @@ def _fsdp_save_and_resume(rank: int, world: int, out: str) -> None:
     model2, opt2 = _fsdp(5)
     model2.load_state_dict(model.state_dict())
     set_optimizer_state_dict(model2, opt2, copy.deepcopy(sd["optim"]))
+    # Full (unsharded) state dicts: the slots gathered to full tensors, distributed again on load.
+    full = StateDictOptions(full_state_dict=True)
+    full_sd = (get_model_state_dict(model, options=full), get_optimizer_state_dict(model, opt, options=full))
+    assert tuple(full_sd[1]["state"]["0.weight"]["lawa_slot_0"].shape) == tuple(model[0].weight.shape)
+    model4, opt4 = _fsdp(9)
+    set_model_state_dict(model4, full_sd[0], options=full)
+    set_optimizer_state_dict(model4, opt4, full_sd[1], options=full)
     folder = os.path.join(out, "fsdp_ckpt")
     dcp.save(sd, checkpoint_id=folder)
     at_cut = _record(model, opt, sharded=True)
     model3, opt3 = _fsdp(7)
     _dcp_resume(model3, opt3, folder)
     records = []
-    for m, o in ((model, opt), (model2, opt2), (model3, opt3)):
+    for m, o in ((model, opt), (model2, opt2), (model3, opt3), (model4, opt4)):
         _train(m, o, rank, CUT, STEPS)
         records.append(_record(m, o, sharded=True))
     torch.save({"at_cut": at_cut, "runs": records}, os.path.join(out, f"fsdp_rank{rank}.pt"))
@@ -236,9 +245,10 @@ def test_plain_model_round_trips_through_the_torch_api_and_dcp(saved):
 def test_fsdp2_resume_on_the_same_world_is_bit_exact(saved):
     for rank in range(SAVE_WORLD):
         res = torch.load(saved / f"fsdp_rank{rank}.pt", weights_only=True)
-        straight, api, dcp_run = res["runs"]
+        straight, api, dcp_run, full = res["runs"]
         assert straight["taken"] == STEPS // PERIOD
         _assert_same(api, straight, "set_optimizer_state_dict (FSDP2)")
+        _assert_same(full, straight, "full_state_dict=True (FSDP2)")
         _assert_same(dcp_run, straight, "dcp.load (FSDP2)")
         for got, want in zip(straight["avg"][K], _reference(SAVE_WORLD, STEPS)):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
