@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import require
+from helpers import SUITE_TINY
 
 from lawa_benchmarks.beyond import _choose, _epochs_to, analyse, beyond
 from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST
 
 pytestmark = [pytest.mark.cli, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-TINY = ["workloads.resnet.epochs=3", "workloads.resnet.train_images=256", "workloads.resnet.val_images=64",
-        "workloads.resnet.bn_images=64", "workloads.resnet.batch_size=64", "workloads.resnet.width=4"]
+TINY = [o for o in SUITE_TINY if o.startswith("workloads.resnet.")] + ["workloads.resnet.epochs=3"]
 
 
 def test_replayed_strategies_and_epochs_to_target():
@@ -50,13 +50,11 @@ def test_runs_resumes_and_reports(tmp_path):
     # run again: everything is there, nothing is retrained
     again = CliRunner().invoke(beyond, args)
     assert again.exit_code == 0 and json.loads((out / "beyond.json").read_text()) == data
-    other = CliRunner().invoke(beyond, [*args[:-len(TINY)], *TINY[:-1], "workloads.resnet.width=8"])
+    other = CliRunner().invoke(beyond, [*args, "workloads.resnet.width=8"])
     assert other.exit_code != 0 and "another configuration" in other.output
 
 
-GPT_TINY = ["workloads.gpt.epochs=3", "workloads.gpt.steps_per_epoch=3", "workloads.gpt.batch_size=8",
-            "workloads.gpt.val_windows=16", "workloads.gpt.width=32", "workloads.gpt.depth=1", "workloads.gpt.heads=2",
-            "workloads.gpt.context=16"]
+GPT_TINY = [o for o in SUITE_TINY if o.startswith("workloads.gpt.")] + ["workloads.gpt.epochs=3"]
 
 
 def test_gpt_selection_text_is_never_trained_on_and_scored_as_the_suite_scores():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from torch import nn
+from helpers import mlp, train_mse
 
 from lawa_optim import LAWAWrapper, store
 from lawa_optim.disk_store import DiskSnapshotRing
@@ -54,26 +54,13 @@ def test_disk_ring_equals_memory_ring_bit_for_bit(tmp_path, monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(disk.slot_views(i), mem.slot_views(i)))
 
 
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-
-
-def _train(model, opt, steps, start=0):
-    for s in range(start, start + steps):
-        g = torch.Generator().manual_seed(s)
-        opt.zero_grad()
-        model(torch.randn(8, 5, generator=g)).pow(2).mean().backward()
-        opt.step()
-
-
 def test_wrapper_disk_offload_average_and_lockstep_resume(tmp_path):
-    model = _model()
+    model = mlp(5, 7, 3)
     opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=4, period=2,
                       offload="disk", offload_dir=tmp_path)
     history = []
     for s in range(12):
-        _train(model, opt, 1, s)
+        train_mse(model, opt, 1, s, batch=8)
         if (s + 1) % 2 == 0:
             history.append([p.detach().clone() for p in model.parameters()])
     with opt.averaged():
@@ -85,14 +72,14 @@ def test_wrapper_disk_offload_average_and_lockstep_resume(tmp_path):
     # a fresh disk-backed wrapper and an in-memory one both continue bit-identically
     for offload, kwargs in (("disk", {"offload_dir": tmp_path}), (None, {})):
         ckpt = torch.load(path, weights_only=True)  # loaded anew: the optimizer keeps its tensors
-        fresh = _model()
+        fresh = mlp(5, 7, 3)
         fresh.load_state_dict(ckpt["model"])
         opt2 = LAWAWrapper(torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9), k=4, period=2,
                            offload=offload, **kwargs)
         opt2.load_state_dict(ckpt["opt"])
-        _train(fresh, opt2, 5, 12)
+        train_mse(fresh, opt2, 5, 12, batch=8)
         if offload == "disk":
-            _train(model, opt, 5, 12)
+            train_mse(model, opt, 5, 12, batch=8)
         assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
         with opt.averaged():
             want = [p.detach().clone() for p in model.parameters()]
@@ -110,7 +97,7 @@ def test_wrapper_disk_offload_average_and_lockstep_resume(tmp_path):
     ],
 )
 def test_bad_offload_dir(kwargs, err, match):
-    model = _model()
+    model = mlp(5, 7, 3)
     base = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(err, match=match):

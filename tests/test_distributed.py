@@ -29,6 +29,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import mlp
 from torch import nn
 
 from lawa_optim import LAWAWrapper, atomic_save, create, safe_load
@@ -44,19 +45,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    # The last layer's bias has 2 entries: with 3 FSDP ranks one rank holds an empty shard.
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-
-
 def _batch(step: int, rank: int) -> torch.Tensor:
     return torch.randn(4, 4, generator=torch.Generator().manual_seed(1000 * step + rank))
 
 
 def _reference(world: int) -> list[list[torch.Tensor]]:
     """Single process: the mean of the ranks' losses (= the all-reduced mean gradient)."""
-    model = _model()
+    model = mlp(4, 8, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     history = []
     for step in range(STEPS):
@@ -107,7 +102,7 @@ def _exact_allreduce(_state, bucket):
 
 
 def _ddp_build(seed: int):
-    model = _model(seed)
+    model = mlp(4, 8, 2, seed=seed)
     ddp = nn.parallel.DistributedDataParallel(model)
     ddp.register_comm_hook(None, _exact_allreduce)
     base = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
@@ -183,7 +178,7 @@ def test_ddp_every_rank_holds_the_reference_average_and_resumes_from_rank0(runs,
 def _fsdp_build(seed: int):
     from torch.distributed.fsdp import fully_shard
 
-    model = _model(seed)
+    model = mlp(4, 8, 2, seed=seed)
     fully_shard(model[0])
     fully_shard(model)
     opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=K, period=PERIOD)
@@ -269,7 +264,7 @@ def test_fsdp2_sharded_average_equals_the_reference(runs, world):
     if world == 3:
         assert any(any(r["local_empty"]) for r in results), "no rank held an empty shard"
     expected = _reference(world)
-    reference_model = _model()
+    reference_model = mlp(4, 8, 2)
     for res in results:
         for j in range(1, K + 1):
             for got, want in zip(res["avg"][j], expected[j - 1]):

@@ -13,21 +13,12 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import class_batches, mlp
 from torch import nn
 
 from lawa_optim import LAWAJumpWrapper, LAWAWrapper, create, get_method_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def _data(n: int = 40, seed: int = 7) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
 
 
 def _base(model: nn.Module, kind: str) -> torch.optim.Optimizer:
@@ -53,7 +44,7 @@ def _same(a, b) -> bool:
 
 def _reference(kind, data, steps, *, k, period, every, start, optimizer_state, restart_ring):
     """The slow loop: returns (weights, average of the k latest snapshots, steps at which it jumped)."""
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = _base(model, kind)
     params = list(model.parameters())
     history: list[list[torch.Tensor]] = []
@@ -92,9 +83,9 @@ def _reference(kind, data, steps, *, k, period, every, start, optimizer_state, r
 def test_jumps_match_the_slow_reference_loop(kind, optimizer_state, restart_ring):
     options = {"k": 3, "period": 3, "every": 2, "start": 3, "optimizer_state": optimizer_state,
                "restart_ring": restart_ring}
-    data, steps = _data(), 31
+    data, steps = class_batches(), 31
     ref_w, ref_avg, ref_jumps = _reference(kind, data, steps, **options)
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = LAWAJumpWrapper(_base(model, kind), **options)
     for i in range(steps):
         _step(model, opt, data[i % len(data)])
@@ -106,10 +97,10 @@ def test_jumps_match_the_slow_reference_loop(kind, optimizer_state, restart_ring
 
 
 def test_a_jump_writes_the_average_and_leaves_the_learning_rate_alone():
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = LAWAJumpWrapper(_base(model, "sgd"), k=4, period=2)  # every=None: only explicit jumps
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-    data = _data()
+    data = class_batches()
     for i in range(8):
         _step(model, opt, data[i])
         sched.step()
@@ -128,8 +119,8 @@ def test_a_jump_writes_the_average_and_leaves_the_learning_rate_alone():
 
 def test_without_jumps_it_is_lawa_bit_for_bit():
     """Opt-in: with no jump made, the trajectory, the average and the ring are LAWAWrapper's."""
-    data = _data()
-    m1, m2 = _model(), _model()
+    data = class_batches()
+    m1, m2 = mlp(4, 8, 3), mlp(4, 8, 3)
     a = LAWAJumpWrapper(_base(m1, "sgd"), k=3, period=2, every=4, start=100)
     b = LAWAWrapper(_base(m2, "sgd"), k=3, period=2)
     for i in range(20):
@@ -155,7 +146,7 @@ def test_without_jumps_it_is_lawa_bit_for_bit():
 def test_registry_entry():
     info = get_method_info("lawa_jump")
     assert info.changes_trajectory and info.defaults == {"k": 6, "every": 6}
-    opt = create("lawa_jump", torch.optim.SGD(_model().parameters(), lr=0.1), period=5)
+    opt = create("lawa_jump", torch.optim.SGD(mlp(4, 8, 3).parameters(), lr=0.1), period=5)
     assert isinstance(opt, LAWAJumpWrapper) and (opt.k, opt.every, opt.start, opt.period) == (6, 6, 6, 5)
     assert (opt.optimizer_state, opt.restart_ring) == ("keep", False)
 
@@ -165,8 +156,8 @@ def test_resume_mid_schedule_is_exact(kind):
     """Save between two jumps with the ring restarted and the state reset, load into a fresh model
     and wrapper through torch.save(weights_only=True), continue both: bit-identical, same jumps."""
     options = {"k": 3, "period": 2, "every": 3, "start": 2, "optimizer_state": "reset", "restart_ring": True}
-    data = _data()
-    ma = _model()
+    data = class_batches()
+    ma = mlp(4, 8, 3)
     a = LAWAJumpWrapper(_base(ma, kind), **options)
     for i in range(11):  # jumps after snapshots 2 and 5 (steps 4 and 10)
         _step(ma, a, data[i])
@@ -175,7 +166,7 @@ def test_resume_mid_schedule_is_exact(kind):
     torch.save({"model": ma.state_dict(), "opt": a.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
-    mb = _model(1)
+    mb = mlp(4, 8, 3, seed=1)
     b = LAWAJumpWrapper(_base(mb, kind), **options)
     mb.load_state_dict(ckpt["model"])
     b.load_state_dict(ckpt["opt"])
@@ -192,8 +183,8 @@ def test_resume_mid_schedule_is_exact(kind):
 
 
 def test_jump_if_ahead_decides_on_the_lead():
-    data, selection = _data(), _data(4, seed=99)
-    model = _model()
+    data, selection = class_batches(), class_batches(4, seed=99)
+    model = mlp(4, 8, 3)
     opt = LAWAJumpWrapper(_base(model, "sgd"), k=4, period=2)
 
     def evaluate() -> float:
@@ -213,7 +204,7 @@ def test_jump_if_ahead_decides_on_the_lead():
 
 
 def test_bad_input_is_refused_with_the_argument_named():
-    model = _model()
+    model = mlp(4, 8, 3)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for kwargs, match in (({"every": 0}, "every"), ({"every": 1.5}, "every"), ({"start": 0}, "start"),
                           ({"optimizer_state": "zero"}, "optimizer_state"), ({"restart_ring": 1}, "restart_ring"),
@@ -224,7 +215,7 @@ def test_bad_input_is_refused_with_the_argument_named():
     opt = LAWAJumpWrapper(sgd, k=3, period=2)
     with pytest.raises(RuntimeError, match="No snapshot"):
         opt.jump()
-    data = _data()
+    data = class_batches()
     for i in range(6):
         _step(model, opt, data[i])
     weights, sd = _weights(model), copy.deepcopy(opt.state_dict())
@@ -245,7 +236,7 @@ def test_bad_input_is_refused_with_the_argument_named():
     del bad["lawa"]["jump"]
     with pytest.raises(ValueError, match="jump entry"):
         opt.load_state_dict(bad)
-    lawa_sd = LAWAWrapper(torch.optim.SGD(_model().parameters(), lr=0.1), k=3, period=2).state_dict()
+    lawa_sd = LAWAWrapper(torch.optim.SGD(mlp(4, 8, 3).parameters(), lr=0.1), k=3, period=2).state_dict()
     with pytest.raises(ValueError, match="'lawa'"):
         opt.load_state_dict(lawa_sd)  # a LAWA state is not a lawa_jump state
     assert _same(_weights(model), weights) and opt.jumps == []
@@ -259,7 +250,7 @@ def test_jump_if_ahead_compares_both_sides_with_batchnorm_recomputed():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
     opt = LAWAJumpWrapper(_base(model, "sgd"), k=3, period=2)
-    data, selection = _data(), _data(3, seed=5)
+    data, selection = class_batches(), class_batches(3, seed=5)
     bn_loader = [x for x, _ in data[:4]]
 
     def evaluate() -> float:
@@ -286,11 +277,11 @@ def test_jump_if_ahead_compares_both_sides_with_batchnorm_recomputed():
 
 @pytest.mark.parametrize("offload", ["cpu", "disk"])
 def test_offloaded_rings_jump_and_restart_like_the_default(offload, tmp_path):
-    data = _data()
+    data = class_batches()
     options = {"k": 3, "period": 2, "every": 2, "start": 2, "restart_ring": True}
     runs = []
     for extra in ({}, {"offload": offload, **({"offload_dir": str(tmp_path)} if offload == "disk" else {})}):
-        model = _model()
+        model = mlp(4, 8, 3)
         opt = LAWAJumpWrapper(_base(model, "sgd"), **options, **extra)
         for i in range(13):
             _step(model, opt, data[i])

@@ -11,35 +11,21 @@ import io
 
 import pytest
 import torch
+from helpers import mlp, train_mse
 from torch import nn
 
 from lawa_optim.integrations.observer import Observer, StateSwap, TimeSaved, check_model
 from tests.reference import reference_average
 
 
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
-
-
-def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, history: list | None = None, every: int = 1):
-    for step in range(steps):
-        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        model(x).pow(2).mean().backward()
-        opt.step()
-        if history is not None and (step + 1) % every == 0:
-            history.append([p.detach().double().clone() for p in model.parameters()])
-
-
 def test_training_unchanged_and_average_matches_reference():
-    plain, observed = _model(), _model()
+    plain, observed = mlp(3, 5, 2), mlp(3, 5, 2)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
     opt = torch.optim.SGD(observed.parameters(), lr=0.1, momentum=0.9)
     obs = Observer(opt, k=3, period=2)
     history: list = []
-    _train(plain, opt_plain, 9)
-    _train(observed, opt, 9, history, every=2)
+    train_mse(plain, opt_plain, 9)
+    train_mse(observed, opt, 9, history=history, every=2)
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), observed.parameters()))
     assert obs.num_steps == 9 and obs.wrapper.num_snapshots == 3
     before = [p.detach().clone() for p in observed.parameters()]
@@ -52,7 +38,7 @@ def test_training_unchanged_and_average_matches_reference():
 
 
 def test_grad_scaler_skipped_step_is_not_counted():
-    model = _model()
+    model = mlp(3, 5, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obs = Observer(opt, k=2, period=1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
@@ -66,10 +52,10 @@ def test_grad_scaler_skipped_step_is_not_counted():
 
 
 def test_state_dict_round_trip_is_exact_and_plain():
-    model = _model()
+    model = mlp(3, 5, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obs = Observer(opt, k=3, period=2)
-    _train(model, opt, 7)
+    train_mse(model, opt, 7)
     buffer = io.BytesIO()
     torch.save(obs.state_dict(), buffer)
     buffer.seek(0)
@@ -90,10 +76,10 @@ def test_state_dict_round_trip_is_exact_and_plain():
 
 
 def test_state_dict_taken_while_swapped_in_records_training_weights_only():
-    model = _model()
+    model = mlp(3, 5, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obs = Observer(opt, k=2, period=1)
-    _train(model, opt, 3)
+    train_mse(model, opt, 3)
     inner, model = model, nn.Sequential(model, nn.BatchNorm1d(2))
     with obs.averaged(model, bn_loader=[torch.randn(4, 3)]):
         state = obs.state_dict()
@@ -108,15 +94,15 @@ def test_state_dict_taken_while_swapped_in_records_training_weights_only():
 
 
 def test_new_param_group_is_tracked_and_close_stops_counting():
-    model, extra = _model(), nn.Linear(2, 2)
+    model, extra = mlp(3, 5, 2), nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obs = Observer(opt, k=2, period=1)
-    _train(model, opt, 1)
+    train_mse(model, opt, 1)
     opt.add_param_group({"params": extra.parameters(), "lr": 0.1})  # e.g. Lightning's BaseFinetuning
-    _train(model, opt, 1)
+    train_mse(model, opt, 1)
     assert len(obs.wrapper._params) == len(list(model.parameters())) + 2
     obs.close()
-    _train(model, opt, 2)
+    train_mse(model, opt, 2)
     assert obs.num_steps == 2
 
 
@@ -134,7 +120,7 @@ def test_new_param_group_is_tracked_and_close_stops_counting():
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, match):
-    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    opt = torch.optim.SGD(mlp(3, 5, 2).parameters(), lr=0.1)
     with pytest.raises(error, match=match):
         Observer(opt, **kwargs)
     assert not opt._optimizer_step_post_hooks  # nothing registered
@@ -143,18 +129,18 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_bad_optimizer_and_model():
     from lawa_optim import LAWAWrapper
 
-    wrapped = LAWAWrapper(torch.optim.SGD(_model().parameters(), lr=0.1))
+    wrapped = LAWAWrapper(torch.optim.SGD(mlp(3, 5, 2).parameters(), lr=0.1))
     with pytest.raises(TypeError, match="already a lawa_optim wrapper"):
         Observer(wrapped)
     with pytest.raises(TypeError, match="not a torch.optim.Optimizer"):
         Observer(object())
-    frozen = _model().requires_grad_(False)
+    frozen = mlp(3, 5, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         check_model(frozen)
 
 
 def test_state_swap_restores_bit_exactly_even_when_evaluation_raises():
-    model = _model()
+    model = mlp(3, 5, 2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     average = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
     swap = StateSwap(model, average)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.helpers import RESNET_TINY
 
 for _module in ("click", "yaml", "tqdm", "matplotlib", "torchvision"):
     require(_module)
@@ -23,14 +24,8 @@ from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.yaml")
-# A slice small enough for seconds: 256 training images, a ResNet-10 of width 4, 3 epochs.
-TINY = [
-    "seeds=1",  # configs/quick.yaml (the demo) runs 2
-    "threads=1", "data.train_images=256", "data.val_images=128", "data.train_eval_images=64", "data.bn_images=64",
-    "data.batch_size=64", "data.eval_batch_size=128", "model.width=4", "train.epochs=3", "methods.swa.swa_start=1",
-    "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1,2]", "methods.exp.k=2", "methods.ema.decay=0.9",
-    "report.headline=lawa_k2",
-]
+TINY = [*RESNET_TINY, "methods.swa.swa_start=1", "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1,2]",
+        "methods.exp.k=2", "methods.ema.decay=0.9", "report.headline=lawa_k2"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.cli

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.helpers import RESNET_TINY
 
 for _module in ("click", "yaml", "tqdm", "torchvision"):
     require(_module)
@@ -18,12 +19,7 @@ for _module in ("click", "yaml", "tqdm", "torchvision"):
 from lawa_benchmarks.resnet.data import DEFAULT_FASHION_MNIST  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "seeds=1",  # configs/quick.yaml (the demo) runs 2
-    "threads=1", "data.train_images=256", "data.val_images=128", "data.train_eval_images=64", "data.bn_images=64",
-    "data.batch_size=64", "data.eval_batch_size=64", "model.width=4", "train.epochs=2",
-    "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1]",
-]
+TINY = [*RESNET_TINY, "data.eval_batch_size=64", "train.epochs=2", "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[1]"]
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.cli]
 

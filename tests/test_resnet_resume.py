@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.helpers import RESNET_TINY
 
 for _module in ("click", "yaml", "tqdm", "torchvision"):
     require(_module)
@@ -28,10 +29,8 @@ from lawa_benchmarks.resnet.runner import ResumeError, run  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quick.yaml"
 TINY = [
-    "seeds=1",  # configs/quick.yaml (the demo) runs 2
-    "threads=1", "data.train_images=192", "data.val_images=96", "data.train_eval_images=64", "data.bn_images=64",
-    "data.batch_size=64", "data.eval_batch_size=96", "model.width=4", "train.epochs=3", "methods.swa.swa_start=0",
-    "methods.lawa.k=[2]", "methods.lawa.bncopy_k=[2]", "methods.exp.k=2", "methods.ema.decay=0.9",
+    *RESNET_TINY, "methods.swa.swa_start=0", "methods.lawa.k=[2]", "methods.lawa.bncopy_k=[2]", "methods.exp.k=2",
+    "methods.ema.decay=0.9",
     "train.warmup_epochs=1",  # kills on both sides of the warm-up -> cosine hand-over of torch's SequentialLR
 ]
 FAMILIES = [m for m in lawa_optim.list_methods() if m != "base"]  # every method of the zoo

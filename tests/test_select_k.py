@@ -9,6 +9,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import class_batches, mlp
 from reference import reference_average
 from ring_formats import ring_tensors
 from torch import nn
@@ -19,19 +20,7 @@ from lawa_optim.select_k import candidate_windows
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(seed: int = 0, bn: bool = False) -> nn.Module:
-    torch.manual_seed(seed)
-    if bn:
-        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def _data(n: int = 40, seed: int = 7):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
-
-
-SELECTION = _data(3, seed=99)
+SELECTION = class_batches(3, seed=99)
 
 
 def _loss(model: nn.Module) -> float:
@@ -79,8 +68,8 @@ def test_candidate_windows_of_each_strategy():
 def test_select_picks_the_window_the_slow_reference_picks():
     """Each score is the selection loss of the float64 mean of the j latest snapshots (loaded into a
     copy of the model), and the choice is their argmin, at every evaluation."""
-    data = _data()
-    model = _model()
+    data = class_batches()
+    model = mlp(4, 8, 3)
     opt = _wrapper(model, k=5)
     online = OnlineK(opt, lambda: _loss(model))
     history, chosen = [], []
@@ -110,8 +99,8 @@ def test_select_picks_the_window_the_slow_reference_picks():
 
 
 def test_local_strategy_climbs_one_step_per_evaluation():
-    data = _data()
-    model = _model()
+    data = class_batches()
+    model = mlp(4, 8, 3)
     opt = _wrapper(model, k=5)
     calls = []
 
@@ -131,8 +120,8 @@ def test_local_strategy_climbs_one_step_per_evaluation():
 
 def test_selecting_leaves_training_bit_identical():
     """Opt-in and side-effect free: the same run with and without select() every epoch."""
-    data = _data()
-    m1, m2 = _model(bn=True), _model(bn=True)
+    data = class_batches()
+    m1, m2 = mlp(4, 8, 3, bn=True), mlp(4, 8, 3, bn=True)
     a, b = _wrapper(m1), _wrapper(m2)
     bn_loader = [x for x, _ in data[:3]]
     online = OnlineK(a, lambda: _loss(m1), strategy="doubling", swap_kwargs={"model": m1, "bn_loader": bn_loader})
@@ -149,8 +138,8 @@ def test_selecting_leaves_training_bit_identical():
 
 
 def test_resume_through_the_wrappers_state_dict_chooses_exactly_as_before():
-    data = _data()
-    ma = _model()
+    data = class_batches()
+    ma = mlp(4, 8, 3)
     a = LAWAJumpWrapper(torch.optim.SGD(ma.parameters(), lr=0.2, momentum=0.9), k=4, period=2, every=3)
     oa = OnlineK(a, lambda: _loss(ma), strategy="local")
     for epoch in range(5):
@@ -161,7 +150,7 @@ def test_resume_through_the_wrappers_state_dict_chooses_exactly_as_before():
     torch.save({"model": ma.state_dict(), "opt": a.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
-    mb = _model(1)
+    mb = mlp(4, 8, 3, seed=1)
     b = LAWAJumpWrapper(torch.optim.SGD(mb.parameters(), lr=0.2, momentum=0.9), k=4, period=2, every=3)
     ob = OnlineK(b, lambda: _loss(mb), strategy="local")
     mb.load_state_dict(ckpt["model"])
@@ -174,7 +163,7 @@ def test_resume_through_the_wrappers_state_dict_chooses_exactly_as_before():
         assert oa.select() == ob.select()
     assert ob.history == oa.history and _same(_weights(ma), _weights(mb))
     # a state saved without online k loads with no choice made yet
-    fresh = _model()
+    fresh = mlp(4, 8, 3)
     c = LAWAJumpWrapper(torch.optim.SGD(fresh.parameters(), lr=0.2, momentum=0.9), k=4, period=2, every=3)
     plain = c.state_dict()
     ob.load_state_dict(ob.state_dict())  # its own round trip
@@ -183,10 +172,10 @@ def test_resume_through_the_wrappers_state_dict_chooses_exactly_as_before():
 
 
 def test_bad_input_is_refused_and_nothing_changes():
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = _wrapper(model, k=4)
     with pytest.raises(TypeError, match="optimizer"):
-        OnlineK(EMAWrapper(torch.optim.SGD(_model().parameters(), lr=0.1)), lambda: 0.0)
+        OnlineK(EMAWrapper(torch.optim.SGD(mlp(4, 8, 3).parameters(), lr=0.1)), lambda: 0.0)
     with pytest.raises(TypeError, match="evaluate"):
         OnlineK(opt, 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"max_k: 5.*\[1, 4\]"):
@@ -198,7 +187,7 @@ def test_bad_input_is_refused_and_nothing_changes():
     online = OnlineK(opt, lambda: _loss(model), max_k=3)
     with pytest.raises(RuntimeError, match="no snapshot"):
         online.select()
-    data = _data()
+    data = class_batches()
     for i in range(6):
         _step(model, opt, data[i])
     online.select()

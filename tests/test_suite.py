@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import require
+from tests.helpers import SUITE_TINY
 
 require("torchvision")
 require("yaml")
@@ -19,16 +20,7 @@ from lawa_benchmarks.suite.config import ConfigError, load_config, methods_for, 
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
-# Every workload tiny: 2 epochs of a few steps, a few validation items.
-TINY = ["seeds=1", "methods.lawa.k=[1,2]", "methods.lawa.bncopy_k=[2]", "methods.ema.decay=0.5",
-        "workloads.resnet.epochs=2", "workloads.resnet.train_images=128", "workloads.resnet.val_images=64",
-        "workloads.resnet.bn_images=64", "workloads.resnet.batch_size=64", "workloads.resnet.width=4",
-        "workloads.vit.epochs=2", "workloads.vit.train_images=128", "workloads.vit.val_images=64",
-        "workloads.vit.batch_size=64", "workloads.vit.width=16", "workloads.vit.depth=1",
-        "workloads.vit.warmup_epochs=1",
-        "workloads.gpt.epochs=2", "workloads.gpt.steps_per_epoch=2", "workloads.gpt.batch_size=4",
-        "workloads.gpt.context=16", "workloads.gpt.width=16", "workloads.gpt.depth=1", "workloads.gpt.val_windows=4",
-        "methods.swa.swa_start=1", "workloads.vit.methods.swa.swa_start=1"]
+TINY = SUITE_TINY  # every workload tiny: 2 epochs of a few steps, a few validation items
 
 
 def _need(workload: str) -> None:

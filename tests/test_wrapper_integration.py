@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import mlp
 from torch import nn
 
 from lawa_optim import LAWAWrapper
@@ -28,16 +29,11 @@ SCHEDULERS = {
 }
 
 
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-
-
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_lr_schedulers_drive_the_wrapper_exactly_like_the_bare_optimizer(name, recwarn):
     runs = []
     for wrap in (False, True):
-        model = _model()
+        model = mlp(4, 8, 1, act=nn.ReLU)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         if wrap:
             opt = LAWAWrapper(opt, k=3, period=4)
@@ -61,7 +57,7 @@ def test_lr_schedulers_drive_the_wrapper_exactly_like_the_bare_optimizer(name, r
 
 
 def test_gradscaler_skipped_steps_do_not_count():
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=2, period=2)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
     taken = 0
@@ -83,7 +79,7 @@ def test_gradscaler_skipped_steps_do_not_count():
 
 
 def test_zero_grad_set_to_none_forwarded():
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
     model(torch.randn(2, 4)).sum().backward()
     opt.zero_grad(set_to_none=False)
@@ -93,7 +89,7 @@ def test_zero_grad_set_to_none_forwarded():
 
 
 def test_is_an_optimizer_sharing_state():
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     base = torch.optim.Adam(model.parameters(), lr=1e-3)
     opt = LAWAWrapper(base)
     assert isinstance(opt, torch.optim.Optimizer)
@@ -114,7 +110,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = LAWAWrapper(torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9), k=3, period=2)
     for i in range(10):
@@ -133,7 +129,7 @@ def test_ddp_two_ranks_hold_the_single_process_average(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     # single-process reference: the mean gradient of both shards, same steps
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     history = []
     for i in range(10):
@@ -152,7 +148,7 @@ def test_ddp_two_ranks_hold_the_single_process_average(tmp_path):
 def test_step_hooks_run_once_per_step():
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    model = _model()
+    model = mlp(4, 8, 1, act=nn.ReLU)
     opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1), k=2, period=1)
     seen: list[str] = []
     handles = [

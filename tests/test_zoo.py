@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import require
+from helpers import class_batches, mlp, train_classifier
 from torch import nn
 
 from lawa_optim import AveragingOptimizer, EXPWrapper, LAWAWrapper, create, get_method_info, list_methods
@@ -52,35 +53,9 @@ def _needs(name: str) -> None:
         require(module, f"the {name!r} method")
 
 
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def _data(n: int = 16, seed: int = 123) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)) for _ in range(n)]
-
-
 def _make(name: str, model: nn.Module, **extra) -> AveragingOptimizer:
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     return create(name, base, **{**TEST_KWARGS.get(name, {}), **extra})
-
-
-def _train(model, opt, data, steps, start=0, sched=None, scaler=None):
-    for i in range(start, start + steps):
-        x, y = data[i % len(data)]
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        if sched is not None:
-            sched.step()
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -132,7 +107,7 @@ def test_registry_lists_every_method_with_its_info():
 
 
 def test_unknown_method_and_kwarg_errors_list_what_exists():
-    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    opt = torch.optim.SGD(mlp(4, 8, 3).parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"Unknown method: 'lawaa'.*'lawa'.*'schedulefree'"):
         create("lawaa", opt)
     with pytest.raises(ValueError, match="Unknown method"):
@@ -159,14 +134,14 @@ def test_missing_optional_package_names_the_extra(name, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     monkeypatch.delitem(sys.modules, "lawa_optim.baselines.torch_optimizer_fix", raising=False)
     with pytest.raises(ImportError, match=r"pip install lawa-optim\[zoo\]"):
-        _make(name, _model())
+        _make(name, mlp(4, 8, 3))
 
 
 # ------------------------------------------------------------------------------------- protocol
 @pytest.mark.parametrize("name", METHODS)
 def test_is_an_optimizer_with_the_protocol(name):
     _needs(name)
-    opt = _make(name, _model())
+    opt = _make(name, mlp(4, 8, 3))
     assert isinstance(opt, torch.optim.Optimizer) and isinstance(opt, AveragingOptimizer)
     assert opt.method == name and not opt.swapped_in and opt.num_steps == 0
     for attr in (
@@ -188,9 +163,9 @@ def test_is_an_optimizer_with_the_protocol(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_swap_restores_training_weights_bit_exactly(name):
     _needs(name)
-    model, data = _model(), _data()
+    model, data = mlp(4, 8, 3), class_batches(n=16, seed=123)
     opt = _make(name, model)
-    _train(model, opt, data, 7)
+    train_classifier(model, opt, data, 7)
     train_w = _weights(model)
     with opt.averaged():
         assert opt.swapped_in
@@ -212,11 +187,11 @@ def test_swap_restores_training_weights_bit_exactly(name):
     opt.swap_out()
     assert _same(_weights(model), train_w)
     # training continues exactly as without the swaps
-    ref_model = _model()
+    ref_model = mlp(4, 8, 3)
     ref = _make(name, ref_model)
-    _train(ref_model, ref, data, 7)
-    _train(model, opt, data, 3, start=7)
-    _train(ref_model, ref, data, 3, start=7)
+    train_classifier(ref_model, ref, data, 7)
+    train_classifier(model, opt, data, 3, start=7)
+    train_classifier(ref_model, ref, data, 3, start=7)
     assert _same(_weights(model), _weights(ref_model))
 
 
@@ -224,17 +199,17 @@ def test_swap_restores_training_weights_bit_exactly(name):
 def test_lockstep_resume_through_torch_save(name):
     """Save after 5 steps, load into a fresh model + wrapper + scheduler, continue both: identical."""
     _needs(name)
-    data = _data()
-    model_a = _model(0)
+    data = class_batches(n=16, seed=123)
+    model_a = mlp(4, 8, 3, seed=0)
     opt_a = _make(name, model_a)
     sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=2, gamma=0.7)
-    _train(model_a, opt_a, data, 5, sched=sched_a)
+    train_classifier(model_a, opt_a, data, 5, sched=sched_a)
     buf = io.BytesIO()
     torch.save({"model": model_a.state_dict(), "opt": opt_a.state_dict(), "sched": sched_a.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
 
-    model_b = _model(1)  # different initial weights: everything must come from the checkpoint
+    model_b = mlp(4, 8, 3, seed=1)  # different initial weights: everything must come from the checkpoint
     opt_b = _make(name, model_b)
     sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=2, gamma=0.7)  # created before loading
     model_b.load_state_dict(ckpt["model"])
@@ -242,8 +217,8 @@ def test_lockstep_resume_through_torch_save(name):
     sched_b.load_state_dict(ckpt["sched"])
     assert opt_b.num_steps == opt_a.num_steps == 5 and opt_b.num_snapshots == opt_a.num_snapshots
 
-    _train(model_a, opt_a, data, 6, start=5, sched=sched_a)
-    _train(model_b, opt_b, data, 6, start=5, sched=sched_b)
+    train_classifier(model_a, opt_a, data, 6, start=5, sched=sched_a)
+    train_classifier(model_b, opt_b, data, 6, start=5, sched=sched_b)
     assert _same(_weights(model_a), _weights(model_b))
     assert _same(_eval_weights(model_a, opt_a), _eval_weights(model_b, opt_b))
     for a, b in zip(_optimizer_chain(opt_a), _optimizer_chain(opt_b), strict=True):
@@ -257,16 +232,16 @@ def test_scheduler_and_gradscaler_drive_it(name):
     A faked Inf gradient makes GradScaler skip the step: nothing changes and the step is not counted.
     """
     _needs(name)
-    data = _data()
-    model, ref_model = _model(), _model()
+    data = class_batches(n=16, seed=123)
+    model, ref_model = mlp(4, 8, 3), mlp(4, 8, 3)
     opt, ref = _make(name, model), _make(name, ref_model)
     lam = lambda step: 1.0 / (1 + step)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     ref_sched = torch.optim.lr_scheduler.LambdaLR(ref, lam)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     assert scaler.is_enabled()
-    _train(model, opt, data, 6, sched=sched, scaler=scaler)
-    _train(ref_model, ref, data, 6, sched=ref_sched)
+    train_classifier(model, opt, data, 6, sched=sched, scaler=scaler)
+    train_classifier(ref_model, ref, data, 6, sched=ref_sched)
     assert _same(_weights(model), _weights(ref_model))
     assert _same(_eval_weights(model, opt), _eval_weights(ref_model, ref))
     for o in _optimizer_chain(opt):  # the schedule reached the optimizer that steps
@@ -288,7 +263,7 @@ def test_scheduler_and_gradscaler_drive_it(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_bad_input_is_rejected_and_nothing_changes(name):
     _needs(name)
-    model = _model()
+    model = mlp(4, 8, 3)
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     groups = copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in base.param_groups])
     bad, arg = BAD_KWARGS.get(name, ({"no_such_argument": 1}, "no_such_argument"))
@@ -301,12 +276,12 @@ def test_bad_input_is_rejected_and_nothing_changes(name):
     assert [{k: v for k, v in g.items() if k != "params"} for g in base.param_groups] == groups and not base.state
 
     # a state dict from another model, or another method, is refused before anything changes
-    data = _data()
+    data = class_batches(n=16, seed=123)
     opt = _make(name, model)
-    _train(model, opt, data, 5)
+    train_classifier(model, opt, data, 5)
     sd, weights, eval_w = copy.deepcopy(opt.state_dict()), _weights(model), _eval_weights(model, opt)
     other_method = "ema" if name != "ema" else "swa"
-    wrong = [_make(other_method, _model()).state_dict(), {"state": {}, "param_groups": []}]
+    wrong = [_make(other_method, mlp(4, 8, 3)).state_dict(), {"state": {}, "param_groups": []}]
     other_models = [nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3, bias=False))]  # 3 tensors, not 4
     if get_method_info(name).evaluates != "the training weights":
         # same number of tensors, other shapes: torch's Optimizer.load_state_dict does not notice, the
@@ -314,7 +289,7 @@ def test_bad_input_is_rejected_and_nothing_changes(name):
         other_models.append(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
     for other_model in other_models:
         other = _make(name, other_model)
-        _train(other_model, other, data, 5)
+        train_classifier(other_model, other, data, 5)
         wrong.append(other.state_dict())
     for bad_sd in wrong:
         with pytest.raises(ValueError):
@@ -329,9 +304,9 @@ def test_bad_input_is_rejected_and_nothing_changes(name):
 # --------------------------------------------------------------------- one base run, many wrappers
 def test_wrappers_observing_one_base_optimizer_match_their_own_runs():
     """The ResNet runner's pattern: step the base optimizer once, ``observe_step()`` each wrapper."""
-    data = _data()
+    data = class_batches(n=16, seed=123)
     names = list_methods(changes_trajectory=False)
-    model = _model()
+    model = mlp(4, 8, 3)
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     wrappers = {n: create(n, base, **TEST_KWARGS.get(n, {})) for n in names}
     for i in range(9):
@@ -342,9 +317,9 @@ def test_wrappers_observing_one_base_optimizer_match_their_own_runs():
         for w in wrappers.values():
             w.observe_step()
     for n in names:
-        alone_model = _model()
+        alone_model = mlp(4, 8, 3)
         alone = _make(n, alone_model)
-        _train(alone_model, alone, data, 9)
+        train_classifier(alone_model, alone, data, 9)
         assert _same(_weights(alone_model), _weights(model)), n
         assert _same(_eval_weights(alone_model, alone), _eval_weights(model, wrappers[n])), n
 
@@ -356,8 +331,8 @@ def test_batchnorm_recompute_restores_buffers_too(name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
     opt = _make(name, model)
-    data = _data()
-    _train(model, opt, data, 5)
+    data = class_batches(n=16, seed=123)
+    train_classifier(model, opt, data, 5)
     weights, buffers = _weights(model), [b.clone() for b in model.buffers()]
     loader = [x for x, _ in data[:4]]
     with opt.averaged(model=model, bn_loader=loader):
