@@ -27,7 +27,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["Clock", "Pair", "TensorBytes", "median_time", "peak_temporary_bytes", "temporary_bytes", "time_pair"]
+__all__ = ["Clock", "Pair", "TensorBytes", "median_time", "peak_temporary_bytes", "temporary_bytes", "time_pair",
+           "traffic_floors"]
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,44 @@ def temporary_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int
 def peak_temporary_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes ``fn`` needs beyond what is allocated before it runs (see the module docstring)."""
     return temporary_bytes(fn, device)[0]
+
+
+def traffic_floors(params: list[torch.Tensor], acc_dtype: torch.dtype, clock: Clock, repeats: int,
+                   floors: dict[str, float]) -> list[dict]:
+    """The bytes each design moves, moved by plain foreach ops (no arithmetic), timed against the plain copy.
+
+    The floors of :func:`.figures.floors` count bytes; this measures what those bytes cost on this
+    machine: the snapshot's (read the parameters twice: the non-finite check and the copy; read
+    and write the slot; read and write the running sum) as two ``_foreach_norm`` reads, a copy of
+    the parameters and a copy of a float64 buffer; the averaged enter + exit's (read the sum, write
+    the parameters; copy them back from the slot) as a norm of the sums, a copy and a norm. A
+    design within 1.2x of this is as fast as its memory traffic allows; the rest of its time is
+    arithmetic and passes over cached blocks.
+    """
+    p = [t.detach() for t in params]
+    dst = [torch.empty_like(t) for t in p]
+    slots = [torch.empty_like(t) for t in p]
+    sums = [torch.zeros(t.shape, dtype=acc_dtype, device=t.device) for t in p]
+    sums2 = [torch.empty_like(t) for t in sums]
+
+    def copy() -> None:
+        torch._foreach_copy_(dst, p)
+
+    def snapshot_bytes() -> None:
+        torch._foreach_norm(p, 2)
+        torch._foreach_norm(slots, 2)
+        torch._foreach_copy_(slots, p)
+        torch._foreach_copy_(sums2, sums)
+
+    def averaged_bytes() -> None:
+        torch._foreach_norm(sums, 2)
+        torch._foreach_copy_(dst, slots)
+        torch._foreach_norm(dst, 2)
+
+    rows = []
+    for name, fn, floor in (("traffic_snapshot", snapshot_bytes, floors["snapshot"]),
+                            ("traffic_averaged", averaged_bytes, floors["averaged"])):
+        pair = time_pair(fn, copy, clock, repeats)
+        rows.append({"figure": name, "reference": "foreach_copy", **pair.summary(), "floor": floor, "target": None,
+                     "met": None})
+    return rows

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .figures import epoch_figure, make_params, resnet, size_figures, step_figure, tiny_mlp
-from .measure import Clock
+from lawa_optim.store import _acc_dtype
+
+from .figures import epoch_figure, floors, make_params, resnet, size_figures, step_figure, tiny_mlp
+from .measure import Clock, traffic_floors
 from .report import markdown_table, plot
 
 __all__ = ["OverheadConfig", "run", "DEFAULT_SIZES"]
@@ -143,6 +145,14 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
             repeats = cfg.large_repeats if item >= cfg.large_size else cfg.repeats
             params = make_params(item, device)
             figures += size_figures(params, k, ks, clock, repeats, lambda need: need <= budget, disk=cfg.disk)
+            acc = _acc_dtype(params[0].dtype)
+            need = item * (2 * params[0].element_size() + 2 * torch.empty((), dtype=acc).element_size())
+            if need <= budget:  # what the floors' bytes cost here, moved without arithmetic
+                rows = traffic_floors(params, acc, clock, repeats, floors(params[0].dtype, k))
+            else:
+                rows = [{"figure": f, "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"}
+                        for f in ("traffic_snapshot", "traffic_averaged")]
+            figures += [{**row, "size": item} for row in rows]
             del params
         elif item == "mlp":
             figures.append(step_figure("step_tiny_mlp", tiny_mlp().to(device), clock, cfg.repeats, 500, 1.02))
