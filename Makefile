@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lawa-installed
 DEMO_OUT ?= runs/quick
 
-.PHONY: demo test install data lint docs
+.PHONY: demo test install data lint docs dist
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ demo: install
 # The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or docstring target fails.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+# The sdist and the wheel into dist/, checked as PyPI would (tests/test_packaging.py installs and runs the wheel).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 lint: $(STAMP)
 	$(BIN)/ruff check lawa_optim benchmarks tests
