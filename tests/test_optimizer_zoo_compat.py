@@ -99,6 +99,12 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _end_of_epoch(opt: torch.optim.Optimizer) -> None:
+    """What timm's train.py does after each epoch: ``sync_lookahead()`` where the optimizer has it."""
+    if hasattr(opt, "sync_lookahead"):
+        opt.sync_lookahead()
+
+
 def _round_trip(checkpoint: dict) -> dict:
     """``checkpoint`` through ``torch.save`` and ``torch.load(weights_only=True)``."""
     buffer = io.BytesIO()
@@ -119,6 +125,8 @@ def _bare_run(make_base, make_model, batches, second_order, resume: bool) -> lis
     base = make_base(model)
     trajectory = []
     for i, batch in enumerate(batches):
+        if i == STEPS_BEFORE:
+            _end_of_epoch(base)
         if resume and i == STEPS_BEFORE:
             ckpt = _round_trip({"model": model.state_dict(), "opt": base.state_dict()})
             model = make_model(seed=1)
@@ -158,6 +166,7 @@ def _lockstep(make_base, *, second_order: bool | None = None, conv: bool = True,
         _same(bare[i], model.parameters(), f"the wrapped run left the bare optimizer's at step {i + 1}")
         if opt.num_steps % PERIOD == 0:
             history.append(_weights(model))
+    _end_of_epoch(opt)  # through the wrapper, as train.py calls it
     trained = _weights(model)
     assert any(not torch.equal(a, b) for a, b in zip(start, trained)), "the optimizer did not move the weights"
     with opt.averaged():
