@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lawa_optim.integrations.lightning import LAWACallback
 torch.set_num_threads(1)
-out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None)
+poison = sys.argv[3:] == ["poison"]
 
 
 class Sharded(pl.LightningModule):
@@ -93,8 +94,27 @@ def strategy():
 
 
 model, history, cb = Sharded(), History(), LAWACallback(k={k})
-ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), filename="{{epoch}}", save_top_k=-1)
-trainer = pl.Trainer(strategy=strategy(), max_epochs=4, callbacks=[history, cb, ckpt], **quiet)
+
+
+class KillOnSave:
+    def __reduce__(self):  # runs while dcp.save writes this rank's file
+        os.kill(os.getpid(), 9)
+
+
+class Poison(pl.Callback):  # every rank killed while it writes the second save of epoch 2: last.ckpt
+    saves = 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.current_epoch == 2:
+            self.saves += 1
+            if self.saves == 2:
+                checkpoint["state_dict"][f"poison{{trainer.global_rank}}"] = KillOnSave()  # one per rank
+
+
+ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), filename="{{epoch}}", save_top_k=-1,
+                                    save_last=True)  # last.ckpt: a folder overwritten every epoch
+trainer = pl.Trainer(strategy=strategy(), max_epochs=4, callbacks=[history, cb, ckpt, *([Poison()] if poison else [])],
+                     **quiet)
 trainer.fit(model, train, val, ckpt_path=resume)
 rank = trainer.global_rank
 wrapper = cb.observer.wrapper
@@ -176,7 +196,8 @@ def test_the_ring_and_the_average_are_in_the_distributed_checkpoint(runs):
     assert {"optimizer_1.lawa.average.net.0.weight", "optimizer_1.lawa.average.net.2.bias"} <= names
     assert {"state_dict.net.0.weight", "optimizer_0.state.net.0.weight.momentum_buffer"} <= names
     assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
-    assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    # last.ckpt was overwritten every epoch through a staging folder: nothing else is left behind
+    assert sorted(p.name for p in folder.parent.iterdir()) == [f"epoch={e}.ckpt" for e in range(4)] + ["last.ckpt"]
     meta = torch.load(folder / "meta.pt", weights_only=False)  # rank 0's file: no tensors of the ring
     (state,) = [v for k, v in meta["callbacks"].items() if k.startswith("LAWACallback")]
     assert state["sharded"] is True and "observer" not in state and "lawa_state_dict" not in meta
@@ -230,3 +251,30 @@ def test_fsdp1_and_deepspeed_are_refused_naming_model_parallel(pl, name):
     trainer = SimpleNamespace(strategy=strategy, optimizers=[torch.optim.SGD(module.parameters(), lr=1)])
     with pytest.raises(ValueError, match=f"does not support {name}.*ModelParallelStrategy"):
         LAWACallback().on_fit_start(trainer, module)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ranks_killed_while_overwriting_last_ckpt_leave_the_previous_one_loadable(runs, tmp_path):
+    """Both ranks SIGKILLed while dcp.save writes epoch 2's last.ckpt over epoch 1's: last.ckpt is still
+    epoch 1's, complete, and a fit resumed from it ends exactly like the uninterrupted run."""
+    from lawa_optim import dcp_atomic
+
+    script = runs.tmp / "model_parallel_run.py"
+    out = tmp_path / "killed"
+    out.mkdir()
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, str(script), str(out), "-", "poison"], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    folder = out / "ckpt"
+    last = folder / "last.ckpt"
+    dcp_atomic.check(last)
+    assert torch.load(last / "meta.pt", weights_only=False)["epoch"] == 1
+    (staging,) = folder.glob("last.ckpt.tmp-*")  # the killed save's files, never published
+    with pytest.raises(ValueError, match="has no .metadata"):
+        dcp_atomic.check(staging)
+    resumed = _fit(tmp_path, "after_kill", resume=last)
+    for full, again in zip(runs.full, resumed):
+        assert all(torch.equal(a, b) for a, b in zip(full["final"], again["final"]))
+        assert all(torch.equal(full["average"][n], again["average"][n]) for n in full["average"])
