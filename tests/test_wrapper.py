@@ -376,7 +376,7 @@ def _fresh():
         ({"period": 0}, ValueError, "period: 0"),
         ({"period": -1}, ValueError, "period: -1"),
         ({"period": 1.5}, ValueError, "period: 1.5"),
-        ({"weights": "linear"}, ValueError, "weights: 'linear'"),
+        ({"weights": "step"}, ValueError, "weights: 'step'"),
         ({"weights": "exp", "alpha": 0.0}, ValueError, "alpha: 0.0"),
         ({"weights": "exp", "alpha": 1.5}, ValueError, "alpha: 1.5"),
         ({"k": 3, "weights": [1.0, 2.0]}, ValueError, "2 coefficients given for k=3"),
