@@ -6,7 +6,7 @@ Two questions, one run folder:
    by a plain loop). After each epoch every window ``j = 1..K`` of one LAWA
    ring is swapped in (BatchNorm recomputed) and scored on a *selection split* — Fashion-MNIST
    training images outside the training subset, never trained on and never reported (GPT: the held-out
-   end of the training text, see :func:`_gpt_selection`) — on a
+   end of the training text: each workload's ``selection_batches``) — on a
    *training-loss proxy* (the epoch's last training batches) and on the validation split. The
    online strategies of :mod:`lawa_optim.select_k` are deterministic functions of the scores they
    look at, so each is replayed from the table with exactly the choices it would make online; the
@@ -46,55 +46,19 @@ JUMP_POLICIES: dict[str, dict[str, Any]] = {  # LAWAJumpWrapper options; "lead":
 }
 
 
-def _selection_split(workload: Any, n: int) -> torch.utils.data.TensorDataset:
-    """``n`` Fashion-MNIST training images after the training subset in the same fixed permutation."""
-    from .resnet.data import DEFAULT_FASHION_MNIST, fashion_mnist
+def workloads() -> list[str]:
+    """The suite's workloads that have a selection split (:meth:`~.suite.workloads.base.Workload.selection_batches`)."""
+    from .suite.workloads import registry
 
-    train, _ = fashion_mnist(Path(workload.data_cfg.root or DEFAULT_FASHION_MNIST))
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # as _fixed_subset's
-    used = workload.cfg.train_images
-    idx = perm[used:used + n].sort().values
-    assert not set(idx.tolist()) & set(perm[:used].tolist())
-    return torch.utils.data.TensorDataset(*(t[idx] for t in train.tensors))
+    return [name for name, cls in registry().items() if getattr(cls, "selection_size", 0)]
 
 
-def _gpt_selection(workload: Any, n: int) -> list[torch.Tensor]:
-    """``n`` windows of held-out Bible text for the GPT workload, cut off the end of its training text.
-
-    The training text (the training books joined) is cut at the newline before its last ``n`` windows'
-    worth of characters (the end of Revelation); ``workload.train_ids`` is shortened to the text before the
-    cut, so that no training window (they are drawn from ``train_ids``) ever reaches it. The selection split
-    is ``n`` consecutive, non-overlapping windows after the cut; the validation books are untouched.
-    """
-    span = workload.cfg.context + 1
-    ids = workload.train_ids
-    newlines = (ids[: len(ids) - n * span] == workload.vocab.index("\n")).nonzero()
-    if len(newlines) == 0:
-        raise click.BadParameter(f"{n} windows of {span} characters exceed the training text ({len(ids)})",
-                                 param_hint="--selection-images")
-    cut = int(newlines[-1])
-    workload.train_ids = ids[:cut]  # training windows: starts in [0, cut - span), so they end before the cut
-    held = ids[cut + 1:cut + 1 + n * span]
-    return list(held.long().view(n, span).split(64))
-
-
-def _score(model: nn.Module, batches: list[Any]) -> dict[str, float]:
-    """Images: mean cross-entropy and top-1 (%). Characters: loss per character (nats) and next-character top-1."""
-    loss, hits, n = 0.0, 0, 0
+def _score(workload: Any, model: nn.Module, batches: Any) -> dict[str, float]:
+    """The workload's mean loss and top-1 over ``batches``, the model in eval mode (then back to training)."""
     model.eval()
-    with torch.no_grad():
-        for batch in batches:
-            if isinstance(batch, torch.Tensor):  # a GPT batch of windows: predict characters 1.. from 0..
-                x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
-                out = model(input_ids=x).logits.reshape(len(y), -1)
-            else:
-                x, y = batch
-                out = model(x)
-            loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
-            hits += (out.argmax(1) == y).sum().item()
-            n += len(y)
+    out = workload.score(model, batches)
     model.train()
-    return {"loss": loss / n, "top1": 100.0 * hits / n}
+    return out
 
 
 class _Run:
@@ -134,24 +98,19 @@ class _Run:
         return self.lawa.averaged(j, model=self.model, bn_loader=self.w.bn_batches())
 
 
-def _val(workload: Any) -> Any:
-    """The workload's validation batches (GPT's: its fixed windows, 64 a batch, as its ``evaluate`` batches them)."""
-    return list(workload._val.split(64)) if isinstance(workload._val, torch.Tensor) else workload._val
-
-
 def _base_run(workload: Any, seed: int, cfg: dict[str, Any], selection: list[Any]) -> dict[str, Any]:
     run = _Run(workload, seed, cfg["epochs"], cfg["warmup_epochs"], None, {}, cfg["k_max"])
     rows, t_train, t_select = [], 0.0, 0.0
     for epoch in range(cfg["epochs"]):
         t_train += run.train_epoch(epoch, cfg["proxy_batches"])
-        row = {"epoch": epoch + 1, "base": _score(run.model, _val(workload)), "windows": {}}
+        row = {"epoch": epoch + 1, "base": _score(workload, run.model, workload.val_batches()), "windows": {}}
         for j in range(1, run.lawa.num_snapshots + 1):
             with run.swap(j):
                 t0 = time.perf_counter()
-                sel = _score(run.model, selection)
+                sel = _score(workload, run.model, selection)
                 t_select += time.perf_counter() - t0
-                row["windows"][j] = {"sel": sel, "proxy": _score(run.model, run.last),
-                                     "val": _score(run.model, _val(workload))}
+                row["windows"][j] = {"sel": sel, "proxy": _score(workload, run.model, run.last),
+                                     "val": _score(workload, run.model, workload.val_batches())}
         rows.append(row)
     return {"rows": rows, "train_time_s": t_train, "select_pass_s": t_select / max(1, sum(len(r["windows"])
                                                                                          for r in rows))}
@@ -167,15 +126,15 @@ def _jump_run(workload: Any, seed: int, cfg: dict[str, Any], policy: dict[str, A
     for epoch in range(cfg["epochs"]):
         t_train += run.train_epoch(epoch, 1)
         if "lead_start" in policy and run.lawa.num_snapshots >= policy["lead_start"]:
-            run.lawa.jump_if_ahead(lambda: _score(run.model, selection)["loss"], 0.0, model=run.model,
+            run.lawa.jump_if_ahead(lambda: _score(workload, run.model, selection)["loss"], 0.0, model=run.model,
                                    bn_loader=workload.bn_batches())
-        row = {"epoch": epoch + 1, "raw": _score(run.model, _val(workload)),
+        row = {"epoch": epoch + 1, "raw": _score(workload, run.model, workload.val_batches()),
                "jumps": list(getattr(run.lawa, "jumps", []))}
         with run.swap(None):  # lawa_jump: its LAWA average; Lookahead: the slow weights
-            row["lawa"] = _score(run.model, _val(workload))
+            row["lawa"] = _score(workload, run.model, workload.val_batches())
         if driver == "lawa_jump":
             with run.swap(1):  # the newest snapshot, BatchNorm recomputed (see _part: not the weights after a jump)
-                row["raw_bn"] = _score(run.model, _val(workload))
+                row["raw_bn"] = _score(workload, run.model, workload.val_batches())
         rows.append(row)
     return {"rows": rows, "train_time_s": t_train}
 
@@ -190,18 +149,23 @@ def run(cfg: dict[str, Any], out_dir: str | Path, progress: bool = True) -> dict
     wcfg = suite.workload(cfg.get("workload", "resnet"))
     cfg = {**cfg, "epochs": wcfg.epochs, "warmup_epochs": wcfg.warmup_epochs}
     workload = build(cfg.get("workload", "resnet"), wcfg, None)
-    if cfg.get("workload") == "gpt":
-        selection = _gpt_selection(workload, cfg["selection_images"])
-    else:
-        sel_ds = _selection_split(workload, cfg["selection_images"])
-        selection = [(sel_ds.tensors[0][i:i + 500], sel_ds.tensors[1][i:i + 500]) for i in range(0, len(sel_ds), 500)]
+    if not workload.selection_size:
+        raise click.BadParameter(f"{workload.name!r} has no selection split; use one of {workloads()}",
+                                 param_hint="--workload")
+    cfg["selection_images"] = cfg.get("selection_images") or workload.selection_size
+    try:
+        selection = workload.selection_batches(cfg["selection_images"])
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--selection-images") from err
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "beyond.json"
     data = json.loads(path.read_text()) if path.is_file() else {"config": cfg, "runs": {}}
-    same = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in ("seeds", "policies")}
-    if {k: v for k, v in data["config"].items() if k not in ("seeds", "policies")} != same:
+    extendable = ("seeds", "policies", "lower_is_better")  # the last: what the workload says, recorded for analyse
+    same = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in extendable}
+    if {k: v for k, v in data["config"].items() if k not in extendable} != same:
         raise click.UsageError(f"{str(out)!r} holds results of another configuration; use another --out")
+    data["config"]["lower_is_better"] = not workload.higher_is_better
     # more seeds or policies extend the folder
     data["config"]["seeds"] = max(data["config"]["seeds"], cfg["seeds"])
     data["config"]["policies"] += [p for p in cfg["policies"] if p not in data["config"]["policies"]]
@@ -260,8 +224,9 @@ def _fmt(values: list[float], digits: int = 1, censored: int = 0) -> str:
 
 
 def _metric(cfg: dict[str, Any]) -> tuple[str, float, int]:
-    """The reported metric: validation top-1 (higher is better), or GPT's validation loss (lower is better)."""
-    return ("loss", -1.0, 3) if cfg.get("workload") == "gpt" else ("top1", 1.0, 1)
+    """The reported metric: validation top-1 (higher is better), or, for a workload whose metric is a loss
+    (GPT), the validation loss (lower is better): its key, orientation and digits."""
+    return ("loss", -1.0, 3) if cfg.get("lower_is_better") else ("top1", 1.0, 1)
 
 
 def _online_curves(cfg: dict[str, Any], base: dict[int, list[dict[str, Any]]], key: str, curves: dict[str, Any],
@@ -410,9 +375,10 @@ Killed? Run the same command again: finished runs are skipped.
                    "beyond.md (the summary).")
 @click.option("--config", "suite_config", default="configs/suite.yaml", show_default=True,
               help="The suite config whose workload is used: a YAML file or a shipped config's name (suite).")
-@click.option("--workload", type=click.Choice(["resnet", "vit", "gpt"]), default="resnet", show_default=True,
-              help="A suite workload. Fashion-MNIST (resnet, vit): the selection split is held-out training images; "
-                   "gpt: held-out windows cut off the end of the training text (reported metric: validation loss).")
+@click.option("--workload", default="resnet", show_default=True,
+              help="A suite workload with a selection split (resnet, vit, gpt). Fashion-MNIST (resnet, vit): the "
+                   "selection split is held-out training images; gpt: held-out windows cut off the end of the "
+                   "training text (reported metric: validation loss).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds 0..N-1: one baseline run and one run per jump policy each.")
 @click.option("--k-max", type=click.IntRange(min=1), default=12, show_default=True,
@@ -421,7 +387,7 @@ Killed? Run the same command again: finished runs are skipped.
               help="Jumps: the window of the LAWA average the jump runs jump to (snapshots, one per epoch).")
 @click.option("--policies", default=",".join(JUMP_POLICIES), show_default=True, help="Jump policies to run.")
 @click.option("--selection-images", type=click.IntRange(min=1), default=None,
-              help="Size of the selection split: images (default 1000), or gpt's windows (default 128, as validation).")
+              help="Size of the selection split (default: the workload's: 1000 images, or gpt's 128 windows).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads per run (runs go one after another).")
 @click.argument("overrides", nargs=-1)
@@ -430,12 +396,14 @@ def beyond(out_dir: Path, suite_config: str, workload: str, seeds: int, k_max: i
     """Online k and jumps to the average on a suite workload: does choosing LAWA's window as training goes, or
     continuing training from the average, reach the target sooner? OVERRIDES are key=value pairs on the
     suite config, e.g. workloads.resnet.epochs=4."""
+    if workload not in workloads():
+        raise click.BadParameter(f"{workload!r}; use one of {workloads()}", param_hint="--workload")
     names = [p for p in policies.split(",") if p]
     unknown = [p for p in names if p not in JUMP_POLICIES]
     if unknown:
         raise click.BadParameter(f"unknown {unknown}; use some of {list(JUMP_POLICIES)}", param_hint="--policies")
     cfg = {"suite_config": suite_config, "overrides": list(overrides), "seeds": seeds,
            **({"workload": workload} if workload != "resnet" else {}), "k_max": k_max, "k": k,
-           "policies": names, "selection_images": selection_images or (128 if workload == "gpt" else 1000),
+           "policies": names, "selection_images": selection_images,
            "threads": threads, "proxy_batches": 2}
     click.echo(run(cfg, out_dir)["text"])

@@ -62,13 +62,13 @@ def test_gpt_selection_text_is_never_trained_on_and_scored_as_the_suite_scores()
     require("transformers", "the GPT workload's model")
     import torch
 
-    from lawa_benchmarks.beyond import _gpt_selection, _score, _val
+    from lawa_benchmarks.beyond import _score
     from lawa_benchmarks.suite.config import load_config
     from lawa_benchmarks.suite.workloads import build
 
     w = build("gpt", load_config("configs/suite.yaml", GPT_TINY).workload("gpt"), None)
     full, span, newline = w.train_ids.clone(), 17, w.vocab.index("\n")
-    selection = _gpt_selection(w, 20)
+    selection = w.selection_batches(20)
     cut = len(w.train_ids)
     assert torch.equal(w.train_ids, full[:cut]) and full[cut] == newline  # cut at a verse boundary
     held = torch.cat([b.reshape(-1) for b in selection])
@@ -81,7 +81,7 @@ def test_gpt_selection_text_is_never_trained_on_and_scored_as_the_suite_scores()
     assert int(used.max()) < cut and len(full) - cut > 20 * span
     torch.manual_seed(0)
     model = w.build_model()
-    assert _score(model, _val(w))["loss"] == w.evaluate(model)["val_loss"]  # the suite's metric, exactly
+    assert _score(w, model, w.val_batches())["loss"] == w.evaluate(model)["val_loss"]  # the suite's metric, exactly
 
 
 

@@ -113,6 +113,21 @@ class Workload:
         """Inputs to recompute BatchNorm statistics over (None without BatchNorm)."""
         return None
 
+    # ---------------------------------------------------- optional: what `lawa bench beyond` needs
+    selection_size = 0  # the default size of its selection split (0: the workload has none)
+
+    def selection_batches(self, n: int) -> list[Any]:
+        """``n`` held-out items (never trained on, never reported) in batches, for choosing LAWA's window online."""
+        raise NotImplementedError
+
+    def val_batches(self) -> list[Any]:
+        """The validation batches, as :meth:`evaluate` sees them."""
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        """Mean ``loss`` and ``top1`` (%) of ``model`` (in eval mode, no grad) over ``batches``."""
+        raise NotImplementedError
+
 
 class ExternalWorkload:
     """A workload another program trains (``roberta``: fairseq's trainer with the LAWA plugin).

@@ -137,5 +137,42 @@ class GPTWorkload(Workload):
                 n += batch[:, 1:].numel()
         return {"val_loss": total / n}
 
+    selection_size = 128  # windows, as validation
+
+    def selection_batches(self, n: int) -> list[torch.Tensor]:
+        """``n`` windows of held-out text, cut off the end of the training text; 64 a batch.
+
+        The training text (the training books joined) is cut at the newline before its last ``n``
+        windows' worth of characters (the end of Revelation); ``train_ids`` is shortened to the text
+        before the cut, so that no training window (they are drawn from ``train_ids``) ever reaches
+        it. The selection split is ``n`` consecutive, non-overlapping windows after the cut; the
+        validation books are untouched.
+        """
+        span = self.cfg.context + 1
+        ids = self.train_ids
+        newlines = (ids[: len(ids) - n * span] == self.vocab.index("\n")).nonzero()
+        if len(newlines) == 0:
+            raise ValueError(f"Invalid selection size {n}: {n} windows of {span} characters exceed the training "
+                             f"text ({len(ids)}); ask for fewer")
+        cut = int(newlines[-1])
+        self.train_ids = ids[:cut]  # training windows: starts in [0, cut - span), so they end before the cut
+        held = ids[cut + 1:cut + 1 + n * span]
+        return list(held.long().view(n, span).split(64))
+
+    def val_batches(self) -> list[torch.Tensor]:
+        return list(self._val.split(64))  # as evaluate() batches them
+
+    def score(self, model: nn.Module, batches: Any) -> dict[str, float]:
+        """Loss per character (nats) and next-character top-1 (%): predict characters 1.. from 0.."""
+        loss, hits, n = 0.0, 0, 0
+        with torch.no_grad():
+            for batch in batches:
+                x, y = batch[:, :-1], batch[:, 1:].reshape(-1)
+                out = model(input_ids=x).logits.reshape(len(y), -1)
+                loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+                hits += (out.argmax(1) == y).sum().item()
+                n += len(y)
+        return {"loss": loss / n, "top1": 100.0 * hits / n}
+
 
 WORKLOADS = {"gpt": GPTWorkload}

@@ -192,6 +192,34 @@ class ImageWorkload(Workload):
     def bn_batches(self) -> Any:
         return self._bn if self.has_batchnorm else None
 
+    selection_size = 1000
+
+    def selection_batches(self, n: int) -> list[Any]:
+        """``n`` Fashion-MNIST training images after the training subset in the same fixed permutation, 500 a batch."""
+        from pathlib import Path
+
+        from ...resnet.data import DEFAULT_FASHION_MNIST, fashion_mnist
+
+        train, _ = fashion_mnist(Path(self.data_cfg.root or DEFAULT_FASHION_MNIST))
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # as load_data's subset
+        used = self.cfg.train_images
+        idx = perm[used:used + n].sort().values
+        x, y = (t[idx] for t in train.tensors)
+        return [(x[i:i + 500], y[i:i + 500]) for i in range(0, len(idx), 500)]
+
+    def val_batches(self) -> Any:
+        return self._val
+
+    def score(self, model: nn.Module, batches: Any) -> dict[str, float]:
+        loss, hits, n = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in batches:
+                out = model(x)
+                loss += nn.functional.cross_entropy(out, y, reduction="sum").item()
+                hits += (out.argmax(1) == y).sum().item()
+                n += len(y)
+        return {"loss": loss / n, "top1": 100.0 * hits / n}
+
 
 class ResNetWorkload(ImageWorkload):
     Config = ResNetConfig
