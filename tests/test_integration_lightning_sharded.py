@@ -278,3 +278,25 @@ def test_ranks_killed_while_overwriting_last_ckpt_leave_the_previous_one_loadabl
     for full, again in zip(runs.full, resumed):
         assert all(torch.equal(a, b) for a, b in zip(full["final"], again["final"]))
         assert all(torch.equal(full["average"][n], again["average"][n]) for n in full["average"])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_lawa_average_of_the_epoch_folders_equals_the_callbacks_average(runs, tmp_path):
+    """`lawa average` on the last k epoch folders (it reads state_dict, drops optimizer_0/1) gives the
+    average the callback logged and saved."""
+    import torch.distributed.checkpoint as dcp
+    from click.testing import CliRunner
+
+    from lawa_optim.cli import main
+
+    folders = [str(runs.tmp / "full" / "ckpt" / f"epoch={e}.ckpt") for e in (1, 2, 3)]
+    out = tmp_path / "average"
+    result = CliRunner().invoke(main, ["average", *folders, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = runs.full[0]["average"]
+    state = {"state_dict": {name: torch.zeros_like(t) for name, t in expected.items()}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.load(state, checkpoint_id=out)
+    for name, t in expected.items():
+        torch.testing.assert_close(state["state_dict"][name], t, rtol=0, atol=1e-6, msg=name)
