@@ -17,6 +17,11 @@ time-saved records) goes in Lightning's ``checkpoint["callbacks"]``, so ``traine
 continues the uninterrupted run bit-exactly. At the end of ``fit`` one line says when the average
 first reached the raw weights' best monitored value (:class:`~lawa_optim.integrations.observer.TimeSaved`).
 
+Sharded weights: under ``ModelParallelStrategy`` (FSDP2 through ``configure_model``) each rank
+snapshots and averages its own shards, and the ring and the average go into the distributed
+checkpoint shard by shard (:mod:`lawa_optim.integrations.lightning_sharded`); ``FSDPStrategy`` and
+DeepSpeed (GPU-only in Lightning, untested) are refused when ``fit`` starts.
+
 Importing this module imports ``lightning``.
 """
 
