@@ -51,9 +51,11 @@ import click
 __all__ = ["CostConfig", "markdown_table", "run"]
 
 FORMATS = ("pt", "hf", "dcp")
-TOOLS = {"pt": ("read", "floor", "plain", "lawa"), "hf": ("read", "floor", "mergekit", "lawa"),
-         "dcp": ("read", "floor", "lawa")}
+TOOLS = {"pt": ("read", "floor", "floor+write", "plain", "lawa"),
+         "hf": ("read", "floor", "floor+write", "mergekit", "lawa"), "dcp": ("read", "floor", "floor+write", "lawa")}
+FLOORS = ("read", "floor", "floor+write")  # measured at one thread only
 TOOL_NAMES = {"read": "read the files (the physical floor)", "floor": "read + float64 sum (the floor)",
+              "floor+write": "read + float64 sum + write the average, fsync",
               "plain": "plain in-memory loop (fairseq's script)", "mergekit": "mergekit `linear`",
               "lawa": "`lawa average`"}
 FORMAT_NAMES = {"pt": "fairseq-style .pt", "hf": "HF folders (safetensors)", "dcp": "DCP folders"}
@@ -69,9 +71,9 @@ if task != "read":
     torch.set_num_threads(threads)
 imported = time.perf_counter()
 start, cpu = time.perf_counter(), time.process_time()
-if task in ("read", "floor"):
+if task in ("read", "floor", "floor+write"):
     piece = 1 << 16
-    if task == "floor":
+    if task != "read":
         buf = torch.empty(piece)
         acc = torch.zeros(piece, dtype=torch.float64)
         raw = memoryview(buf.view(torch.uint8).numpy())
@@ -80,8 +82,17 @@ if task in ("read", "floor"):
     for name in args["files"]:
         with open(name, "rb", buffering=0) as f:
             while n := f.readinto(raw):
-                if task == "floor":  # every value read once and added once into a float64 sum
+                if task != "read":  # every value read once and added once into a float64 sum
                     acc[: n // 4].add_(buf[: n // 4])
+    if task == "floor+write":  # and the average (a k-th of the bytes) divided into memory, written, fsynced
+        avg = torch.empty(sum(os.path.getsize(f) for f in args["files"]) // 4 // len(args["inputs"]))
+        for a in range(0, avg.numel(), piece):
+            torch.div(acc[: min(piece, avg.numel() - a)], len(args["inputs"]), out=avg[a:a + piece])
+        with open(args["out"] + ".floor", "wb") as f:
+            f.write(memoryview(avg.view(torch.uint8).numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(args["out"] + ".floor")
 elif task == "plain":  # fairseq's scripts/average_checkpoints.py, in memory and in float32
     params, new_state = {}, None
     for path in args["inputs"]:
@@ -262,7 +273,8 @@ def run(cfg: CostConfig, progress=None) -> dict:
     rows = []
     out = cfg.out / "output"
     for r in range(cfg.repeats):
-        order = [(t, task) for t in cfg.threads for task in tasks]
+        order = [(t, (fmt, tool)) for t in cfg.threads for fmt, tool in tasks if t == cfg.threads[0]
+                 or tool not in FLOORS]
         shift = (r * len(order)) // cfg.repeats  # rotate: no tool always runs right after another
         for threads, (fmt, tool) in order[shift:] + order[:shift]:
             shutil.rmtree(out, ignore_errors=True)
@@ -317,8 +329,10 @@ def summarize(cfg: CostConfig, rows: list[dict], params: int, nbytes: dict, miss
     for fmt in cfg.formats:
         for threads in cfg.threads:
             lawa = f"{fmt}/{threads}/lawa"
-            r = {"lawa_vs_floor_time": ratio(lawa, f"{fmt}/{threads}/floor", "seconds"),
-                 "lawa_vs_floor_cpu": ratio(lawa, f"{fmt}/{threads}/floor", "cpu_seconds")}
+            base = f"{fmt}/{one}"  # the floors, measured at one thread
+            r = {"lawa_vs_floor_time": ratio(lawa, f"{base}/floor", "seconds"),
+                 "lawa_vs_floor_cpu": ratio(lawa, f"{base}/floor", "cpu_seconds"),
+                 "lawa_vs_floor+write_time": ratio(lawa, f"{base}/floor+write", "seconds")}
             peer = {"pt": "plain", "hf": "mergekit"}.get(fmt)
             if peer:
                 r[f"lawa_vs_{peer}_time"] = ratio(lawa, f"{fmt}/{threads}/{peer}", "seconds")
@@ -361,7 +375,8 @@ def markdown_table(results: dict) -> str:
                 lines.append(f"| {FORMAT_NAMES[fmt]} | {TOOL_NAMES[tool]} | {cells[0]['missing']} |"
                              + " |" * len(threads))
                 continue
-            times = " | ".join(f"{c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s)" for c in cells)
+            times = " | ".join("-" if "missing" in c else f"{c['seconds']:.2f} s ({c['cpu_seconds']:.2f} s)"
+                               for c in cells)
             name = f"**{TOOL_NAMES[tool]}**" if tool == "lawa" else TOOL_NAMES[tool]
             lines.append(f"| {FORMAT_NAMES[fmt]} | {name} | {times} | {cells[0]['peak_rss_mib']:,.0f} MiB |")
     lines.append("")
@@ -404,7 +419,8 @@ def plot(results: dict, path: Path) -> None:
             labels.append(f"{fmt}: {tool}")
             times.append(cell["seconds"])
             mems.append(cell["peak_rss_mib"])
-    colors = ["C3" if lbl.endswith("lawa") else "C7" if lbl.endswith(("read", "floor")) else "C0" for lbl in labels]
+    colors = ["C3" if lbl.endswith("lawa") else "C7" if lbl.endswith(("read", "floor", "floor+write")) else "C0"
+              for lbl in labels]
     for ax, values, title in ((axes[0], times, f"time, {one} thread (s)"), (axes[1], mems, "peak RSS (MiB)")):
         ax.barh(range(len(values)), values, color=colors)
         ax.set_yticks(range(len(values)), labels, fontsize=7)

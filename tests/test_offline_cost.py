@@ -44,8 +44,8 @@ def test_average_cost_runs_every_tool_and_reports_ratios(tmp_path):
     assert result.exit_code == 0, result.output
     res = json.loads((out / "results.json").read_text())
     assert sorted((r["format"], r["tool"]) for r in res["rows"]) == sorted(
-        [("pt", t) for t in ("read", "floor", "plain", "lawa")] + [("hf", t) for t in ("read", "floor", "mergekit",
-                                                                                         "lawa")])
+        [("pt", t) for t in ("read", "floor", "floor+write", "plain", "lawa")]
+        + [("hf", t) for t in ("read", "floor", "floor+write", "mergekit", "lawa")])
     assert res["parameters"] == 100 * 64 + 4 * 64 * 64 + 3 * 170 * 64 + 3 * 64  # embed, attention, MLP, norms
     cells, ratios = res["cells"], res["ratios"]
     assert ratios["pt/1"]["lawa_vs_plain_time"] == pytest.approx(cells["pt/1/lawa"]["seconds"]
@@ -54,6 +54,8 @@ def test_average_cost_runs_every_tool_and_reports_ratios(tmp_path):
                                                                       / cells["hf/1/mergekit"]["peak_rss_mib"])
     assert ratios["hf/1"]["lawa_vs_floor_time"] == pytest.approx(cells["hf/1/lawa"]["seconds"]
                                                                  / cells["hf/1/floor"]["seconds"])
+    assert ratios["pt/1"]["lawa_vs_floor+write_time"] == pytest.approx(cells["pt/1/lawa"]["seconds"]
+                                                                       / cells["pt/1/floor+write"]["seconds"])
     assert set(res["met"]) == {"pt/1/lawa_vs_plain_time", "pt/1/lawa_vs_plain_memory", "pt/1/lawa_vs_floor_time",
                                "hf/1/lawa_vs_mergekit_time", "hf/1/lawa_vs_mergekit_memory", "hf/1/lawa_vs_floor_time"}
     assert cells["pt/1/lawa"]["peak_rss_mib"] > 100  # torch is imported in every child but the read
@@ -69,3 +71,34 @@ def test_average_cost_runs_every_tool_and_reports_ratios(tmp_path):
     want = average_checkpoints(pts)["model"]
     got = average_checkpoints(sorted((out / "checkpoints" / "hf").iterdir()))
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_summary_ratios_and_table_from_rows():
+    """The floors are measured at one thread only; every ratio divides the medians of the rounds."""
+    from lawa_benchmarks.offline_cost import CostConfig, markdown_table, summarize
+
+    cfg = CostConfig(out="x", formats=("pt",), threads=(1, 2), repeats=3)
+    secs = {"read": 1.0, "floor": 2.0, "floor+write": 2.5, "plain": 10.0, "lawa": 4.0}
+    rows = []
+    for r in range(3):
+        for threads in (1, 2):
+            for tool, s in secs.items():
+                if threads == 2 and tool in ("read", "floor", "floor+write"):
+                    continue
+                t = s * (1 + r) / threads  # rounds 1x, 2x, 3x: the median is round 1's
+                rows.append({"round": r, "format": "pt", "tool": tool, "threads": threads, "seconds": t,
+                             "cpu_seconds": t, "process_seconds": t + 2, "import_seconds": 2.0,
+                             "peak_rss_mib": 1000.0 if tool == "plain" else 600.0})
+    res = summarize(cfg, rows, 10**6, {"pt": 6 * 4 * 10**6}, {})
+    assert res["ratios"]["pt/1"]["lawa_vs_plain_time"] == pytest.approx(0.4)
+    assert res["ratios"]["pt/1"]["lawa_vs_floor_time"] == pytest.approx(2.0)
+    assert res["ratios"]["pt/1"]["lawa_vs_floor+write_time"] == pytest.approx(1.6)
+    assert res["ratios"]["pt/1"]["lawa_vs_plain_memory"] == pytest.approx(0.6)
+    assert res["ratios"]["pt/2"]["lawa_vs_floor_time"] == pytest.approx(1.0)  # against the one-thread floor
+    assert res["ratios"]["pt/speedup_2_threads"] == pytest.approx(2.0)
+    assert res["met"] == {"pt/1/lawa_vs_plain_time": True, "pt/1/lawa_vs_plain_memory": True,
+                          "pt/1/lawa_vs_floor_time": False}
+    table = markdown_table(res)
+    assert "| fairseq-style .pt | read + float64 sum (the floor) | 4.00 s (4.00 s) | - | 600 MiB |" in table
+    assert "| fairseq-style .pt | **`lawa average`** | 8.00 s (8.00 s) | 4.00 s (4.00 s) | 600 MiB |" in table
+    assert "2 threads: 2.00x faster" in table
