@@ -8,7 +8,6 @@ taken normally.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -39,11 +38,13 @@ def _train(model, opt, steps, seed=0):
 
 
 def _ring_state(opt) -> dict:
-    sd = copy.deepcopy(opt.state_dict()["lawa"])
-    sd.pop("num_steps")  # steps go on; the ring must not
-    sd.pop("skipped_snapshots")  # counts the refusals (asserted on its own)
-    sd["snapshots"] = [[s.clone() for s in opt.snapshots(i)] for i in range(len(sd["ring"]))]
-    return sd
+    """The ring as it is (not through state_dict(), which rebuilds the running sums): its slots,
+    running sums and counters; the steps go on and skipped_snapshots counts the refusals."""
+    ring = opt._ring
+    n = len(ring.params)
+    return {"count": ring.count, "size": ring.size, "head": ring.head, "k": opt.k,
+            "snapshots": [[s.clone() for s in opt.snapshots(i)] for i in range(n)],
+            "sums": [ring.sum_of(i).clone() for i in range(n)]}
 
 
 def _averages(model, opt) -> list[list[torch.Tensor]]:
