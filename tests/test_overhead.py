@@ -190,3 +190,24 @@ def test_gpu_check_script_smoke_on_cpu(tmp_path):
     assert data["complete"] and data["config"]["device"] == "cpu"
     assert {f["figure"] for f in data["figures"]} >= {"snapshot", "averaged", "epoch_resnet18", "step_resnet18"}
     assert (tmp_path / "overhead" / "overhead.png").exists() and "finished in" in res.stdout
+
+
+def test_dtype_measures_the_per_size_figures_in_that_dtype(tmp_path, monkeypatch):
+    """``dtype="bfloat16"``: the per-size figures are measured on bf16 parameters, and the files say so."""
+    _, _, run = _bench()
+    made = []
+    real = run.make_params
+
+    def spy(numel, device, dtype=torch.float32, seed=0):
+        made.append(dtype)
+        return real(numel, device, dtype, seed)
+
+    monkeypatch.setattr(run, "make_params", spy)
+    cfg = run.OverheadConfig(out=tmp_path, sizes=(2000,), repeats=1, models=False, disk=False, dtype="bfloat16")
+    results = run.run(cfg, progress=False)
+    assert made == [torch.bfloat16]
+    assert json.loads((tmp_path / "overhead.json").read_text())["config"]["dtype"] == "bfloat16"
+    assert any(f["figure"] == "snapshot" and "ratio" in f for f in results["figures"])
+    assert "bfloat16 in the per-size figures" in (tmp_path / "overhead.md").read_text()
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        run.OverheadConfig(out=tmp_path, dtype="int8")

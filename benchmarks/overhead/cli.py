@@ -34,6 +34,8 @@ def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
               help="Ring sizes: the middle one for the main figures, largest vs smallest for k-independence.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the tensors and models live.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="The parameters' dtype in the per-size figures (the models train in float32).")
 @click.option("--repeats", type=click.IntRange(min=1), default=11, show_default=True,
               help="Interleaved pairs per figure (sizes >= 3e7 use --large-repeats).")
 @click.option("--large-repeats", type=click.IntRange(min=1), default=3, show_default=True,
@@ -57,8 +59,8 @@ def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for overhead.json, overhead.md and overhead.png.")
 @click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
-def overhead(sizes: str, ks: str, device: str, repeats: int, large_repeats: int, threads: int, max_gib: float,
-             models: bool, epoch_model: str, epoch_batches: int, batch_size: int, image_size: int,
+def overhead(sizes: str, ks: str, device: str, dtype: str, repeats: int, large_repeats: int, threads: int,
+             max_gib: float, models: bool, epoch_model: str, epoch_batches: int, batch_size: int, image_size: int,
              epoch_repeats: int, disk: bool, out_dir: Path, no_progress: bool) -> None:
     """Measure what LAWA costs, each figure as a ratio to a reference timed beside it.
 
@@ -72,7 +74,7 @@ def overhead(sizes: str, ks: str, device: str, repeats: int, large_repeats: int,
     try:
         cfg = OverheadConfig(
             out=out_dir, sizes=_int_list(sizes, "--sizes", 1000), ks=_int_list(ks, "--k", 1), device=device,
-            repeats=repeats, large_repeats=large_repeats, threads=threads, max_gib=max_gib, models=models,
+            dtype=dtype, repeats=repeats, large_repeats=large_repeats, threads=threads, max_gib=max_gib, models=models,
             epoch_model=epoch_model, epoch_batches=epoch_batches, batch_size=batch_size, image_size=image_size,
             epoch_repeats=epoch_repeats, disk=disk,
         )

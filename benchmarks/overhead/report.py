@@ -48,7 +48,8 @@ def markdown_table(results: dict) -> str:
     lines.append("")
     lines.append(
         f"Clock: {results.get('clock')}; torch {machine.get('torch')}, {machine.get('threads')} thread(s), "
-        f"{machine.get('cpus')} CPUs{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}. Ratios are medians "
+        f"{machine.get('cpus')} CPUs{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; parameters "
+        f"{results.get('config', {}).get('dtype', 'float32')} in the per-size figures. Ratios are medians "
         "of interleaved pairs; floor = bytes the design moves / bytes of the reference."
     )
     return "\n".join(lines)

@@ -31,6 +31,9 @@ __all__ = ["OverheadConfig", "run", "DEFAULT_SIZES"]
 DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000, 100_000_000)
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # what the per-size figures can measure
+
+
 @dataclass(frozen=True)
 class OverheadConfig:
     """What ``lawa bench overhead`` measures.
@@ -42,6 +45,8 @@ class OverheadConfig:
             default), the k-independence figure compares the largest with the smallest
             (default: (2, 6, 16)).
         device (str): ``"cpu"`` or ``"cuda"`` (default: ``"cpu"``).
+        dtype (str): the parameters' dtype in the per-size figures: ``"float32"``, ``"bfloat16"``
+            or ``"float16"`` (default: ``"float32"``).
         repeats (int): interleaved pairs per figure (default: 11).
         large_repeats (int): pairs per figure for sizes >= ``large_size`` (default: 3).
         large_size (int): see ``large_repeats`` (default: 3e7).
@@ -59,6 +64,7 @@ class OverheadConfig:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     ks: tuple[int, ...] = (2, 6, 16)
     device: str = "cpu"
+    dtype: str = "float32"
     repeats: int = 11
     large_repeats: int = 3
     large_size: int = 30_000_000
@@ -75,6 +81,8 @@ class OverheadConfig:
 
     def __post_init__(self) -> None:
         errors = []
+        if self.dtype not in DTYPES:
+            errors.append(f"dtype={self.dtype!r}: use one of {DTYPES}")
         if not self.sizes or any(not isinstance(s, int) or s < 1000 for s in self.sizes):
             errors.append(f"sizes={self.sizes!r}: give parameter counts >= 1000")
         if len(self.ks) < 2 or any(not isinstance(k, int) or k < 1 for k in self.ks):
@@ -143,7 +151,7 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
         bar.set_postfix_str(str(item))
         if isinstance(item, int):
             repeats = cfg.large_repeats if item >= cfg.large_size else cfg.repeats
-            params = make_params(item, device)
+            params = make_params(item, device, getattr(torch, cfg.dtype))
             figures += size_figures(params, k, ks, clock, repeats, lambda need: need <= budget, disk=cfg.disk)
             acc = _acc_dtype(params[0].dtype)
             need = item * (2 * params[0].element_size() + 2 * torch.empty((), dtype=acc).element_size())
