@@ -48,16 +48,16 @@ def save_entry(module: nn.Module, wrapper: Any, average: dict[str, Any] | None) 
     return {ENTRY: entry}
 
 
-def entry_key(folder: str | Path) -> str | None:
-    """The checkpoint key (``optimizer_<n>``) of the callback's entry in ``folder``, or None.
-
-    Also checks the folder (:func:`lawa_optim.dcp_atomic.check`): an incomplete one is refused."""
-    metadata = dcp_atomic.check(folder)
-    for key in metadata.state_dict_metadata:
-        head, _, rest = key.partition(".")
+def entry_key(folder: str | Path) -> tuple[str | None, set[str]]:
+    """The checkpoint key (``optimizer_<n>``) of the callback's entry in ``folder`` (None if there
+    is none) and every name the folder holds; an incomplete folder is refused
+    (:func:`lawa_optim.dcp_atomic.check`)."""
+    names = set(dcp_atomic.check(folder).state_dict_metadata)
+    for name in names:
+        head, _, rest = name.partition(".")
         if head.startswith("optimizer_") and rest.startswith(ENTRY + ".ring."):
-            return head
-    return None
+            return head, names
+    return None, names
 
 
 def load_ring(folder: str | Path, module: nn.Module, wrapper: Any) -> bool:
@@ -66,7 +66,7 @@ def load_ring(folder: str | Path, module: nn.Module, wrapper: Any) -> bool:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    key = entry_key(folder)
+    key, _ = entry_key(folder)
     if key is None:
         return False
     state = {key: {ENTRY: {"ring": get_optimizer_state_dict(module, wrapper)}}}
@@ -79,12 +79,11 @@ def load_average(folder: str | Path, module: nn.Module) -> dict[str, Any] | None
     """The average saved in ``folder``, sharded like ``module.state_dict()``; None if there is none."""
     import torch.distributed.checkpoint as dcp
 
-    key = entry_key(folder)
+    key, names = entry_key(folder)
     if key is None:
         return None
-    metadata = dcp_atomic.check(folder)
     prefix = f"{key}.{ENTRY}.average."
-    saved = {name[len(prefix):] for name in metadata.state_dict_metadata if name.startswith(prefix)}
+    saved = {name[len(prefix):] for name in names if name.startswith(prefix)}
     if not saved:
         return None
     average = {name: t.detach().clone() for name, t in module.state_dict().items() if name in saved}
