@@ -52,10 +52,10 @@ class PretrainConfig(Section):
     """The experiment; defaults are ``configs/pretrain.yaml``'s."""
 
     seeds: list[int] = [0, 1, 2]
-    steps: PosInt = 4800  # T, the longest budget
+    steps: PosInt = 2000  # T, the longest budget
     warmup_steps: Annotated[int, Field(ge=0)] = 100
-    eval_every: PosInt = 200
-    snapshot_every: PosInt = 100  # nu: steps between two snapshots of the ring
+    eval_every: PosInt = 100
+    snapshot_every: PosInt = 50  # nu: steps between two snapshots of the ring
     ring: PosInt = 16  # K: the largest window
     windows: list[PosInt] = [2, 4, 8, 16]
     weights: list[str] = ["uniform", "cosine", "1-sqrt", "exp"]
