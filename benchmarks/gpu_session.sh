@@ -22,7 +22,7 @@ export PYTHONPATH=/tmp/site
 cd /tmp   # import lawa_optim from the installed wheel, never from a working tree
 { nvidia-smi -L; python3 -c "import torch, lawa_optim; print('torch', torch.__version__, 'cuda', torch.version.cuda, lawa_optim.__file__)"; } > "$W/env.txt" 2>&1
 t0=$(date +%s)
-if [ "$MODE" = smoke ]; then PT=(--quick -o steps=40 -o warmup_steps=2 -o seeds=[0] -o eval_every=10 -o snapshot_every=5 -o ring=4 -o "windows=[2,4]"); DEV=cpu; else PT=(--config pretrain --jobs 3 -o device=cuda); DEV=cuda; fi
+if [ "$MODE" = smoke ]; then PT=(--quick -o steps=40 -o warmup_steps=2 -o seeds=[0] -o eval_every=10 -o snapshot_every=5 -o ring=4 -o "windows=[2,4]"); DEV=cpu; else PT=(--config pretrain --jobs 3 -o device=cuda -o steps=4800 -o eval_every=200 -o snapshot_every=100); DEV=cuda; fi
 [ "$MODE" = smoke ] && PT+=(-o device=cpu)
 timeout "${PRETRAIN_TIMEOUT:-300}" python3 -m lawa_optim.cli bench pretrain "${PT[@]}" --no-progress --out "$W/pretrain" > "$W/pretrain.log" 2>&1
 echo "pretrain rc=$? after $(( $(date +%s) - t0 )) s" | tee -a "$W/env.txt"
