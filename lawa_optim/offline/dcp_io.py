@@ -43,6 +43,7 @@ from ..io import CheckpointError, UnsafeCheckpointError, atomic_write_bytes
 from . import safetensors_io as st
 from .accumulate import check_same_layout, listing
 from .base import Format, staged_folder
+from .layouts import unpickle_trusted
 from .select import PROVENANCE
 from .streamed import averaged_tensors, collect, with_skips
 from .summary import AverageSummary
@@ -185,14 +186,18 @@ class DCPSource:
         class Planner(DefaultLoadPlanner):
             def load_bytes(self, read_item, value: io.BytesIO) -> None:  # DCP's own unpickles fully
                 try:
-                    obj = torch.load(value, weights_only=not trust)
+                    obj = torch.load(value, weights_only=True)
                 except pickle.UnpicklingError as err:
-                    why = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
-                    raise UnsafeCheckpointError(
-                        f"{name}: {read_item.dest_index.fqn!r} is not a tensor and needs more than weights_only "
-                        f"unpickling ({why[0] if why else type(err).__name__}); if you made this checkpoint "
-                        "yourself or trust its source, pass trust_pickle=True (--trust-pickle on the command "
-                        "line) to unpickle it fully, which can run code") from err
+                    if trust:
+                        value.seek(0)
+                        obj = unpickle_trusted(value, f"{name}: {read_item.dest_index.fqn}")
+                    else:
+                        why = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+                        raise UnsafeCheckpointError(
+                            f"{name}: {read_item.dest_index.fqn!r} is not a tensor and needs more than weights_only "
+                            f"unpickling ({why[0] if why else type(err).__name__}); if you made this checkpoint "
+                            "yourself or trust its source, pass trust_pickle=True (--trust-pickle on the command "
+                            "line) to unpickle it fully, which can run code") from err
                 from torch.distributed.checkpoint._nested_dict import set_element
 
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)

@@ -29,14 +29,14 @@ import argparse
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from ..io import CheckpointError, UnsafeCheckpointError, safe_load
 from .accumulate import listing
 
-__all__ = ["LAYOUTS", "PickledFormat", "detect_pickled", "load_pickled"]
+__all__ = ["LAYOUTS", "PickledFormat", "detect_pickled", "load_pickled", "unpickle_trusted"]
 
 # Classes accepted when loading besides tensors and plain containers: fairseq-train and timm's
 # CheckpointSaver store their config as an argparse.Namespace; unpickling one only sets attributes.
@@ -61,10 +61,19 @@ def load_pickled(path: Path, trust_pickle: bool) -> Any:
                 f"{err}. If you made this file yourself or trust its source, pass trust_pickle=True "
                 "(--trust-pickle on the command line) to unpickle it fully, which can run code"
             ) from err
-    try:  # the user vouched for the file: full unpickling, as torch.load did before torch 2.6
-        return torch.load(path, map_location="cpu", weights_only=False)
+    return unpickle_trusted(path, str(path))
+
+
+def unpickle_trusted(source: Path | BinaryIO, name: str) -> Any:
+    """Full unpickling (``torch.load(weights_only=False)``), which can run code: the one place it is done.
+
+    Only for what ``weights_only=True`` refused and the user vouched for (``trust_pickle``), as
+    torch.load did before torch 2.6; ``name`` names ``source`` in the error.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise CheckpointError(f"Checkpoint {str(path)!r} could not be unpickled ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"Checkpoint {name!r} could not be unpickled ({type(err).__name__}: {err})") from err
 
 
 class PickledFormat:
