@@ -325,6 +325,17 @@ class LAWAWrapper(AveragingOptimizer):
                 raise ValueError(f"Invalid state_dict: per-parameter entries at position {pos!r}, this optimizer "
                                  f"has {len(flat)} parameters; was it saved for another model?")
             found[index[id(flat[pos])]] = entry
+        present = next((entry for entry in found if entry is not None), None)
+        for i, p in enumerate(self._params):
+            if found[i] is None and present is not None and not p.requires_grad:
+                # torch's set_optimizer_state_dict passes no state for a parameter that needs no gradient:
+                # a frozen parameter's snapshots (and training weights) are its current value
+                value = ring_state.local(p).detach()
+                found[i] = {
+                    **{key: v for key, v in present.items() if not key.startswith(ring_state.SLOT_PREFIX)},
+                    **{ring_state.slot_key(j): value for j in range(self.k)},
+                    **({ring_state.TRAINING_KEY: value} if ring_state.TRAINING_KEY in present else {}),
+                }
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
             raise ValueError(

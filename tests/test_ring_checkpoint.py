@@ -209,3 +209,24 @@ def test_jump_schedule_survives_the_torch_api():
     _train(model2, opt2, 14, 30)
     assert opt2.jumps == [j for j in opt.jumps if j > 14]  # the history before the save is not carried
     _assert_same(_record(model2, opt2), _record(model, opt))
+
+
+def test_a_frozen_parameter_through_the_torch_api():
+    """set_optimizer_state_dict passes no state for a parameter that needs no gradient: its
+    snapshots are its current value (a frozen parameter never changes)."""
+
+    def build(seed):
+        model = _model(seed)
+        model[0].requires_grad_(False)
+        return model, LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=3, period=2)
+
+    model, opt = build(0)
+    _train(model, opt, 0, 9)
+    sd = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    model2, opt2 = build(1)
+    model2.load_state_dict(model.state_dict())
+    set_optimizer_state_dict(model2, opt2, sd)
+    assert all(torch.equal(a, b) for a, b in zip(opt2.snapshots(0), opt.snapshots(0)))
+    _train(model, opt, 9, 14)
+    _train(model2, opt2, 9, 14)
+    _assert_same(_record(model2, opt2), _record(model, opt))
