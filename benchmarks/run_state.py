@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from lawa_optim.protocol import PARAM_STATE_PREFIX, STATE_KEY
+
 __all__ = ["ResumeError", "RunState"]
 
 
@@ -32,8 +34,8 @@ def _as_tuple(obj: Any) -> Any:
 
 def _own_part(sd: dict[str, Any]) -> dict[str, Any]:
     """A wrapper's entries of its state dict: ``"lawa"``, and the ``lawa_*`` entries of each parameter's state."""
-    per_param = {i: {k: v for k, v in st.items() if k.startswith("lawa_")} for i, st in sd["state"].items()}
-    return {"lawa": sd["lawa"], "state": {i: st for i, st in per_param.items() if st}}
+    per_param = {i: {k: v for k, v in st.items() if k.startswith(PARAM_STATE_PREFIX)} for i, st in sd["state"].items()}
+    return {STATE_KEY: sd[STATE_KEY], "state": {i: st for i, st in per_param.items() if st}}
 
 
 def _with_own_part(plain: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def _with_own_part(plain: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]
     state = {i: dict(st) for i, st in plain["state"].items()}
     for i, st in own["state"].items():
         state.setdefault(i, {}).update(st)
-    return {**plain, "state": state, "lawa": own["lawa"]}
+    return {**plain, "state": state, STATE_KEY: own[STATE_KEY]}
 
 
 class RunState:

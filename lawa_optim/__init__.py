@@ -5,7 +5,7 @@ from .baselines import BareWrapper, EMAWrapper, EXPWrapper, LookaheadWrapper, Sc
 from .baselines.jump import LAWAJumpWrapper
 from .bn import recompute_bn
 from .io import CheckpointError, atomic_save, safe_load
-from .offline import average_checkpoints, average_state_dicts, write_average
+from .offline import AverageOptions, average_checkpoints, average_state_dicts, write_average
 from .protocol import AveragingOptimizer
 from .registry import MethodInfo, create, get_method_info, list_methods
 from .select_k import OnlineK
@@ -13,6 +13,7 @@ from .unwrap import unwrap
 from .wrapper import LAWAWrapper
 
 __all__ = [
+    "AverageOptions",
     "AveragingOptimizer",
     "BareWrapper",
     "EMAWrapper",

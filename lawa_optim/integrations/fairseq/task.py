@@ -46,6 +46,7 @@ from ..._tensors import move_to
 from ...averaging import WEIGHT_NAMES, resolve_weights
 from ...io import atomic_save
 from ...offload import OFFLOAD_NAMES, check_offload, parse_offload
+from ...protocol import STATE_KEY
 from ...wrapper import LAWAWrapper
 from . import checkpoint as ckpt
 
@@ -308,7 +309,7 @@ class LAWATaskMixin:
                 f"Invalid LAWA state in the checkpoint: format {state.get('format')!r}, this plugin reads "
                 f"{STATE_FORMAT}; resume with the version that saved it or pass --reset-dataloader to start a new ring"
             )
-        saved_k = state["wrapper"].get("lawa", {}).get("k")
+        saved_k = state["wrapper"].get(STATE_KEY, {}).get("k")
         if saved_k != self.cfg.lawa_k:
             raise ValueError(
                 f"Invalid --lawa-k {self.cfg.lawa_k}: the checkpoint's ring was saved with --lawa-k {saved_k}; "
