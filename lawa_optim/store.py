@@ -102,8 +102,19 @@ class _Group:
         self.max_block = max((stop - start for start, stop, _ in self.blocks), default=0)
         self.same_device = all(params[i].device == device for i in indices)
         self._dst: dict[int, list[list[Tensor]]] = {}  # slot -> per block, the pieces' views in the row
+        self._blocks_of: dict[int, list[tuple[Tensor, Tensor, list[Tensor]]]] = {}  # see block_views
         self._src: tuple[list[int], list[list[Tensor]]] | None = None  # (data_ptrs, per block views)
         self._scratch_views: tuple[int, list[list[Tensor]]] | None = None
+
+    def block_views(self, slot: int) -> list[tuple[Tensor, Tensor, list[Tensor]]]:
+        """Per block, ``(its running sum, its stretch of the slot row, the pieces' views in that row)``,
+        made once per slot: the loop over blocks then only calls the three operations."""
+        views = self._blocks_of.get(slot)
+        if views is None:
+            views = [(self.total[start:stop], self.rows[slot, start:stop], dst)
+                     for (start, stop, _), dst in zip(self.blocks, self.dst_views(slot))]
+            self._blocks_of[slot] = views
+        return views
 
     def dst_views(self, slot: int) -> list[list[Tensor]]:
         """Per block, the views of the slot row the pieces go to (made once per slot)."""
@@ -309,18 +320,18 @@ class SnapshotRing:
             self.rebuild()
 
     def _push_group(self, g: _Group, slot: int, full: bool) -> None:
-        for (start, stop, _), dst, src in zip(g.blocks, g.dst_views(slot), g.param_views(self.params)):
-            total = g.total[start:stop]
-            row = g.rows[slot, start:stop]
+        for (total, row, dst), src in zip(g.block_views(slot), g.param_views(self.params)):
             if full:
                 total.sub_(row)  # the oldest leaves the sum (float32 -> float64 exactly, in the op)
-            _copy_all(dst, src, same_device=g.same_device)
+            if len(dst) == 1 and g.same_device:
+                dst[0].copy_(src[0])
+            else:
+                _copy_all(dst, src, same_device=g.same_device)
             total.add_(row)  # the new snapshot joins it, read back from the cache
 
     def _fold(self, g: _Group, slot: int, sign: int) -> None:
         """``total += sign * slot`` block by block."""
-        for start, stop, _ in g.blocks:
-            total, row = g.total[start:stop], g.rows[slot, start:stop]
+        for total, row, _ in g.block_views(slot):
             if sign > 0:
                 total.add_(row)
             else:
