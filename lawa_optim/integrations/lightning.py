@@ -186,6 +186,16 @@ class LAWACallback(Callback):
         return f"{self.suffix.lstrip('_')}_state_dict"
 
     # ---------------------------------------------------------------------------------- setup
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        # For every stage, before the strategy restores a checkpoint: distributed checkpoint folders are
+        # saved atomically and checked before they are loaded (a missing rank's file is named).
+        strategy = trainer.strategy
+        distributed = getattr(strategy, "_save_distributed_checkpoint", True)
+        if isinstance(strategy, ModelParallelStrategy) and distributed and self._atomic is None:
+            self._atomic = AtomicCheckpoints(strategy)
+
     def _check_model(self, pl_module: LightningModule) -> None:
         # Here, not in setup(): Lightning calls callbacks' setup before configure_model, so a model
         # that builds its layers there (the way it asks sharded models to) has no parameters yet.
@@ -216,8 +226,6 @@ class LAWACallback(Callback):
                 "(the ring is saved and resharded with the distributed checkpoint)"
             )
         self._module = pl_module
-        if self._sharded and self._atomic is None:
-            self._atomic = AtomicCheckpoints(trainer.strategy)  # folder saves renamed into place once complete
         if len(trainer.optimizers) != 1:
             raise ValueError(
                 f"Invalid optimizers: LAWACallback observes one optimizer, configure_optimizers returned "
