@@ -258,3 +258,51 @@ def test_bad_start_arguments_fail_at_construction(pl, name, value):
 
     with pytest.raises(ValueError, match=f"Invalid {name}: {value!r}"):
         LAWACallback(**{name: value})
+
+
+DDP_CONFIGURE_MODEL = """
+import os, sys, torch, lightning.pytorch as pl
+sys.path.insert(0, {root!r})
+from tests.test_integration_lightning import _data, _history_callback, QUIET
+from tests.test_integration_lightning_scenarios import _configure_model_module
+from lawa_optim.integrations.lightning import LAWACallback
+torch.set_num_threads(1)
+train, val, _ = _data()
+rank = int(os.environ.get("LOCAL_RANK", 0))
+sampler = torch.utils.data.distributed.DistributedSampler(train.dataset, 2, rank, shuffle=False)
+train = torch.utils.data.DataLoader(train.dataset, batch_size=4, sampler=sampler)
+model, history, cb = _configure_model_module(pl), _history_callback(pl), LAWACallback(k=2)
+kw = dict(QUIET, devices=2, strategy="ddp", use_distributed_sampler=False)
+trainer = pl.Trainer(max_epochs=3, callbacks=[history, cb], default_root_dir={out!r}, logger=False,
+                     enable_checkpointing=False, **kw)
+trainer.fit(model, train, val)
+torch.save({{"average": cb.observer.averaged_state(model)}}, {out!r} + f"/rank{{trainer.global_rank}}.pt")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_configure_model_under_ddp(pl, tmp_path):
+    """strategy="ddp", 2 CPU processes: the layers built in configure_model are accepted, and every
+    rank's average equals the single-process reference (2 x 4 samples per step = one batch of 8)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "ddp_configure_model.py"
+    script.write_text(textwrap.dedent(DDP_CONFIGURE_MODEL.format(root=root, out=str(tmp_path))))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["average"] for r in (0, 1))
+    train, val, _ = _data()
+    single, history = _configure_model_module(pl), _history_callback(pl)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[history], logger=False, enable_checkpointing=False, **QUIET)
+    trainer.fit(single, train, val)
+    names = [n for n, _ in single.named_parameters()]
+    for name, ref in zip(names, reference_average(history.weights, 2)):
+        assert torch.equal(r0[name], r1[name])
+        torch.testing.assert_close(r0[name].double(), ref, rtol=0, atol=1e-5)
