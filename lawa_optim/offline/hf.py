@@ -12,7 +12,9 @@ once complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..io import atomic_write_bytes
@@ -51,9 +53,18 @@ class _Streamed(Format):
         summary = st_summary(sources, used, skipped, coeffs, self.name)
         return dataclasses.replace(summary, description=self.description)
 
-    def average(self, paths, opts):
-        sources = open_sources(paths, self.name)  # every header read and compared before any weight
+    @contextlib.contextmanager
+    def _opened(self, paths) -> Iterator[list]:
+        """The checkpoints' sources (every header read and compared before any weight), closed afterwards."""
+        sources = open_sources(paths, self.name)
         try:
+            yield sources
+        finally:
+            for source in sources:
+                source.close()
+
+    def average(self, paths, opts):
+        with self._opened(paths) as sources:
             newest = sources[-1]
             order = st_order(newest)
 
@@ -63,9 +74,6 @@ class _Streamed(Format):
 
             result, used, skipped, coeffs = with_skips(sources, opts.weights, opts.alpha, opts.nonfinite, run)
             return result, self._summary(sources, used, skipped, coeffs)
-        finally:
-            for source in sources:
-                source.close()
 
 
 class SafetensorsFile(_Streamed):
@@ -79,8 +87,7 @@ class SafetensorsFile(_Streamed):
         return not path.is_dir() and path.name.endswith(".safetensors")  # a missing one is named by its reader
 
     def write(self, paths, out, opts):
-        sources = open_sources(paths, self.name)
-        try:
+        with self._opened(paths) as sources:
             newest = sources[-1]
             order = st_order(newest)
 
@@ -90,9 +97,6 @@ class SafetensorsFile(_Streamed):
 
             _, used, skipped, coeffs = with_skips(sources, opts.weights, opts.alpha, opts.nonfinite, run)
             return self._summary(sources, used, skipped, coeffs)
-        finally:
-            for source in sources:
-                source.close()
 
 
 class HFFolder(_Streamed):
@@ -106,8 +110,7 @@ class HFFolder(_Streamed):
         return path.is_dir() and any((path / name).is_file() for name in HF_WEIGHT_FILES[:2])
 
     def write(self, paths, out, opts):
-        sources = open_sources(paths, self.name)
-        try:
+        with self._opened(paths) as sources:
             newest = sources[-1]
             order = st_order(newest)
 
@@ -116,9 +119,6 @@ class HFFolder(_Streamed):
 
             summary = write_hf_folder(out, sources, newest, tensors, None, weights=opts.weights, alpha=opts.alpha,
                                       nonfinite=opts.nonfinite)
-        finally:
-            for source in sources:
-                source.close()
         return dataclasses.replace(summary, description=self.description)
 
 

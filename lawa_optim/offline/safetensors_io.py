@@ -254,12 +254,3 @@ def index_json(source: HFSource, layout) -> str:
     index = json.loads(json.dumps(source.index))
     index.setdefault("metadata", {})["total_size"] = sum(shard_bytes(keys, layout) for keys in source.shards.values())
     return json.dumps(index, indent=2, sort_keys=True) + "\n"
-
-
-def fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -9,9 +9,6 @@ found to hold NaN/Inf with ``nonfinite="skip"`` restarts the pass without it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +20,7 @@ from ..io import CheckpointError
 from . import accumulate
 from . import safetensors_io as st
 from .accumulate import check_same_layout, with_skips
+from .base import staged_folder
 from .select import HF_WEIGHT_FILES, PROVENANCE
 from .summary import AverageSummary
 
@@ -118,12 +116,11 @@ class MemorySource(st.SafetensorsSource):
 
 def write_hf_folder(out: Path, sources, newest, tensors, summary, *, weights="uniform", alpha=0.9,
                      nonfinite="raise") -> AverageSummary:
-    """Write the averaged folder into a hidden temporary folder beside ``out``, then rename it to ``out``.
+    """Write the averaged folder into a hidden temporary folder beside ``out``, then rename it to ``out``
+    (:func:`.base.staged_folder`).
 
     An existing ``out`` is replaced (the caller refused it unless ``force``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         def run(used, coeffs, total):
             for p in tmp.iterdir():  # a restart after a skipped checkpoint starts from an empty folder
                 p.unlink()
@@ -143,22 +140,4 @@ def write_hf_folder(out: Path, sources, newest, tensors, summary, *, weights="un
         (tmp / PROVENANCE).write_text(json.dumps(
             {"files": list(summary.files), "coefficients": list(summary.coefficients),
              "skipped": list(summary.skipped)}, indent=2) + "\n")
-        st.fsync_tree(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():  # force=True: move the old folder aside, the new one in, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
