@@ -223,7 +223,7 @@ class DCPSource:
                 if source._cache is not None and source._cache[0] != key:
                     source._cache = None
             code, shape = self.layout[key]
-            tensor = torch.empty(shape, dtype=st._dtype(code))
+            tensor = torch.empty(shape, dtype=st.torch_dtype(code))
             self._load({key: tensor})
             self._cache = (key, tensor)
         return self._cache[1]
@@ -239,10 +239,6 @@ class DCPSource:
 
     def close(self) -> None:
         self._cache = None
-
-
-def _describe(code: str, shape: tuple[int, ...]) -> str:
-    return f"{shape} {str(st._dtype(code)).replace('torch.', '')}"
 
 
 class DCPFolder(Format):
@@ -272,13 +268,12 @@ class DCPFolder(Format):
             if s.entry != first.entry:
                 raise CheckpointError(f"{s.name} holds its weights in {s.entry!r} but {first.name} in "
                                       f"{first.entry!r}; give checkpoints of one kind, or pass key=")
-            check_same_layout({k: _describe(*v) for k, v in first.layout.items()} | dict.fromkeys(first.objects),
-                              {k: _describe(*v) for k, v in s.layout.items()} | dict.fromkeys(s.objects),
+            check_same_layout({k: st.describe(*v) for k, v in first.layout.items()} | dict.fromkeys(first.objects),
+                              {k: st.describe(*v) for k, v in s.layout.items()} | dict.fromkeys(s.objects),
                               first.name, s.name)
         for s in sources:
             s.group = sources
-        if not any(st._dtype(code).is_floating_point or st._dtype(code).is_complex
-                   for code, _ in sources[0].layout.values()):
+        if not st.averaged_keys(sources[0].layout):
             raise CheckpointError(f"{sources[0].name} holds no floating-point tensors in its weights entry: "
                                   "nothing to average")
         return sources
@@ -297,8 +292,7 @@ class DCPFolder(Format):
         finally:
             for source in sources:
                 source.close()
-        averaged = tuple(k for k, (code, _) in newest.layout.items()
-                         if st._dtype(code).is_floating_point or st._dtype(code).is_complex)
+        averaged = st.averaged_keys(newest.layout)
         entry = f"weights from {newest.entry!r}" if newest.entry else "its top-level tensors"
         copied = [k for k in newest.layout if k not in averaged]
         dropped = list(newest.others)
@@ -366,7 +360,7 @@ def _save_dcp(folder: Path, newest: DCPSource, average, source: DCPSource) -> No
                 errors.append(err)
                 raise
 
-    values: dict[str, Any] = {k: torch.empty(shape, dtype=st._dtype(code), device="meta")
+    values: dict[str, Any] = {k: torch.empty(shape, dtype=st.torch_dtype(code), device="meta")
                               for k, (code, shape) in newest.layout.items()}
     values.update({k: source.read_object(k) for k in newest.objects})
     state = _nest(newest.paths, values)

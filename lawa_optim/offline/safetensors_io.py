@@ -28,9 +28,11 @@ from typing import Any, BinaryIO
 import torch
 
 from ..io import CheckpointError
+from .accumulate import averaged_dtype
 from .select import HF_WEIGHT_FILES
 
-__all__ = ["HFSource", "SafetensorsSource", "StreamWriter", "copy_hf_side_files", "dtype_code"]
+__all__ = ["HFSource", "SafetensorsSource", "StreamWriter", "averaged_keys", "copy_hf_side_files", "describe",
+           "dtype_code", "torch_dtype"]
 
 # A Trainer checkpoint's training state: never copied into an averaged folder.
 HF_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
@@ -52,10 +54,21 @@ def dtype_code(dtype: torch.dtype) -> str:
     raise CheckpointError(f"dtype {dtype} cannot be stored in safetensors")
 
 
-def _dtype(code: str) -> torch.dtype:
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name (``"F32"`` -> ``torch.float32``)."""
     from safetensors.torch import _TYPES
 
     return _TYPES[code]
+
+
+def describe(code: str, shape: tuple[int, ...]) -> str:
+    """``"(2, 3) float32"``: a tensor's shape and dtype, as layout mismatches are reported."""
+    return f"{shape} {str(torch_dtype(code)).replace('torch.', '')}"
+
+
+def averaged_keys(layout: Mapping[str, tuple[str, tuple[int, ...]]]) -> tuple[str, ...]:
+    """The keys of ``layout`` (``{key: (dtype code, shape)}``) that are averaged: floating-point and complex tensors."""
+    return tuple(key for key, (code, _) in layout.items() if averaged_dtype(torch_dtype(code)))
 
 
 def read_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str] | None, dict[str, int]]:
@@ -119,7 +132,7 @@ class SafetensorsSource:
 
     def read(self, key: str) -> torch.Tensor:
         code, shape = self.layout[key]
-        out = torch.empty(math.prod(shape), dtype=_dtype(code))
+        out = torch.empty(math.prod(shape), dtype=torch_dtype(code))
         self.read_into(key, 0, out)
         return out.reshape(shape)
 
@@ -191,7 +204,7 @@ class StreamWriter:
         offset = 0
         self.sizes = {}
         for key, (code, shape) in layout.items():
-            self.sizes[key] = nbytes = math.prod(shape) * _dtype(code).itemsize
+            self.sizes[key] = nbytes = math.prod(shape) * torch_dtype(code).itemsize
             header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -232,7 +245,7 @@ def write_shard(f: BinaryIO, keys: list[str], layout, metadata, parts: Iterator[
 
 
 def shard_bytes(keys: list[str], layout) -> int:
-    return sum(math.prod(layout[k][1]) * _dtype(layout[k][0]).itemsize for k in keys)
+    return sum(math.prod(layout[k][1]) * torch_dtype(layout[k][0]).itemsize for k in keys)
 
 
 def copy_hf_side_files(newest: Path, out: Path) -> list[str]:

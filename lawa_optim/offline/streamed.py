@@ -28,23 +28,18 @@ __all__ = ["MemorySource", "averaged_tensors", "collect", "open_sources", "st_or
            "write_hf_folder"]
 
 
-def _describe(code: str, shape: tuple[int, ...]) -> str:
-    return f"{shape} {str(st._dtype(code)).replace('torch.', '')}"
-
-
 def open_sources(paths: Sequence[Path], kind: str) -> list[st.SafetensorsSource]:
     sources = [st.HFSource(p) if kind == "huggingface" else st.SafetensorsSource(p) for p in paths]
-    first = {k: _describe(*v) for k, v in sources[0].layout.items()}
-    if not any(st._dtype(code).is_floating_point or st._dtype(code).is_complex
-               for code, _ in sources[0].layout.values()):
+    first = {k: st.describe(*v) for k, v in sources[0].layout.items()}
+    if not st.averaged_keys(sources[0].layout):
         raise CheckpointError(f"{sources[0].name} holds no floating-point tensors: nothing to average")
     for s in sources[1:]:
-        check_same_layout(first, {k: _describe(*v) for k, v in s.layout.items()}, sources[0].name, s.name)
+        check_same_layout(first, {k: st.describe(*v) for k, v in s.layout.items()}, sources[0].name, s.name)
     return sources
 
 
 def _torch_layout(layout) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    return {key: (st._dtype(code), tuple(shape)) for key, (code, shape) in layout.items()}
+    return {key: (st.torch_dtype(code), tuple(shape)) for key, (code, shape) in layout.items()}
 
 
 def averaged_tensors(
@@ -64,8 +59,7 @@ def collect(parts: Iterator[tuple[str, torch.Tensor]], layout) -> OrderedDict:
 
 def st_summary(sources, used, skipped, coeffs, kind) -> AverageSummary:
     layout = sources[-1].layout
-    averaged = tuple(k for k, (code, _) in layout.items() if st._dtype(code).is_floating_point
-                     or st._dtype(code).is_complex)
+    averaged = st.averaged_keys(layout)
     return AverageSummary(
         files=tuple(s.name for s in used), coefficients=tuple(coeffs), skipped=tuple(skipped), key=None,
         averaged=averaged, copied=tuple(k for k in layout if k not in averaged), dropped=(), format=kind,
