@@ -217,7 +217,7 @@ def _train(cfg: PretrainConfig, workload: Any, seed: int, run: str, schedule: st
     rows: list[dict[str, Any]] = []
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
+        state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         rows, step = state["rows"], state["step"]
@@ -309,7 +309,7 @@ def run_seed(cfg: PretrainConfig, seed: int, out: str | Path, progress: bool = T
         rows += _train(cfg, workload, seed, f"cosine{b}", "cosine", b, out, raw_eval, progress=progress)
         timer[f"cosine{b}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        start = torch.load(out / f"seed{seed}" / f"branch{b}.pt", weights_only=False, map_location=cfg.device)
+        start = torch.load(out / f"seed{seed}" / f"branch{b}.pt", weights_only=True, map_location=cfg.device)
         rows += _train(cfg, workload, seed, f"wsd{b}", "wsd", b, out, raw_eval, start=start, progress=progress)
         timer[f"wsd{b}"] = time.perf_counter() - t0
     done.write_text(json.dumps(rows))
