@@ -81,10 +81,10 @@ The output appears atomically: a crash leaves the old file (or no folder).
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def average(checkpoints, out, quiet, threads, **options) -> None:
     """Average saved checkpoints CHECKPOINTS... (files or folders) into one, in their format (offline LAWA)."""
+    import contextlib
     import os
 
     import torch
-    from tqdm import tqdm
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads or cores)
@@ -92,9 +92,15 @@ def average(checkpoints, out, quiet, threads, **options) -> None:
     from lawa_optim.io import CheckpointError
     from lawa_optim.offline import AverageOptions, write_average
 
-    with tqdm(desc="averaging", unit="step", disable=True if quiet else None, leave=False) as bar:
+    if quiet:  # no bar: tqdm is not even imported
+        bar_context = contextlib.nullcontext()
+    else:
+        from tqdm import tqdm
+
+        bar_context = tqdm(desc="averaging", unit="step", disable=None, leave=False)
+    with bar_context as bar:
         try:
-            opts = AverageOptions(**options, progress=lambda i, path: bar.update(1))
+            opts = AverageOptions(**options, progress=None if bar is None else lambda i, path: bar.update(1))
             summary = write_average(list(checkpoints), out, opts)
         except CheckpointError as err:
             raise click.ClickException(_as_options(str(err))) from err
