@@ -236,8 +236,9 @@ def test_index_naming_a_missing_shard(trainer_run, tmp_path):
 
 
 def _readme_block(marker: str) -> str:
-    """The fenced python block right after the README line holding ``marker``."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The fenced python block right after the line holding ``marker`` in the README or a docs page."""
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
     after = text[text.index(marker):]
     return after.split("```python\n", 1)[1].split("```", 1)[0]
 
