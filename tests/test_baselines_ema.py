@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_zoo import _data, _eval_weights, _model, _train, _weights
+from helpers import class_batches, mlp, train_classifier
+from test_zoo import _eval_weights, _weights
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -13,14 +14,14 @@ from lawa_optim import EMAWrapper, create
 
 @pytest.mark.parametrize("decay,update_every", [(0.999, 1), (0.8, 3)])
 def test_matches_averaged_model_bit_exactly(decay, update_every):
-    data = _data()
-    model, ref_model = _model(), _model()
+    data = class_batches(n=16, seed=123)
+    model, ref_model = mlp(4, 8, 3), mlp(4, 8, 3)
     opt = EMAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), decay=decay, update_every=update_every)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
     ema_model = AveragedModel(ref_model, multi_avg_fn=get_ema_multi_avg_fn(decay))
     for step in range(1, 13):
-        _train(model, opt, data, 1, start=step - 1)
-        _train(ref_model, ref_opt, data, 1, start=step - 1)
+        train_classifier(model, opt, data, 1, start=step - 1)
+        train_classifier(ref_model, ref_opt, data, 1, start=step - 1)
         if step % update_every == 0:
             ema_model.update_parameters(ref_model)
             assert opt.num_updates == int(ema_model.n_averaged)
@@ -31,15 +32,15 @@ def test_matches_averaged_model_bit_exactly(decay, update_every):
 
 
 def test_registry_default_decay_and_no_average_before_first_update():
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = create("ema", torch.optim.SGD(model.parameters(), lr=0.1), update_every=2)
     assert opt.decay == 0.999 and opt.update_every == 2
     with pytest.raises(RuntimeError, match="No EMA yet"):
         opt.averaged()
-    _train(model, opt, _data(), 1)
+    train_classifier(model, opt, class_batches(n=16, seed=123), 1)
     with pytest.raises(RuntimeError, match="No EMA yet"):
         opt.averaged()
-    _train(model, opt, _data(), 1, start=1)
+    train_classifier(model, opt, class_batches(n=16, seed=123), 1, start=1)
     assert opt.num_snapshots == 1
     with opt.averaged():  # the first update copies the weights
         pass

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_zoo import _data, _eval_weights, _model, _train
+from helpers import class_batches, mlp, train_classifier
+from test_zoo import _eval_weights
 
 from lawa_optim import EXPWrapper, create
 
 
 def _snapshots_run(k, alpha, n_snapshots, period=2):
-    data = _data()
-    model = _model()
+    data = class_batches(n=16, seed=123)
+    model = mlp(4, 8, 3)
     opt = EXPWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=k, period=period, alpha=alpha)
     snaps = []
     for step in range(1, n_snapshots * period + 1):
-        _train(model, opt, data, 1, start=step - 1)
+        train_classifier(model, opt, data, 1, start=step - 1)
         if step % period == 0:
             snaps.append([p.detach().double().clone() for p in model.parameters()])
     return model, opt, snaps
@@ -45,6 +46,6 @@ def test_paper_setting_matches_the_recursion_of_equation_1():
 
 
 def test_registry_defaults_and_method_name():
-    opt = create("exp", torch.optim.SGD(_model().parameters(), lr=0.1))
+    opt = create("exp", torch.optim.SGD(mlp(4, 8, 3).parameters(), lr=0.1))
     assert (opt.k, opt.alpha, opt.weights, opt.method) == (10, 0.9, "exp", "exp")
     assert opt.state_dict()["lawa"]["method"] == "exp"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import require
-from test_zoo import _data, _eval_weights, _model, _train, _weights
+from helpers import class_batches, mlp, train_classifier
+from test_zoo import _eval_weights, _weights
 from torch import nn
 
 from lawa_optim import LookaheadWrapper, create
@@ -28,16 +29,16 @@ def _sgd(model):
 
 
 def test_matches_upstream_lookahead_step_by_step(to):
-    data = _data()
-    model, ref_model = _model(), _model()
+    data = class_batches(n=16, seed=123)
+    model, ref_model = mlp(4, 8, 3), mlp(4, 8, 3)
     opt = create("lookahead", _sgd(model))
     assert (opt.k, opt.alpha) == (5, 0.8)
     ref = to.Lookahead(_sgd(ref_model), k=5, alpha=0.8)
     # no slow weights before the first step: the weights themselves
     assert all(torch.equal(a, b) for a, b in zip(_eval_weights(model, opt), _weights(model), strict=True))
     for step in range(1, 14):
-        _train(model, opt, data, 1, start=step - 1)
-        _train(ref_model, ref, data, 1, start=step - 1)
+        train_classifier(model, opt, data, 1, start=step - 1)
+        train_classifier(ref_model, ref, data, 1, start=step - 1)
         fast, ref_fast = _weights(model), _weights(ref_model)
         assert all(torch.equal(a, b) for a, b in zip(fast, ref_fast, strict=True)), step
         slow_ref = [ref.state[p]["slow_param"] for p in ref_model.parameters()]
@@ -49,21 +50,21 @@ def test_matches_upstream_lookahead_step_by_step(to):
 
 
 def test_upstream_state_dict_is_broken_on_current_torch(to):
-    la = to.Lookahead(_sgd(_model()), k=5, alpha=0.8)
+    la = to.Lookahead(_sgd(mlp(4, 8, 3)), k=5, alpha=0.8)
     with pytest.raises(AttributeError, match="_optimizer_state_dict_pre_hooks"):
         la.state_dict()
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_fixed_state_dict_round_trip_keeps_groups_shared(fixed):
-    data = _data()
-    model = _model()
+    data = class_batches(n=16, seed=123)
+    model = mlp(4, 8, 3)
     la = fixed(_sgd(model), k=3, alpha=0.5)
-    _train(model, la, data, 4)
+    train_classifier(model, la, data, 4)
     sd = la.state_dict()
     assert set(sd) == {"fast_state", "slow_state", "param_groups"} and sd["param_groups"][0]["counter"] == 1
 
-    model2 = _model(1)
+    model2 = mlp(4, 8, 3, seed=1)
     model2.load_state_dict(model.state_dict())
     la2 = fixed(_sgd(model2), k=3, alpha=0.5)
     sched = torch.optim.lr_scheduler.StepLR(la2, step_size=1, gamma=0.5)
@@ -99,10 +100,10 @@ def test_fixed_hooks_add_param_group_zero_grad_and_arguments(fixed, to):
 
 
 def test_wrapper_refuses_a_lookahead_and_a_mismatched_state(to):
-    model = _model()
+    model = mlp(4, 8, 3)
     with pytest.raises(TypeError, match="Lookahead already"):
         LookaheadWrapper(to.Lookahead(_sgd(model)))
     opt = LookaheadWrapper(_sgd(model), k=5, alpha=0.8)
-    other = LookaheadWrapper(_sgd(_model()), k=4, alpha=0.8)
+    other = LookaheadWrapper(_sgd(mlp(4, 8, 3)), k=4, alpha=0.8)
     with pytest.raises(ValueError, match="k=4"):
         opt.load_state_dict(other.state_dict())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import require
-from test_zoo import _data, _eval_weights, _model, _train, _weights
+from helpers import class_batches, mlp, train_classifier
+from test_zoo import _eval_weights, _weights
 
 from lawa_optim import ScheduleFreeAdapter, create
 
@@ -17,8 +18,8 @@ def sf():
 
 @pytest.mark.parametrize("variant", ["sgd", "adamw"])
 def test_matches_the_package_eval_bit_exactly(sf, variant):
-    data = _data()
-    model, ref_model = _model(), _model()
+    data = class_batches(n=16, seed=123)
+    model, ref_model = mlp(4, 8, 3), mlp(4, 8, 3)
     if variant == "sgd":
         opt = create(
             "schedulefree", torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4), warmup_steps=3
@@ -30,8 +31,8 @@ def test_matches_the_package_eval_bit_exactly(sf, variant):
     assert type(opt.optimizer) is type(ref)
     ref.train()
     for step in range(1, 9):
-        _train(model, opt, data, 1, start=step - 1)
-        _train(ref_model, ref, data, 1, start=step - 1)
+        train_classifier(model, opt, data, 1, start=step - 1)
+        train_classifier(ref_model, ref, data, 1, start=step - 1)
         assert all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(ref_model), strict=True))
         got = _eval_weights(model, opt)
         ref.eval()
@@ -43,16 +44,16 @@ def test_matches_the_package_eval_bit_exactly(sf, variant):
 
 
 def test_wraps_a_schedule_free_optimizer_as_it_is(sf):
-    model = _model()
+    model = mlp(4, 8, 3)
     base = sf.AdamWScheduleFree(model.parameters(), lr=1e-3)
     opt = ScheduleFreeAdapter(base)
     assert opt.optimizer is base and all(g["train_mode"] for g in base.param_groups)
     with pytest.raises(ValueError, match="warmup_steps"):
-        ScheduleFreeAdapter(sf.AdamWScheduleFree(_model().parameters()), warmup_steps=5)
+        ScheduleFreeAdapter(sf.AdamWScheduleFree(mlp(4, 8, 3).parameters()), warmup_steps=5)
 
 
 def test_conversion_errors_name_the_fix(sf):
-    model = _model()
+    model = mlp(4, 8, 3)
     cases = [
         (torch.optim.SGD(model.parameters(), lr=0.1), ValueError, "momentum"),
         (torch.optim.Adam(model.parameters(), weight_decay=0.1), ValueError, "AdamW"),
@@ -62,15 +63,15 @@ def test_conversion_errors_name_the_fix(sf):
         with pytest.raises(err, match=match):
             ScheduleFreeAdapter(base)
     stepped = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    _train(model, stepped, _data(), 1)
+    train_classifier(model, stepped, class_batches(n=16, seed=123), 1)
     with pytest.raises(ValueError, match="already stepped"):
         ScheduleFreeAdapter(stepped)
 
 
 def test_eval_mode_is_refused_for_step_and_state(sf):
-    model = _model()
+    model = mlp(4, 8, 3)
     opt = create("schedulefree", torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    _train(model, opt, _data(), 2)
+    train_classifier(model, opt, class_batches(n=16, seed=123), 2)
     sd = opt.state_dict()
     opt.optimizer.eval()
     with pytest.raises(RuntimeError, match="eval mode"):
