@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from lawa_optim.protocol import PARAM_STATE_PREFIX, STATE_KEY
+
 CASES = ((3, 5), (6, 4), (6, 8))  # (k, snapshots taken): the issue's (k=6 with 4: the ring not yet full) and k=6 full
 
 
@@ -37,12 +39,13 @@ def _format1(opt) -> dict:
     """The wrapper's state dict as format 1 held it: filled slots oldest first, float64 sums."""
     sd = opt.state_dict()
     ring = opt._ring
-    lawa = dict(sd["lawa"], format=1)
+    lawa = dict(sd[STATE_KEY], format=1)
     lawa["ring"] = [torch.stack(ring.snapshots(i)) for i in range(len(ring.params))]
     lawa["sums"] = [ring.sum_of(i).clone() for i in range(len(ring.params))]
-    state = {key: {n: v for n, v in entry.items() if not n.startswith("lawa_")} for key, entry in sd["state"].items()}
+    state = {key: {n: v for n, v in entry.items() if not n.startswith(PARAM_STATE_PREFIX)}
+             for key, entry in sd["state"].items()}
     return {"state": {key: entry for key, entry in state.items() if entry}, "param_groups": sd["param_groups"],
-            "lawa": lawa}
+            STATE_KEY: lawa}
 
 
 def measure() -> list[dict]:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lawa_optim.ring_state import SLOT_PREFIX
+
 GIB = 2**30
 MODELS = {"1B": 1e9, "7B": 7e9, "70B": 70e9}
 RANKS = (8, 64, 512)
@@ -94,7 +96,7 @@ def measure(out: Path, k: int = 4) -> None:
     scratch = sum(t.nbytes for t in ring._scratch.values())
     sd = get_optimizer_state_dict(model, opt)
     slots = sum(v.to_local().nbytes if hasattr(v, "to_local") else v.nbytes
-                for entry in sd["state"].values() for key, v in entry.items() if key.startswith("lawa_slot_"))
+                for entry in sd["state"].values() for key, v in entry.items() if key.startswith(SLOT_PREFIX))
     folder = out.parent / f"{out.stem}_dcp"
     dcp.save({"optim": sd}, checkpoint_id=folder)
     dist.barrier()

@@ -7,7 +7,9 @@ folder that loads garbage or fails half-way. :func:`atomic_save` writes into a s
 ``<folder>.tmp-<id>`` beside the target and, once every rank's files and the metadata are written,
 renames it to ``<folder>`` (the previous checkpoint, if any, is renamed aside first and deleted
 after). A save killed at any point before the rename leaves the previous checkpoint as it was (and
-the staging folder, which nothing reads). Folders are renamed on rank 0 of a shared filesystem.
+the staging folder, which nothing reads); one killed between the two renames leaves it at
+``<folder>.old-<id>``, which :func:`check` names and :func:`recover` (called by the next
+:func:`atomic_save`) renames back. Folders are renamed on rank 0 of a shared filesystem.
 
 :func:`check` refuses a folder that is not a finished checkpoint: no ``.metadata``, or a shard
 file the metadata names that is missing or shorter than the metadata says (the message names the
@@ -25,6 +27,7 @@ import os
 import re
 import shutil
 import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ import torch.distributed as dist
 
 from .io import CheckpointError
 
-__all__ = ["atomic_save", "check", "load", "commit", "staging_path", "METADATA_FILE"]
+__all__ = ["atomic_save", "check", "load", "commit", "recover", "staging_path", "METADATA_FILE"]
 
 METADATA_FILE = ".metadata"  # what dcp's FileSystemWriter writes last, on the coordinator rank
 _SHARD = re.compile(r"__(\d+)_\d+\.distcp$")
@@ -95,6 +98,30 @@ def commit(staging: str | os.PathLike, folder: str | os.PathLike) -> None:
             aside.unlink(missing_ok=True)
 
 
+def _set_aside(folder: Path) -> Path | None:
+    """The newest ``<folder>.old-<id>`` that :func:`commit` renamed aside and holds a ``.metadata``, if any."""
+    if not folder.parent.is_dir():
+        return None
+    candidates = [p for p in folder.parent.glob(f"{glob_escape(folder.name)}.old-*")
+                  if p.is_dir() and (p / METADATA_FILE).is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def recover(folder: str | os.PathLike) -> bool:
+    """Put the previous checkpoint back at ``folder`` if a process was stopped between the two renames
+    of :func:`commit` (``folder`` missing, ``<folder>.old-<id>`` present); one process only (rank 0).
+    Returns whether it renamed anything. :func:`atomic_save` calls it before saving."""
+    folder = Path(folder)
+    if folder.exists() or folder.is_symlink():
+        return False
+    aside = _set_aside(folder)
+    if aside is None:
+        return False
+    os.rename(aside, folder)
+    _fsync_dir(folder.parent)
+    return True
+
+
 def atomic_save(state_dict: dict[str, Any], folder: str | os.PathLike, *, process_group: Any = None) -> Path:
     """``dcp.save(state_dict, checkpoint_id=folder)`` through a staging folder and a rename.
 
@@ -113,6 +140,8 @@ def atomic_save(state_dict: dict[str, Any], folder: str | os.PathLike, *, proces
         raise ValueError(
             f"Invalid folder: {str(folder)!r} is a file; give a folder path for the distributed checkpoint"
         )
+    if _rank(process_group) == 0:
+        recover(folder)  # a previous save stopped between commit's renames: its checkpoint is the latest
     staging = staging_path(folder, _broadcast_token(process_group))
     dcp.save(state_dict, checkpoint_id=staging, process_group=process_group)
     # dcp.save returns on every rank after the coordinator has written .metadata
@@ -137,6 +166,13 @@ def check(folder: str | os.PathLike) -> Any:
 
     folder = Path(folder)
     if not folder.is_dir():
+        aside = _set_aside(folder)
+        if aside is not None:
+            raise CheckpointError(
+                f"Distributed checkpoint {str(folder)!r} does not exist, but {str(aside)!r} holds the previous one "
+                f"(a save was stopped between the two renames of its commit): rename it back to {folder.name!r}, "
+                "or call lawa_optim.dcp_atomic.recover(folder)"
+            )
         raise CheckpointError(f"Distributed checkpoint {str(folder)!r} does not exist (or is not a folder)")
     if not (folder / METADATA_FILE).is_file():
         raise CheckpointError(

@@ -42,7 +42,7 @@ _CPU_BLOCK = 1 << 16
 _DEVICE_BLOCK = 1 << 22
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float32, torch.float64):
         return torch.float64
     if dtype.is_floating_point:
@@ -89,7 +89,7 @@ class _Group:
         self.indices = indices
         self.device = device
         self.dtype = params[indices[0]].dtype
-        self.acc = _acc_dtype(self.dtype)
+        self.acc = acc_dtype(self.dtype)
         self.columns: dict[int, int] = {}  # parameter index -> first column in the rows
         n = 0
         for i in indices:
@@ -236,7 +236,7 @@ class SnapshotRing:
         keyed: dict[tuple[torch.device, torch.dtype, bool], list[int]] = {}
         for i in range(first, len(self.params)):
             p = self.params[i]
-            _acc_dtype(p.dtype)  # refuse integer tensors before allocating anything
+            acc_dtype(p.dtype)  # refuse integer tensors before allocating anything
             dev = self._slot_device(p)
             pin = self._pin(p)
             keyed.setdefault((dev, p.dtype, pin), []).append(i)

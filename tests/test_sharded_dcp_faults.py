@@ -111,3 +111,43 @@ def test_bad_targets_are_refused_before_anything_is_written(tmp_path):
         dcp_atomic.check(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="does not exist"):
         dcp_atomic.check(target)
+
+
+def test_a_save_stopped_between_the_commits_two_renames_is_named_and_recovered(tmp_path, monkeypatch):
+    """``commit`` renames the old checkpoint aside, then the new one in: a kill in between leaves no
+    ``folder``. ``check`` names the aside copy, and the next ``atomic_save`` puts it back first."""
+    import os
+
+    folder = tmp_path / "ckpt"
+    with pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.atomic_save({"w": torch.full((4,), 1.0)}, folder)
+    real_rename = os.rename
+
+    def killed_after_the_first_rename(src, dst):
+        real_rename(src, dst)
+        if ".old-" in str(dst):
+            raise KeyboardInterrupt("killed between the renames")
+
+    monkeypatch.setattr(dcp_atomic.os, "rename", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.atomic_save({"w": torch.full((4,), 2.0)}, folder)
+    monkeypatch.setattr(dcp_atomic.os, "rename", real_rename)
+    assert not folder.exists()
+    with pytest.raises(CheckpointError, match=r"ckpt\.old-.*holds the previous one.*rename it back"):
+        dcp_atomic.check(folder)
+    assert dcp_atomic.recover(folder) and not dcp_atomic.recover(folder)
+    sd = {"w": torch.zeros(4)}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.load(sd, folder)
+    assert torch.equal(sd["w"], torch.full((4,), 1.0))  # the previous checkpoint, whole
+    # the same kill again, then a save: it recovers the aside copy before replacing it
+    monkeypatch.setattr(dcp_atomic.os, "rename", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.atomic_save({"w": torch.full((4,), 2.0)}, folder)
+    monkeypatch.setattr(dcp_atomic.os, "rename", real_rename)
+    with pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.atomic_save({"w": torch.full((4,), 3.0)}, folder)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" not in p.name) == ["ckpt"]
+    with pytest.warns(UserWarning, match="single process"):
+        dcp_atomic.load(sd, folder)
+    assert torch.equal(sd["w"], torch.full((4,), 3.0))

@@ -32,5 +32,6 @@ def test_the_probe_runs_and_passes_in_smoke_mode(tmp_path):
     assert result["world"] == 2 and result["smoke"] is True
     assert set(result["checks"]) == {"fsdp2_dtensor_parameters", "observer_average_equals_float64_mean",
                                      "ring_dcp_round_trip_bit_exact"}
-    assert all(check["passed"] for check in result["checks"].values()), result["checks"]
-    assert "is_fsdp2=False" in result["checks"]["fsdp2_dtensor_parameters"]["detail"]  # accelerate on the CPU
+    fsdp2 = result["checks"].pop("fsdp2_dtensor_parameters")
+    assert fsdp2["passed"] is None and "is_fsdp2=False" in fsdp2["detail"]  # not run: accelerate on the CPU
+    assert all(check["passed"] is True for check in result["checks"].values()), result["checks"]

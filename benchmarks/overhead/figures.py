@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lawa_optim import LAWAWrapper
-from lawa_optim.store import _acc_dtype
+from lawa_optim.store import acc_dtype
 
 from .measure import Clock, median_time, temporary_bytes, time_pair
 
@@ -42,7 +42,7 @@ def floors(dtype: torch.dtype, k: int) -> dict[str, float]:
     (kb + b), and copies it into the LAWA model (2b).
     """
     b = torch.empty((), dtype=dtype).element_size()
-    a = torch.empty((), dtype=_acc_dtype(dtype)).element_size()
+    a = torch.empty((), dtype=acc_dtype(dtype)).element_size()
     copy_bytes = 2 * b
     lawa_update = 4 * b + 2 * a + a + b
     alg1 = 2 * b + 2 * k * b + k * b + b + 2 * b
@@ -120,7 +120,7 @@ class _Sizes:
         p0 = params[0]
         self.numel = sum(p.numel() for p in params)
         self.b = p0.element_size()  # bytes per element
-        self.a = torch.empty((), dtype=_acc_dtype(p0.dtype)).element_size()  # bytes per accumulator element
+        self.a = torch.empty((), dtype=acc_dtype(p0.dtype)).element_size()  # bytes per accumulator element
         self.fl = floors(p0.dtype, k)
         self.dst = [torch.empty_like(p) for p in params]
         self.detached = [p.detach() for p in params]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lawa_optim.store import _acc_dtype
+from lawa_optim.store import acc_dtype
 
 from .figures import epoch_figure, floors, make_params, resnet, size_figures, step_figure, tiny_mlp
 from .measure import Clock, traffic_floors
@@ -153,7 +153,7 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
             repeats = cfg.large_repeats if item >= cfg.large_size else cfg.repeats
             params = make_params(item, device, getattr(torch, cfg.dtype))
             figures += size_figures(params, k, ks, clock, repeats, lambda need: need <= budget, disk=cfg.disk)
-            acc = _acc_dtype(params[0].dtype)
+            acc = acc_dtype(params[0].dtype)
             need = item * (2 * params[0].element_size() + 2 * torch.empty((), dtype=acc).element_size())
             if need <= budget:  # what the floors' bytes cost here, moved without arithmetic
                 rows = traffic_floors(params, acc, clock, repeats, floors(params[0].dtype, k))

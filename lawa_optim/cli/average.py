@@ -24,7 +24,8 @@ Examples:
 \b
 CHECKPOINTS are files or folders; a folder of checkpoints gives its entries whose name holds a
 number, and all are put in natural order (checkpoint-500 before checkpoint-1000) unless
---as-given. The output has the inputs' format. Floating tensors are averaged in float64 and
+--as-given. The output has the inputs' format (distributed checkpoint folders: see
+--out-format). Floating tensors are averaged in float64 and
 cast back to their stored dtype; integer and bool buffers (num_batches_tracked) and other
 entries are copied from the newest checkpoint, without optimizer, trainer or callback state.
 safetensors are read and written in pieces (a few MiB of memory whatever the model);
@@ -38,8 +39,8 @@ The output appears atomically: a crash leaves the old file (or no folder).
     "checkpoints", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="File (or, for Hugging Face folders, a new folder) to write the average to; never one of the "
-                   "inputs, unless --force.")
+              help="File (or, for Hugging Face and distributed checkpoint folders, a new folder; see --out-format) "
+                   "to write the average to; never one of the inputs, unless --force.")
 @click.option("--last", "-k", type=click.IntRange(min=1), default=None,
               help="Average only the K newest checkpoints (default: all given).")
 @click.option("--weights", type=click.Choice(["uniform", "exp", "linear", "cosine", "1-sqrt"]), default="uniform",
