@@ -323,3 +323,33 @@ def test_a_checkpoint_of_either_format_resumes_bit_exactly(tmp_path, fmt):
     for j in straight["avg"]:
         for a, b in zip(resumed["avg"][j], straight["avg"][j]):
             assert torch.equal(a, b), j
+
+
+def test_a_format1_checkpoint_written_by_the_old_code_resumes_as_the_old_code_continued():
+    """``tests/data/lawa_format1.pt``: saved by the code of commit bdafb80 (the last to write format 1,
+    ``tests/data/make_lawa_format1.py``) after 7 steps with 3 of 4 snapshots, together with what that
+    code computed 5 steps later (weights and every window's average). Today's code loads it and
+    continues to the same numbers."""
+    from pathlib import Path
+
+    from torch import nn
+
+    saved = torch.load(Path(__file__).parent / "data" / "lawa_format1.pt", weights_only=True)
+    assert saved["opt"]["lawa"]["format"] == 1 and "sums" in saved["opt"]["lawa"]
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    opt = LAWAWrapper(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=4, period=2)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert (opt.num_steps, opt.num_snapshots) == (7, 3)
+    for step in range(7, 12):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(5, 4, generator=g), torch.randn(5, 2, generator=g)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    expected = saved["expected_after_5_more_steps"]
+    assert all(torch.equal(p, e) for p, e in zip(model.parameters(), expected["weights"], strict=True))
+    for j, avg in expected["avg"].items():
+        with opt.averaged(j):
+            assert all(torch.equal(p, e) for p, e in zip(model.parameters(), avg, strict=True)), j

@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..run_state import ResumeError
 from .config import RobertaBenchConfig, is_percent
 from .results import parse_log, summary_line, write_results
 
@@ -43,10 +44,6 @@ _logger = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.json"
 _OUTPUTS = ("corpus", "spm", "tok", "data-bin", "checkpoints", "train.log", "command.txt", "preprocess.log",
             "metrics.csv", "metrics.json", "epochs.csv", "results.json", "roberta_ppl.png", "report", RUN_CONFIG)
-
-
-class ResumeError(RuntimeError):
-    """The run folder was started with another config; the message says what differs and the fix."""
 
 
 def _config_dict(cfg: RobertaBenchConfig) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import Field
 
 from ...config_base import Section
-from ...run_state import ResumeError
 from .base import ExternalWorkload, PosInt
 
 __all__ = ["LABEL", "WORKLOADS", "RobertaConfig", "RobertaWorkload", "roberta_config", "roberta_rows",
@@ -98,7 +97,6 @@ def run_roberta(cfg: Any, out_dir: str | Path, *, fresh: bool = False, progress:
     Returns ``{"rows", "meta", "run_dir"}`` like :func:`~..runner.run_workload`.
     """
     from ...report import write_metrics
-    from ...roberta.runner import ResumeError as RobertaResumeError
     from ...roberta.runner import run as run_benchmark
 
     out = Path(out_dir) / "roberta"
@@ -109,12 +107,9 @@ def run_roberta(cfg: Any, out_dir: str | Path, *, fresh: bool = False, progress:
     for seed in roberta_seeds(cfg):
         rcfg = roberta_config(cfg, seed)
         folder = out / f"seed{seed}"
-        try:
-            summary = None if fresh else _finished(folder, rcfg)
-            if summary is None:
-                summary = run_benchmark(rcfg, folder, log=log, fresh=fresh, progress=progress)
-        except RobertaResumeError as err:
-            raise ResumeError(str(err)) from err
+        summary = None if fresh else _finished(folder, rcfg)
+        if summary is None:  # a folder of another config: run_state.ResumeError from the benchmark's check
+            summary = run_benchmark(rcfg, folder, log=log, fresh=fresh, progress=progress)
         rows += roberta_rows(summary, seed)
         meta = _meta(cfg, rcfg, summary)
         write_metrics(out, rows, meta)  # after every seed: --report-only sees the seeds done so far
