@@ -26,7 +26,7 @@ import torch
 
 from lawa_optim.protocol import PARAM_STATE_PREFIX, STATE_KEY
 
-CASES = ((3, 5), (6, 4), (6, 8))  # (k, snapshots taken): the (k=6 with 4: the ring not yet full) and k=6 full
+CASES = ((3, 5), (6, 4), (6, 8))  # (k, snapshots taken): (k=6 with 4: the ring not yet full) and k=6 full
 
 
 def _nbytes(obj: object) -> int:

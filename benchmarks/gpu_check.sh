@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LAWA's overhead on one GPU, in under 5 minutes: `lawa bench overhead --device cuda` over 1e6..1e9
+# LAWA's overhead on one GPU, in at most 9 minutes (its three steps' timeouts: 290 + 120 + 120 s): `lawa bench overhead --device cuda` over 1e6..1e9
 # parameters (on-device ring, pinned host ring on a side stream, disk ring), a non-snapshot
 # step() for a tiny MLP and ResNet-18, and a ResNet-50 epoch (224x224 synthetic images) with
 # period=len(loader) vs the bare optimizer, with the ring on the GPU and offloaded to pinned memory.

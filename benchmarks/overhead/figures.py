@@ -1,7 +1,7 @@
 """The figures of ``lawa bench overhead``: what is timed against what, and each design's floor.
 
 Each ``figure_*`` function returns a dict with the figure's ``name``, its ``reference``, the
-measured ``ratio`` (median of interleaved pairs, see :mod:`.measure`), the ``target`` of issue 6
+measured ``ratio`` (median of interleaved pairs, see :mod:`.measure`), our ``target``
 and the ``floor``: the bytes the design must move divided by the bytes of the reference (or 1
 where both sides do the same work). ``b`` is the parameters' element size, ``a`` the running
 sum's (float64 for float32 parameters); a plain copy moves ``2b`` per element.

@@ -1,4 +1,4 @@
-"""``lawa bench overhead``: what LAWA costs, as ratios to side-by-side references (issue 6).
+"""``lawa bench overhead``: what LAWA costs, as ratios to side-by-side references.
 
 :func:`run` takes an :class:`OverheadConfig` and returns the results (also written as
 ``overhead.json``, ``overhead.md`` and ``overhead.png`` into ``cfg.out``). No click here.
