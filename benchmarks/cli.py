@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "pretrain": "lawa_benchmarks.pretrain:pretrain",
     "roberta": "lawa_benchmarks.roberta.cli:roberta",
     "overhead": "lawa_benchmarks.overhead.cli:overhead",
+    "overhead-per-rank": "lawa_benchmarks.overhead.cli:overhead_per_rank",
     "soak": "lawa_benchmarks.soak:soak",
     "average-cost": "lawa_benchmarks.offline_cost:average_cost",
 }
@@ -46,6 +47,7 @@ Examples:
   lawa bench pretrain --config pretrain --out runs/pretrain  # constant LR + merges vs cosine and WSD
   lawa bench roberta --config roberta_small                  # fairseq MLM: Adam vs LAWA
   lawa bench overhead --out runs/overhead                    # LAWA's cost, side by side
+  lawa bench overhead-per-rank --out runs/per_rank           # FSDP2: time per rank vs the local shard
   lawa bench soak --out runs/soak                            # a long run vs a float64 reference
   lawa bench average-cost --out runs/average_cost            # lawa average vs reading the files
 
@@ -58,8 +60,8 @@ roberta_small, roberta_base_wikitext103, resnet34_cifar100, resnet50_imagenet
 def bench() -> None:
     """Run a benchmark: `resnet` (image classification), `suite` (steps to target across workloads),
     `beyond` (online k and jumps), `pretrain` (constant LR and merges), `roberta` (fairseq MLM),
-    `overhead` (cost), `soak` (long-run exactness), `average-cost` (offline averaging against
-    reading the files)."""
+    `overhead` (cost), `overhead-per-rank` (cost per rank under FSDP2), `soak` (long-run exactness),
+    `average-cost` (offline averaging against reading the files)."""
 
 
 # `lawa report` (registered in pyproject.toml): its plots import matplotlib when it runs

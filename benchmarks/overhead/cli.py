@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["overhead"]
+__all__ = ["overhead", "overhead_per_rank"]
 
 _EPILOG = """\b
 Examples:
@@ -83,3 +83,44 @@ def overhead(sizes: str, ks: str, device: str, dtype: str, repeats: int, large_r
     results = run(cfg, progress=not no_progress)
     click.echo(results["table"])
     click.echo(f"\nWrote {out_dir / 'overhead.json'}, overhead.md and overhead.png")
+
+
+_PER_RANK_EPILOG = """\b
+Examples:
+  lawa bench overhead-per-rank --out runs/overhead-per-rank
+  lawa bench overhead-per-rank --params 2e5 --worlds 1,2,3 --repeats 3 --out runs/per-rank-quick
+"""
+
+
+@click.command("overhead-per-rank", epilog=_PER_RANK_EPILOG)
+@click.option("--params", default="4e6", show_default=True, help="Parameters of the model (1e6 notation is fine).")
+@click.option("--worlds", default="1,2", show_default=True, help="World sizes (CPU processes, gloo), comma-separated.")
+@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Interleaved rounds per rank; the times are their medians.")
+@click.option("--k", type=click.IntRange(min=1), default=4, show_default=True, help="The ring's size.")
+@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Square Linear layers of the model, each fully_shard-ed.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for per_rank.json, per_rank.csv, per_rank.md and per_rank.png.")
+@click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
+def overhead_per_rank(params: str, worlds: str, repeats: int, k: int, layers: int, out_dir: Path,
+                      no_progress: bool) -> None:
+    """Snapshot and swap time per rank under FSDP2 at each world size, against a copy of the local shards.
+
+    Launches the ranks itself (torch.distributed.run, gloo on CPU, one thread per rank) once per
+    world size. Each rank keeps the ring of its own shards, so its time should scale with its
+    shard (world 2: half of world 1's) at a constant ratio to the copy. Prints a markdown table.
+    """
+    from .per_rank import PerRankConfig, run
+
+    try:
+        cfg = PerRankConfig(out=out_dir, params=_int_list(params, "--params", 1)[0],
+                            worlds=_int_list(worlds, "--worlds", 1), repeats=repeats, k=k, layers=layers)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    try:
+        results = run(cfg, progress=not no_progress)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(results["table"])
+    click.echo(f"\nWrote {out_dir / 'per_rank.json'}, per_rank.csv, per_rank.md and per_rank.png")
