@@ -137,6 +137,7 @@ def analyse(cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
             windows[name] = {"weights": scheme, "window": j, "duration_steps": (j - 1) * cfg.snapshot_every,
                              **{str(b): at_budget[name][b] for b in budgets}}
     picks = {s: {str(st): [r["weights"], r["window"]] for st, r in _selected(rows, s).items()} for s in seeds}
+    oracle = {s: {str(st): [r["weights"], r["window"]] for st, r in _oracle(rows, s).items()} for s in seeds}
     # does the constant run's loss flatten? its drop per 1000 steps over each quarter of T
     raw = "constant LR (raw weights)"
     quarters = [round(q * T / 4 / cfg.eval_every) * cfg.eval_every for q in range(1, 5)]
@@ -146,7 +147,8 @@ def analyse(cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seeds": seeds, "steps": T, "budgets": budgets, "targets": targets, "reach": reach,
             "at_budget": {n: {str(b): v for b, v in d.items()} for n, d in at_budget.items()},
             "paired": {n: {str(b): v for b, v in d.items()} for n, d in paired.items()}, "cost": cost,
-            "windows": windows, "selected_picks": picks, "online_k_picks": online, "flattening": flattening}
+            "windows": windows, "selected_picks": picks, "oracle_picks": oracle, "online_k_picks": online,
+            "flattening": flattening}
 
 
 def _picks_online(rows: list[dict[str, Any]], seed: int) -> dict[int, int]:
@@ -192,6 +194,13 @@ def _markdown(cfg: Any, a: dict[str, Any]) -> str:
     for scheme in cfg.weights:
         cells = " | ".join(_fmt(a["windows"][f"merge {scheme} k={j}"][T]) for j in cfg.windows)
         lines.append(f"| {scheme} | {cells} |")
+    lines += ["", "## What was picked at T, per seed", "",
+              "| seed | selected on the test books (weights, k) | best on validation (oracle) | OnlineK's k |",
+              "|---|---|---|---|"]
+    for seed in a["seeds"]:
+        sel, orc = a["selected_picks"][seed].get(T), a["oracle_picks"][seed].get(T)
+        lines.append(f"| {seed} | {'-' if sel is None else f'{sel[0]}, k={sel[1]}'} | "
+                     f"{'-' if orc is None else f'{orc[0]}, k={orc[1]}'} | {a['online_k_picks'][seed].get(T, '-')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,14 @@ def test_end_to_end_and_exact_resume(tmp_path, monkeypatch):
     const = {r["step"]: r["val_loss"] for r in rows if r["run"] == "constant" and r["method"] == "raw"}
     assert min(wsd40) == 40 and wsd40[40] != const[40]
     assert all(math.isfinite(r["val_loss"]) for r in rows)
+    # the picks at T: the selection's (lowest loss on the test books) and OnlineK's, per seed, in the tables
+    at_t = [r for r in rows if r["seed"] == 0 and r["run"] == "constant" and r["method"] == "merge" and r["step"] == 40]
+    chosen = min(at_t, key=lambda r: (r["sel_loss"], r["window"]))
+    assert full["selected_picks"][0]["40"] == [chosen["weights"], chosen["window"]]
+    online = next(r["window"] for r in rows if r["seed"] == 0 and r["method"] == "online_k" and r["step"] == 40)
+    md = (tmp_path / "full" / "pretrain.md").read_text()
+    pick_line = md.split("\n| 0 | ")[-1].split("\n")[0]
+    assert pick_line.startswith(f"{chosen['weights']}, k={chosen['window']} | ") and pick_line.endswith(f"| {online} |")
 
     # killed after a few checkpoints, then started again: the same numbers, bit for bit
     saves = {"n": 0}
