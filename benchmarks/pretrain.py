@@ -52,7 +52,7 @@ class PretrainConfig(Section):
     """The experiment; defaults are ``configs/pretrain.yaml``'s."""
 
     seeds: list[int] = [0, 1, 2]
-    steps: PosInt = 2000  # T, the longest budget
+    steps: PosInt = 3200  # T, the longest budget
     warmup_steps: Annotated[int, Field(ge=0)] = 100
     eval_every: PosInt = 100
     snapshot_every: PosInt = 50  # nu: steps between two snapshots of the ring
