@@ -62,6 +62,24 @@ def _set_path(raw: dict, dotted: str, value: Any) -> str | None:
     return None
 
 
+def _yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``1e-3`` as a number, as YAML 1.2 does (PyYAML's YAML 1.1 resolver
+    needs a dot, ``1.0e-3``, and gives the string ``'1e-3'`` otherwise)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> list[str]:
     """Set each ``dotted.key=value`` of ``overrides`` in ``raw`` (values parsed as YAML); the problems found."""
     import yaml
@@ -73,7 +91,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> list[str]:
             errors.append(f"override {item!r}: write it as key=value, e.g. train.epochs=3")
             continue
         try:
-            value = yaml.safe_load(text)
+            value = _yaml(text)
         except yaml.YAMLError as err:
             errors.append(f"override {item!r}: the value is not valid YAML ({err})")
             continue
@@ -93,7 +111,7 @@ def load_yaml(path: str | Path) -> Any:
     except FileNotFoundError as err:
         raise ConfigError([str(err)], str(path)) from err
     try:
-        return yaml.safe_load(path.read_text())
+        return _yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from err
 

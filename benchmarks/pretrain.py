@@ -317,10 +317,39 @@ def run_seed(cfg: PretrainConfig, seed: int, out: str | Path, progress: bool = T
     return rows
 
 
-def run(cfg: PretrainConfig, out: str | Path, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
-    """All seeds (``jobs`` processes at once, one thread each), then :func:`analyse`; writes the files."""
+def _check_resume(cfg: PretrainConfig, out: Path, fresh: bool) -> None:
+    """Refuse to go on in ``out`` with another config (what changed, and the fix); ``fresh`` starts over."""
+    import shutil
+
+    from .run_state import ResumeError
+
+    path = out / "config.json"
+    if fresh:
+        for seed_dir in out.glob("seed*"):
+            shutil.rmtree(seed_dir)
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        return
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(cfg.model_dump()))
+    # seeds and device may change between calls: a seed's folder holds that seed's runs only
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if k not in ("seeds", "device") and old.get(k) != new.get(k)]
+    if changed:
+        raise ResumeError(f"{str(out)!r} holds runs of another config ({'; '.join(changed)}); "
+                          f"use another --out, or --fresh to start over in it")
+
+
+def run(cfg: PretrainConfig, out: str | Path, jobs: int = 1, progress: bool = True,
+        fresh: bool = False) -> dict[str, Any]:
+    """All seeds (``jobs`` processes at once, one thread each), then :func:`analyse`; writes the files.
+
+    A folder that holds runs of another config is refused (:class:`~lawa_benchmarks.run_state.ResumeError`)
+    unless ``fresh``, which deletes them first.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resume(cfg, out, fresh)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
     t0 = time.perf_counter()
     if jobs > 1 and len(cfg.seeds) > 1:
@@ -364,8 +393,10 @@ Examples:
     @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                   help="Seeds trained at once, one process and one thread each.")
     @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+    @click.option("--fresh", is_flag=True, help="Delete the runs in --out first (a folder of another config is "
+                                                "refused without it).")
     def pretrain(config_path: str | None, out: str, overrides: tuple[str, ...], quick: bool, jobs: int,
-                 progress: bool) -> None:
+                 progress: bool, fresh: bool) -> None:
         """Constant LR + merges of the ring (every weight scheme and window) vs cosine and WSD, on the Bible LM."""
         from .config_base import ConfigError
 
@@ -373,7 +404,12 @@ Examples:
             cfg = load_config(config_path, (*(QUICK if quick else ()), *overrides))
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
-        a = run(cfg, out, jobs=jobs, progress=progress)
+        from .run_state import ResumeError
+
+        try:
+            a = run(cfg, out, jobs=jobs, progress=progress, fresh=fresh)
+        except ResumeError as err:
+            raise click.UsageError(str(err)) from err
         click.echo((Path(out) / "pretrain.md").read_text())
         click.echo(f"targets (cosine's final loss per seed): {a['targets']}; files in {out}")
 

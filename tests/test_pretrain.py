@@ -88,3 +88,14 @@ def test_end_to_end_and_exact_resume(tmp_path, monkeypatch):
     pt.run(cfg, tmp_path / "resumed", progress=False)
     again = json.loads((tmp_path / "resumed" / "pretrain.json").read_text())["rows"]
     assert again == rows
+
+    # the same folder with another config is refused, naming what changed, and nothing is touched
+    from lawa_benchmarks.run_state import ResumeError
+
+    other = pt.load_config(None, (*TINY, "lr=1e-3"))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "resumed").rglob("*")}
+    with pytest.raises(ResumeError, match=r"another config \(lr: 0.003 -> 0.001\).*--fresh"):
+        pt.run(other, tmp_path / "resumed", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "resumed").rglob("*")} == before
+    pt.run(other, tmp_path / "resumed", progress=False, fresh=True)  # --fresh: the old runs deleted, new ones
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["lr"] == 1e-3

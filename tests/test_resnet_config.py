@@ -125,3 +125,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
         parse_config({"data": {"dataset": "cifar10"}})
     (tmp_path / "empty.yaml").write_text("methods:\n")
     assert load_config(tmp_path / "empty.yaml") == parse_config({})  # an empty section is all defaults
+
+
+def test_exponent_floats_are_numbers_in_yaml_files_and_overrides(tmp_path):
+    """``1e-3`` (no dot) is a number, as YAML 1.2 and every user reads it; PyYAML alone makes it a string."""
+    from lawa_benchmarks.config_base import apply_overrides, load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 1e-3\nb: [2E+2, -5e-1]\nc: e5\nd: 1.5\n")
+    assert load_yaml(path) == {"a": 0.001, "b": [200.0, -0.5], "c": "e5", "d": 1.5}
+    raw: dict = {}
+    assert apply_overrides(raw, ["train.lr=1e-3", "name=1e3x"]) == []
+    assert raw == {"train": {"lr": 0.001}, "name": "1e3x"}
