@@ -43,6 +43,7 @@ _DEVICE_BLOCK = 1 << 22
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The running sum's dtype for parameters of ``dtype``: float64 for float32/64, float32 for 16-bit floats."""
     if dtype in (torch.float32, torch.float64):
         return torch.float64
     if dtype.is_floating_point:
