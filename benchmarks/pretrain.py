@@ -87,6 +87,12 @@ class PretrainConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
         problems = []
+        if max(self.budgets) != 1.0:
+            problems.append(f"budgets {self.budgets} must include 1.0: the cosine run of the whole T is the target "
+                            "and the costs are fractions of T")
+        if self.eval_every % self.snapshot_every:
+            problems.append(f"eval_every ({self.eval_every}) must be a multiple of snapshot_every "
+                            f"({self.snapshot_every}), so that a merge evaluated at a budget holds its last weights")
         if max(self.windows) > self.ring:
             problems.append(f"windows {self.windows} exceed the ring's {self.ring} slots; raise ring or drop them")
         for b in self.budgets:

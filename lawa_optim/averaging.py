@@ -17,10 +17,12 @@ snapshots: ``a_p = c_p + ... + c_{n-1}`` on the interval that ends at ``s_p``. S
 ``a_0 = 1`` and ``a_n = 0``) gives the coefficients ``c_q = f(q / n) - f((q + 1) / n)``: the
 negative differences of the decay sequence. They are non-negative for a non-increasing ``f``
 and sum to ``f(0) - f(1) = 1``. The linear decay ``f(x) = 1 - x`` gives ``c_q = 1 / n``: LAWA's
-uniform mean is the linear-decay member of the family. The equivalence is exact for plain SGD at
-a constant learning rate (tests/test_decay_weights.py checks it against a run that applies the
-decay to the same gradients); with momentum or Adam it holds approximately (the update, not the
-gradient, is what the merge rescales). :func:`decay_coefficients` computes them,
+uniform mean is the linear-decay member of the family. The equivalence is exact (to float
+rounding) for SGD, SGD with momentum and Adam(W) without weight decay at a constant learning
+rate, against a run that applies the decay to the same updates (their updates depend on the
+gradients alone, and the merge rescales the updates as the decayed step size does;
+tests/test_decay_weights.py checks it); weight decay scales the weights instead of adding to
+them, which makes it approximate (second order in ``lr * weight_decay``). :func:`decay_coefficients` computes them,
 :func:`emulated_decay` maps any coefficients back to the step-size multipliers they emulate.
 """
 

@@ -146,9 +146,11 @@ class LAWAWrapper(AveragingOptimizer):
         override = resolve_weights(weights, self.k, self.alpha)
         self._weights_override = override
         try:
-            return super().swap_in(k, **kwargs)
+            swap = super().swap_in(k, **kwargs)
         finally:
             self._weights_override = None
+        self._swap["args"]["weights"] = weights  # so `with opt.swap_out():` swaps this merge back in
+        return swap
 
     # --------------------------------------------------------------------------- hooks
     def _take_snapshot(self) -> None:

@@ -222,9 +222,13 @@ def test_swap_in_with_other_weights_evaluates_every_scheme_on_one_ring():
         newest_first = [s[::-1] for s in (opt.snapshots(i) for i in range(2))]
         coeffs = window_coefficients(*resolve_weights(shape, 6, 0.9), 0.9, j) or [1 / j] * j
         with opt.averaged(j, weights=shape):
+            merged = [p.detach().clone() for p in model.parameters()]
             for p, snaps in zip(model.parameters(), newest_first):
                 ref = sum(c * s for c, s in zip(coeffs, snaps[:j]))
                 torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-14)
+            with opt.swap_out():  # the training weights for a moment, then the same merge back
+                assert all(torch.equal(p, t) for p, t in zip(model.parameters(), training))
+            assert all(torch.equal(p, m) for p, m in zip(model.parameters(), merged)), shape
         for p, t in zip(model.parameters(), training):
             assert torch.equal(p, t)
     with opt.averaged():  # the wrapper's own weights again

@@ -26,11 +26,16 @@ def test_schedules():
         m("step", 500)
 
 
-def test_config_problems_are_reported_together():
+def test_config_problems_are_named():
+    with pytest.raises(ConfigError, match="square"):  # an unknown weight scheme (a field's own check)
+        pt.load_config(None, ["weights=[uniform,square]"])
+    # the checks across fields are reported together
     with pytest.raises(ConfigError) as err:
-        pt.load_config(None, ["steps=1000", "eval_every=300", "windows=[2,32]", "weights=[uniform,square]"])
+        pt.load_config(None, ["steps=1000", "eval_every=300", "snapshot_every=200", "windows=[2,32]",
+                              "budgets=[0.5]"])
     text = str(err.value)
-    assert "square" in text  # an unknown weight scheme
+    for needle in ("must include 1.0", "multiple of snapshot_every", "exceed the ring", "not a multiple of eval_every"):
+        assert needle in text, (needle, text)
 
 
 def test_config_consistency():
@@ -43,7 +48,16 @@ def test_config_consistency():
 @pytest.mark.slow
 def test_end_to_end_and_exact_resume(tmp_path, monkeypatch):
     cfg = pt.load_config(None, TINY)
+    trained = {"steps": 0}
+    real_call = pt._Batches.__call__
+
+    def counted(self, step):
+        trained["steps"] += 1
+        return real_call(self, step)
+
+    monkeypatch.setattr(pt._Batches, "__call__", counted)
     full = pt.run(cfg, tmp_path / "full", progress=False)
+    steps_of_a_whole_run, trained["steps"] = trained["steps"], 0
     files = {p.name for p in (tmp_path / "full").iterdir()}
     assert {"pretrain.json", "pretrain.csv", "pretrain.md", "pretrain_curves.png", "pretrain_budgets.png",
             "pretrain_windows.png"} <= files
@@ -61,6 +75,11 @@ def test_end_to_end_and_exact_resume(tmp_path, monkeypatch):
     wsd40 = {r["step"]: r["val_loss"] for r in rows if r["run"] == "wsd40"}
     const = {r["step"]: r["val_loss"] for r in rows if r["run"] == "constant" and r["method"] == "raw"}
     assert min(wsd40) == 40 and wsd40[40] != const[40]
+    # ... and the branch is exact: the WSD schedule trained from step 0 ends at the same loss, bit for bit
+    workload = pt._workload(cfg)
+    replay = pt._train(cfg, workload, 0, "wsd_from_scratch", "wsd", 40, tmp_path / "replay",
+                       lambda step, model, opt: [{"val_loss": workload.evaluate(model)["val_loss"]}], progress=False)
+    assert replay[-1]["step"] == 40 and replay[-1]["val_loss"] == wsd40[40]
     assert all(math.isfinite(r["val_loss"]) for r in rows)
     # the picks at T: the selection's (lowest loss on the test books) and OnlineK's, per seed, in the tables
     at_t = [r for r in rows if r["seed"] == 0 and r["run"] == "constant" and r["method"] == "merge" and r["step"] == 40]
@@ -85,9 +104,11 @@ def test_end_to_end_and_exact_resume(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         pt.run(cfg, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(pt, "_save", real_save)
+    trained["steps"] = 0
     pt.run(cfg, tmp_path / "resumed", progress=False)
     again = json.loads((tmp_path / "resumed" / "pretrain.json").read_text())["rows"]
     assert again == rows
+    assert 0 < trained["steps"] < steps_of_a_whole_run - 10  # it went on from its checkpoints, not from step 0
 
     # the same folder with another config is refused, naming what changed, and nothing is touched
     from lawa_benchmarks.run_state import ResumeError
