@@ -352,11 +352,42 @@ def test_lightning_model_parallel_strategy_folders(tmp_path):
     assert_equal_state(loaded_into_model(tmp_path / "avg", "state_dict", model), want)
 
 
+def test_reads_pieces_at_their_offsets_without_dcp_load(tmp_path, monkeypatch):
+    """A single-process save: every tensor read in pieces at its offset in the .distcp file, no dcp.load call (one
+    per tensor per checkpoint before), nothing held whole; the average equals the float64 reference bit for bit."""
+    import torch.distributed.checkpoint as dcp_module
+
+    from lawa_optim.offline.accumulate import CHUNK
+
+    states = []
+    for i in range(3):
+        torch.manual_seed(i)
+        sd = {f"layer{j}.w": torch.randn(3, j + 1) for j in range(40)}
+        sd |= {"big": torch.randn(2 * CHUNK + 5), "half": torch.randn(7).to(torch.bfloat16), "steps": torch.tensor(i)}
+        states.append(sd)
+        dcp.save({"model": sd, "optim": {"m": torch.zeros(3)}}, checkpoint_id=tmp_path / "run" / f"step-{i}",
+                 no_dist=True)
+    calls: list[object] = []
+    real_load = dcp_module.load
+    monkeypatch.setattr(dcp_module, "load", lambda *a, **kw: calls.append(a) or real_load(*a, **kw))
+    got = average_checkpoints([tmp_path / "run"])
+    assert calls == []  # fewer load calls than tensors: none
+    assert_equal_state(got, reference(states))
+    monkeypatch.setattr(dcp_module, "load", real_load)
+    write_average([tmp_path / "run"], tmp_path / "avg")
+    back = {k: torch.empty_like(v) for k, v in states[-1].items()}
+    dcp.load({"model": back}, checkpoint_id=tmp_path / "avg", no_dist=True)
+    assert_equal_state(back, reference(states))
+
+
 def test_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
-    """Never the whole model: every read DCP is asked for is one tensor, read once per checkpoint (also when it is
-    averaged in several pieces), and the checkpoints hold copies of one tensor at a time."""
+    """Where DCP loads the tensors (shards, compressed items: forced here), never the whole model: every read DCP
+    is asked for is one tensor, read once per checkpoint (also when it is averaged in several pieces), and the
+    checkpoints hold copies of one tensor at a time."""
     from lawa_optim.offline.accumulate import CHUNK
     from lawa_optim.offline.dcp_io import DCPSource
+
+    monkeypatch.setattr(DCPSource, "_locate", lambda self, key: None)
 
     states = []
     for i in range(3):

@@ -9,11 +9,17 @@ Optimizer state (and LAWA's ring, saved in the optimizer's entry) is never read.
 
 Reading: ``.metadata`` is unpickled allowing only DCP's own classes (``trust_pickle`` for more),
 and every file it names must exist and be long enough (:func:`lawa_optim.dcp_atomic.check`: a
-rank's missing file is named). Each
-tensor is then loaded whole, one at a time, by DCP itself (``dcp.load`` of a one-tensor state
-dict, in this process: no process group), which puts a tensor saved in shards by several ranks
-back together; the float64 sums are those of every format (:mod:`.streamed`, :mod:`.accumulate`).
-Memory: the tensor being averaged, once per checkpoint, plus its float64 sum, never the model
+rank's missing file is named). A
+tensor saved whole, by one rank, untransformed (``dcp.save`` from one process, any rank-0-only
+save), is one storage item: a ``torch.save`` blob at an offset of a ``.distcp`` file. Loading that
+blob onto the meta device (``weights_only=True``) gives the offset of the tensor's bytes without
+reading them (as :mod:`.pickled_io` does for ``torch.save`` files), and its pieces are then read
+there with ``os.preadv``, like every other format's: no ``dcp.load`` call, no copy of the tensor.
+Any other tensor (saved in shards by several ranks, compressed, a strided view) is loaded whole,
+one at a time, by DCP itself (``dcp.load`` of a one-tensor state dict, in this process: no process
+group), which puts the shards back together. The float64 sums are those of every format
+(:mod:`.streamed`, :mod:`.accumulate`), the same bits either way. Memory: one piece per checkpoint
+plus the float64 sum; for a tensor DCP loads, that tensor once per checkpoint, never the model
 (every checkpoint's copy of a tensor is freed before the next tensor is read).
 
 Writing (``out_format``): ``"dcp"`` (default) a DCP folder holding only the weights entry, which
@@ -31,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import os
 import pickle
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,6 +52,7 @@ from . import safetensors_io as st
 from .accumulate import check_same_layout, listing
 from .base import Format, staged_folder
 from .layouts import unpickle_trusted
+from .pickled_io import _offset
 from .select import PROVENANCE
 from .streamed import averaged_tensors, collect, with_skips
 from .summary import AverageSummary
@@ -174,6 +183,9 @@ class DCPSource:
         reader.read_metadata = lambda *a, **kw: md  # read once, checked above
         self._reader = reader
         self._cache: tuple[str, torch.Tensor] | None = None
+        self._where: dict[str, tuple[int, int] | None] = {}  # key -> (fd, offset of its bytes) or None: DCP loads it
+        self._fds: dict[str, int] = {}
+        self._view: tuple[torch.Tensor, memoryview] | None = None  # the buffer read into last, as bytes
         self.group: list[DCPSource] = [self]  # the checkpoints averaged together (they free their tensors together)
 
     def _load(self, values: Mapping[str, Any]) -> dict:
@@ -216,8 +228,41 @@ class DCPSource:
                                   f"{err})") from err
         return state
 
+    def _locate(self, key: str) -> tuple[int, int] | None:
+        """``(fd, offset)`` of tensor ``key``'s bytes, when stored whole and contiguous in one untransformed item."""
+        if key in self._where:
+            return self._where[key]
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        where = None
+        meta = self.metadata.state_dict_metadata[self._flat[key]]
+        code, shape = self.layout[key]
+        chunk = meta.chunks[0] if len(meta.chunks) == 1 else None
+        if chunk is not None and not any(chunk.offsets) and tuple(chunk.sizes) == shape:
+            info = self.metadata.storage_data.get(MetadataIndex(self._flat[key], chunk.offsets))
+            if info is not None and not getattr(info, "transform_descriptors", None):
+                fd = self._fds.get(info.relative_path)
+                if fd is None:
+                    fd = self._fds[info.relative_path] = os.open(self.path / info.relative_path, os.O_RDONLY)
+                try:
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        t = torch.load(self._reader._slice_file(f, info), map_location="meta", weights_only=True)
+                    offset = _offset(t) if isinstance(t, torch.Tensor) else None
+                    if (offset is not None and t.dtype == st.torch_dtype(code) and tuple(t.shape) == shape
+                            and offset + t.numel() * t.element_size() <= info.length):
+                        where = (fd, info.offset + offset)
+                except Exception:  # not a plain tensor record: DCP's own load reads it (or names what is wrong)
+                    where = None
+        self._where[key] = where
+        return where
+
     def read(self, key: str) -> torch.Tensor:
-        """The whole tensor ``key`` (the last one read is kept for the pieces that follow)."""
+        """The whole tensor ``key`` (one that DCP loads is kept for the pieces that follow)."""
+        if self._locate(key) is not None:
+            code, shape = self.layout[key]
+            out = torch.empty(math.prod(shape), dtype=st.torch_dtype(code))
+            self.read_into(key, 0, out)
+            return out.reshape(shape)
         if self._cache is None or self._cache[0] != key:
             for source in self.group:  # a new tensor: every checkpoint's copy of the previous one is freed first
                 if source._cache is not None and source._cache[0] != key:
@@ -229,7 +274,18 @@ class DCPSource:
         return self._cache[1]
 
     def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
-        out.copy_(self.read(key).reshape(-1)[start:start + out.numel()])
+        where = self._locate(key)
+        if where is None:
+            out.copy_(self.read(key).reshape(-1)[start:start + out.numel()])
+            return
+        if out.numel() == 0:
+            return
+        if self._view is None or self._view[0] is not out:
+            self._view = (out, memoryview(out.view(torch.uint8).numpy()))
+        view = self._view[1]
+        if os.preadv(where[0], [view], where[1] + start * out.element_size()) != len(view):
+            raise CheckpointError(f"Distributed checkpoint {self.name!r}: tensor {key!r} ends early; a file was "
+                                  "truncated while being read")
 
     def read_object(self, key: str) -> Any:
         state = self._load({key: None})
@@ -238,7 +294,11 @@ class DCPSource:
         return state
 
     def close(self) -> None:
-        self._cache = None
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._where.clear()
+        self._cache = self._view = None
 
 
 class DCPFolder(Format):
