@@ -52,7 +52,7 @@ from . import safetensors_io as st
 from .accumulate import check_same_layout, listing
 from .base import Format, staged_folder
 from .layouts import unpickle_trusted
-from .pickled_io import _offset
+from .pickled_io import file_offset
 from .select import PROVENANCE
 from .streamed import averaged_tensors, collect, with_skips
 from .summary import AverageSummary
@@ -247,7 +247,7 @@ class DCPSource:
                 try:
                     with os.fdopen(os.dup(fd), "rb") as f:
                         t = torch.load(self._reader._slice_file(f, info), map_location="meta", weights_only=True)
-                    offset = _offset(t) if isinstance(t, torch.Tensor) else None
+                    offset = file_offset(t) if isinstance(t, torch.Tensor) else None
                     if (offset is not None and t.dtype == st.torch_dtype(code) and tuple(t.shape) == shape
                             and offset + t.numel() * t.element_size() <= info.length):
                         where = (fd, info.offset + offset)

@@ -32,7 +32,7 @@ from ..io import CheckpointError, safe_load
 from .accumulate import average_sources, check_state, is_averaged, tensor_ties
 from .select import HF_WEIGHT_FILES
 
-__all__ = ["PickledSource", "average_pickled_files", "hf_bin_files", "without_crc32"]
+__all__ = ["PickledSource", "average_pickled_files", "file_offset", "hf_bin_files", "without_crc32"]
 
 
 def hf_bin_files(folder: Path) -> list[Path]:
@@ -53,7 +53,7 @@ def hf_bin_files(folder: Path) -> list[Path]:
     return files
 
 
-def _offset(t: torch.Tensor) -> int | None:
+def file_offset(t: torch.Tensor) -> int | None:
     """Byte offset in its file of a meta tensor's first element (``None``: not readable in flat pieces)."""
     if t.device.type != "meta" or t.layout != torch.strided or t.is_quantized or not t.is_contiguous():
         return None
@@ -84,7 +84,8 @@ class PickledSource:
 
     def __init__(self, name: str, sd: Mapping[str, Any], files: Mapping[str, Path]) -> None:
         self.name, self.sd = name, sd
-        self.offsets = {k: (files[k], _offset(v)) for k, v in sd.items() if is_averaged(v) and v.device.type == "meta"}
+        self.offsets = {k: (files[k], file_offset(v)) for k, v in sd.items()
+                        if is_averaged(v) and v.device.type == "meta"}
         self._fds: dict[Path, int] = {}
         self._flat: tuple[str, torch.Tensor] | None = None
         self._view: tuple[torch.Tensor, memoryview] | None = None  # the buffer read into last, as bytes
@@ -167,7 +168,7 @@ def _open(path: Path, files: list[Path], allow, load_file, extract) -> tuple[Any
         if len(files) == 1:
             where = {k: files[0] for k in sd} if isinstance(sd, Mapping) else {}
         unreadable = isinstance(sd, Mapping) and any(
-            is_averaged(v) and v.device.type == "meta" and _offset(v) is None for v in sd.values())
+            is_averaged(v) and v.device.type == "meta" and file_offset(v) is None for v in sd.values())
         if unreadable:  # a strided view or an unknown offset: load it as before
             obj = load_file(files[0]) if len(files) == 1 else OrderedDict(
                 kv for f in files for kv in load_file(f).items())
