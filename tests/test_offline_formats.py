@@ -290,3 +290,31 @@ def test_lightning_folder_with_lawa_callback_averages_epoch_checkpoints_only(tmp
         in result.output
     assert "dropped" in result.output and "callbacks" in result.output and "lawa_state_dict" in result.output
     assert_equal_state(torch.load(out, weights_only=True)["state_dict"], want)
+
+
+def test_a_format_is_one_class_found_by_its_order(tmp_path, monkeypatch):
+    """Adding a format is one file: a Format subclass with a name registers itself, and detection
+    tries it at its order (here before every built-in one); helper classes without a name are not formats."""
+    from lawa_optim.offline import formats as formats_module
+    from lawa_optim.offline.base import Format
+
+    monkeypatch.setattr(Format, "registered", list(Format.registered))
+    monkeypatch.setattr(formats_module, "_instances", dict(formats_module._instances))
+    assert [f.name for f in formats_module.formats()] == ["dcp", "huggingface", "huggingface-bin", "safetensors",
+                                                          "pickled"]
+
+    class _Helper(Format):  # no name: a base for other formats, not one itself
+        pass
+
+    class Npz(_Helper):
+        name, suffixes, order = "npz", (".npz",), 5
+
+        def matches(self, path):
+            return path.suffix == ".npz"
+
+    names = [f.name for f in formats_module.formats()]
+    assert names[0] == "npz" and "" not in names and len(names) == 6
+    (tmp_path / "a.npz").write_bytes(b"")
+    assert formats_module.format_of(tmp_path / "a.npz").name == "npz"
+    (tmp_path / "b.pt").write_bytes(b"")
+    assert formats_module.format_of(tmp_path / "b.pt").name == "pickled"

@@ -1,9 +1,10 @@
 """What a checkpoint format is to ``lawa average``: a reader/writer pair and the paths it recognizes.
 
-A format is one subclass of :class:`Format` (in its own module) and one entry in the table of
-:mod:`.formats`. The driver (:mod:`.average`) chooses the files, finds their format in the table,
-checks the options and ``out`` with the format's rules, then calls its :meth:`Format.average`
-(into memory) or :meth:`Format.write` (to ``out``, atomically).
+A format is one subclass of :class:`Format` with a ``name``, in its own module of this package:
+defining the class registers it, and :func:`.formats.formats` finds it (in ``order``). The driver
+(:mod:`.average`) chooses the files, finds their format, checks the options and ``out`` with the
+format's rules, then calls its :meth:`Format.average` (into memory) or :meth:`Format.write` (to
+``out``, atomically).
 """
 
 from __future__ import annotations
@@ -31,12 +32,22 @@ class Format:
             by :meth:`matches` alone).
         folder: whether a checkpoint of this format is a folder.
         out_formats: the ``out_format`` values it can write besides its own (``name``).
+        order: where it is tried when a path's format is detected (lower first: folder formats
+            before files, the catch-all ``pickled`` last).
     """
 
     name = ""
     suffixes: tuple[str, ...] = ()
     folder = False
     out_formats: tuple[str, ...] = ()
+    order = 50
+
+    registered: list[type[Format]] = []  # every subclass that names itself, in definition order
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):  # a format of its own (helpers like hf._Streamed name none)
+            Format.registered.append(cls)
 
     def matches(self, path: Path) -> bool:
         """Whether ``path`` (a file or folder given or found in a folder) is one checkpoint of this format."""

@@ -305,6 +305,7 @@ class DCPFolder(Format):
     """A ``torch.distributed.checkpoint`` folder; its weights entry averaged into a DCP folder (or safetensors)."""
 
     name = "dcp"
+    order = 10
     folder = True
     out_formats = ("safetensors", "huggingface")
 

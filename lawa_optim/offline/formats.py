@@ -1,6 +1,7 @@
-"""The checkpoint formats ``lawa average`` reads and writes: one table, one entry (a reader/writer pair) per format.
+"""The checkpoint formats ``lawa average`` reads and writes: one :class:`~.base.Format` (a reader/writer
+pair) per format, each defined in a module of this package and found there.
 
-Each entry is a :class:`~.base.Format` (its module holds its reader and writer):
+The formats, in the order they are tried:
 
 ====================  ==========================================================  ==========================
 entry                 a checkpoint is                                             module
@@ -12,9 +13,9 @@ entry                 a checkpoint is                                           
 ``pickled``           a ``torch.save`` file (plain, fairseq, Lightning, timm)     :mod:`.pickled`
 ====================  ==========================================================  ==========================
 
-A path is of the first format in :data:`FORMATS` whose ``matches`` accepts it (``pickled``, last,
-takes any file). Adding a format: a module with its :class:`~.base.Format` subclass, and its
-line here.
+A path is of the first format of :func:`formats` whose ``matches`` accepts it (``pickled``, last,
+takes any file). Adding a format is one file: a module of ``lawa_optim.offline`` with a
+:class:`~.base.Format` subclass that sets ``name`` and ``order``; defining the class registers it.
 """
 
 from __future__ import annotations
@@ -23,19 +24,32 @@ from pathlib import Path
 
 from ..io import CheckpointError
 from .base import Format
-from .dcp_io import DCPFolder
-from .hf import HFBinFolder, HFFolder, SafetensorsFile
-from .pickled import PickledFile
 
-__all__ = ["FORMATS", "format_of", "one_format"]
+__all__ = ["format_of", "formats", "one_format"]
 
-# Detection order: folder formats first, then files; pickled (any file) last.
-FORMATS: tuple[Format, ...] = (DCPFolder(), HFFolder(), HFBinFolder(), SafetensorsFile(), PickledFile())
+_instances: dict[type[Format], Format] = {}
+
+
+def formats() -> tuple[Format, ...]:
+    """Every format, in detection ``order``: the package's modules are imported once (at the first call,
+    so no module here imports another's format) and every :class:`~.base.Format` subclass they define
+    that sets ``name`` is one."""
+    if not _instances:
+        import importlib
+        import pkgutil
+
+        package = __name__.rpartition(".")[0]
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            importlib.import_module(f"{package}.{module.name}")
+    for cls in Format.registered:
+        if cls not in _instances:
+            _instances[cls] = cls()
+    return tuple(sorted(_instances.values(), key=lambda fmt: fmt.order))
 
 
 def format_of(path: Path, in_folder: bool = False) -> Format | None:
     """The format of checkpoint ``path``; ``in_folder``: a folder's entry, whose file name must end in a suffix."""
-    for fmt in FORMATS:
+    for fmt in formats():
         if fmt.matches(path) and not (in_folder and path.is_file() and not path.name.endswith(fmt.suffixes)):
             return fmt
     return None

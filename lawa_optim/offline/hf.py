@@ -80,6 +80,7 @@ class SafetensorsFile(_Streamed):
     """A bare ``.safetensors`` file; the average keeps the newest file's metadata."""
 
     name = "safetensors"
+    order = 40
     suffixes = (".safetensors",)
     description = "safetensors files"
 
@@ -103,6 +104,7 @@ class HFFolder(_Streamed):
     """A Hugging Face checkpoint folder of safetensors weights (``model.safetensors`` or shards and their index)."""
 
     name = "huggingface"
+    order = 20
     folder = True
     description = "Hugging Face checkpoints"
 
@@ -126,6 +128,7 @@ class HFBinFolder(Format):
     """A Hugging Face checkpoint folder of ``pytorch_model.bin`` weights; averaged into a safetensors folder."""
 
     name = "huggingface-bin"
+    order = 30
     folder = True
 
     def matches(self, path: Path) -> bool:

@@ -28,6 +28,7 @@ class PickledFile(Format):
     """A ``torch.save`` file (any name when given; ``.ckpt``, ``.pth.tar``, ``.pt``, ``.pth``, ``.bin`` in a folder)."""
 
     name = "pickled"
+    order = 100  # any file: tried last
     suffixes = (".ckpt", ".pth.tar", ".pt", ".pth", ".bin")
 
     def matches(self, path: Path) -> bool:
