@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .config_files import resolve_config
 
-__all__ = ["ConfigError", "Section", "apply_overrides", "load_yaml", "validate"]
+__all__ = ["ConfigError", "Section", "apply_overrides", "config_diff", "load_yaml", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -78,6 +78,14 @@ def _yaml(text: str) -> Any:
         list("-+0123456789"),
     )
     return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def config_diff(old: Any, new: Any, where: str = "") -> list[str]:
+    """``"dotted.key: old -> new"`` for every value that differs between two (nested) config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for k in sorted(set(old) | set(new), key=str)
+                for line in config_diff(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> list[str]:

@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from .config_base import Section, load_yaml, validate
+from .config_base import Section, config_diff, load_yaml, validate
 
 __all__ = ["PretrainConfig", "load_config", "lr_multiplier", "run", "run_seed"]
 
@@ -338,9 +338,10 @@ def _check_resume(cfg: PretrainConfig, out: Path, fresh: bool) -> None:
     if not path.is_file():
         return
     old, new = json.loads(path.read_text()), json.loads(json.dumps(cfg.model_dump()))
-    # seeds and device may change between calls: a seed's folder holds that seed's runs only
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-               if k not in ("seeds", "device") and old.get(k) != new.get(k)]
+    for free in ("seeds", "device"):  # may change between calls: a seed's folder holds that seed's runs only
+        old.pop(free, None)
+        new.pop(free, None)
+    changed = config_diff(old, new)
     if changed:
         raise ResumeError(f"{str(out)!r} holds runs of another config ({'; '.join(changed)}); "
                           f"use another --out, or --fresh to start over in it")

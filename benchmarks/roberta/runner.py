@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..config_base import config_diff
 from ..run_state import ResumeError
 from .config import RobertaBenchConfig, is_percent
 from .results import parse_log, summary_line, write_results
@@ -60,13 +61,6 @@ def _fingerprint(cfg: RobertaBenchConfig) -> dict[str, Any]:
     return d
 
 
-def _diff(old: Any, new: Any, where: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [line for k in sorted(set(old) | set(new), key=str)
-                for line in _diff(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
-    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
-
-
 def check_resume(cfg: RobertaBenchConfig, out: Path, plan: dict[str, int] | None = None) -> dict[str, Any] | None:
     """Refuse a rerun in ``out`` whose config (or, with ``plan``, LR schedule) differs; return what was recorded.
 
@@ -79,7 +73,7 @@ def check_resume(cfg: RobertaBenchConfig, out: Path, plan: dict[str, int] | None
         return None
     old = json.loads(path.read_text())
     fix = f"use another --out, or --fresh to start over in {str(out)!r}"
-    changed = _diff(old.get("config"), _fingerprint(cfg))
+    changed = config_diff(old.get("config"), _fingerprint(cfg))
     if changed:
         raise ResumeError(f"{str(out)!r} was started with another config ({'; '.join(changed)}); {fix}")
     old_plan = old.get("plan")
