@@ -150,3 +150,94 @@ def test_pt_output_is_written_without_crc_and_torch_keeps_its_setting(tmp_path):
     assert zipfile.is_zipfile(tmp_path / "avg.pt")
     if hasattr(torch.serialization, "get_crc32_options"):
         assert torch.serialization.get_crc32_options()  # restored for the user's own torch.save calls
+
+
+def _written(tmp_path, sds, n_threads=1, **fields):
+    for i, sd in enumerate(sds):
+        torch.save({"model": sd, "epoch": i, "extra": {"ema": sd["big"] * 2, "ids": torch.arange(4)}},
+                   tmp_path / f"c{i}.pt")
+    out = tmp_path / "avg.pt"
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        summary = write_average([tmp_path / f"c{i}.pt" for i in range(len(sds))], out, **fields)
+    finally:
+        torch.set_num_threads(before)
+    return torch.load(out, weights_only=True), summary
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pt_written_in_pieces_gives_the_reference_bits_and_the_newest_entries(tmp_path, n_threads):
+    """The .pt average is streamed into the file (structure saved with holes, pieces written at their offsets):
+    the averaged weights are the reference's bits, every other tensor of the newest file (its own storage,
+    not averaged) is there too, as the summary says."""
+    sds = states(4)
+    got, summary = _written(tmp_path, sds, n_threads)
+    assert_same(got["model"], reference(sds))
+    assert got["epoch"] == 3 and torch.equal(got["extra"]["ema"], sds[3]["big"] * 2)
+    assert torch.equal(got["extra"]["ids"], torch.arange(4))
+    assert summary.copied == ("steps",) and set(summary.averaged) == {"big", "half", "bf", "small", "empty"}
+
+
+def test_pt_written_in_pieces_restarts_without_a_file_found_bad_midway(tmp_path):
+    """A NaN in the last tensor of one file is found after the other tensors were written: the file is
+    started over without that checkpoint, and holds exactly the average of the others."""
+    sds = states(4)
+    sds[2] = dict(sds[2], small=sds[2]["small"].clone())
+    sds[2]["small"][-1, -1] = float("nan")  # "small" comes after "big", "half" and "bf"
+    with pytest.warns(RuntimeWarning, match=r"Skipping .*c2\.pt"):
+        got, summary = _written(tmp_path, sds, nonfinite="skip")
+    assert_same(got["model"], reference([sds[0], sds[1], sds[3]]))
+    assert summary.skipped == (str(tmp_path / "c2.pt"),)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt", "c0.pt", "c1.pt", "c2.pt", "c3.pt"]  # no temp left
+
+
+def test_save_streamed_takes_the_bytes_from_the_pieces_not_the_holes(tmp_path):
+    """The holes are never read: filled with NaN, the file still holds the pieces' values; the other storages
+    (a tensor not averaged, a tie) are written from memory."""
+    from lawa_optim.io import atomic_write_bytes
+    from lawa_optim.offline.pickled_io import save_streamed
+
+    hole = torch.full((3 * CHUNK + 5,), float("nan"))
+    other = torch.arange(6, dtype=torch.int64)
+    obj = {"w": hole, "tied": hole, "n": other, "note": "kept"}
+    want = torch.randn(hole.numel())
+    pieces = ((("w", want[a:a + CHUNK].clone()) for a in range(0, want.numel(), CHUNK)))
+    atomic_write_bytes(tmp_path / "x.pt", lambda f: save_streamed(f, obj, {"w": hole, "tied": hole}, pieces))
+    got = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert torch.equal(got["w"], want) and got["tied"].data_ptr() == got["w"].data_ptr()
+    assert torch.equal(got["n"], other) and got["note"] == "kept"
+    assert torch.isnan(hole).all()  # the hole itself was never written
+
+
+def test_save_streamed_falls_back_to_a_plain_save_when_the_records_are_not_as_expected(tmp_path, monkeypatch):
+    """Should torch name storages otherwise than this expects, the mismatch is seen (names and sizes) and the
+    plain torch.save written instead, with the same contents."""
+    from lawa_optim.io import atomic_write_bytes
+    from lawa_optim.offline import pickled_io
+
+    real = pickled_io._storages
+    monkeypatch.setattr(pickled_io, "_storages", lambda obj: list(reversed(real(obj))))  # names swapped
+    hole, small = torch.empty(CHUNK + 3), torch.ones(2)
+    want = torch.randn(hole.numel())
+    pieces = iter([("w", want[:CHUNK].clone()), ("w", want[CHUNK:].clone())])
+    atomic_write_bytes(tmp_path / "x.pt", lambda f: pickled_io.save_streamed(f, {"w": hole, "s": small}, {"w": hole},
+                                                                             pieces))
+    got = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert torch.equal(got["w"], want) and torch.equal(got["s"], small)
+
+
+def test_writeback_asks_for_every_byte_written(monkeypatch):
+    """Writeback starts the disk on whole stretches of at least `every` bytes, and flush() on the rest."""
+    from lawa_optim.io import Writeback
+
+    calls = []
+    monkeypatch.setattr(Writeback, "_call", lambda fd, offset, length, flags: calls.append((offset, length, flags)))
+    wb = Writeback(7, every=100)
+    for offset in range(50, 50 + 13 * 30, 30):
+        wb(offset, 30)
+    wb.flush()
+    wb.flush()  # nothing left: no call
+    assert all(flags == 2 for _, _, flags in calls)
+    assert [o for o, _, _ in calls] == [50, 170, 290, 410]
+    assert sum(length for _, length, _ in calls) == 13 * 30 and max(length for _, length, _ in calls[:-1]) >= 100

@@ -411,8 +411,8 @@ def common_ties(ties: Sequence[Mapping[str, str]]) -> dict[str, str]:
 
 def average_sources(
     sources: Sequence[Source], sd: Mapping[str, Any], ties: Sequence[Mapping[str, str]], weights, alpha: float,
-    nonfinite: str, progress,
-) -> tuple[OrderedDict, list, list[str], list[float], OrderedDict]:
+    nonfinite: str, progress, consume: Callable[[list, OrderedDict, Iterator], Any] | None = None,
+) -> tuple[Any, list, list[str], list[float], OrderedDict]:
     """Average state dicts given as sources, all of the layout of ``sd`` (any of them: only keys,
     dtypes and shapes are used); ``ties[i]``: source i's tied keys.
 
@@ -420,19 +420,32 @@ def average_sources(
     sources used; names skipped; normalized coefficients; the ties kept)``. Tied weights (one tensor
     under two keys, e.g. an embedding and an LM head) stay one tensor as long as every checkpoint
     used ties them.
+
+    ``consume(used, holes, pieces)``: instead of averaging into memory, hand the averages on as
+    they are made: ``holes`` are the averages' tensors allocated but never written (ties
+    included), ``pieces`` yields ``(key, piece)`` in order (:func:`averaged_tensors`); its result
+    replaces the averages in the returned tuple. It runs again from the start without the
+    checkpoints found to hold NaN/Inf (``nonfinite="skip"``).
     """
     layout = {k: (v.dtype, tuple(v.shape)) for k, v in sd.items() if is_averaged(v)}
     index = {id(s): i for i, s in enumerate(sources)}
 
+    def with_ties(tensors: Mapping[str, torch.Tensor], tied: Mapping[str, str]) -> OrderedDict:
+        out: OrderedDict = OrderedDict()
+        for key in layout:
+            out[key] = out[tied[key]] if key in tied else tensors[key]  # a tie stays one tensor: saved once
+        return out
+
     def run(used, coeffs, total):
         tied = common_ties([ties[index[id(s)]] for s in used])
         order = [k for k in layout if k not in tied]
-        return average_into(used, layout, order, coeffs, total, nonfinite, progress), tied
+        if consume is None:
+            return with_ties(average_into(used, layout, order, coeffs, total, nonfinite, progress), tied), tied
+        holes = {k: torch.empty(layout[k][1], dtype=layout[k][0]) for k in order}  # pages never touched
+        pieces = averaged_tensors(used, layout, order, coeffs, total, nonfinite, progress)
+        return consume(used, with_ties(holes, tied), pieces), tied
 
-    (sums, tied), used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
-    out: OrderedDict = OrderedDict()
-    for key in layout:
-        out[key] = out[tied[key]] if key in tied else sums[key]  # a tie stays one tensor: saved once
+    (out, tied), used, skipped, coeffs = with_skips(sources, weights, alpha, nonfinite, run)
     return out, used, skipped, coeffs, tied
 
 

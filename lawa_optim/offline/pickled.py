@@ -4,7 +4,8 @@ Every file's structure is loaded first (``torch.load(weights_only=True)`` onto t
 weight read) and checked against the first; then each tensor is averaged over all files, read in
 pieces at its offset in the file (:mod:`.pickled_io`, :mod:`.accumulate`); the result is the newest
 checkpoint with its weights entry replaced by the average (:mod:`.layouts` says which entries).
-:func:`average_pickled` also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
+Written to a file, the average is never whole in memory: each piece goes to its place in the
+output file as soon as it is made (:func:`.pickled_io.save_streamed`). :func:`average_pickled` also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import CheckpointError, atomic_save, safe_load
+from ..io import CheckpointError, atomic_write_bytes, safe_load
 from .accumulate import coefficients, listing
 from .base import Format
 from .layouts import SAFE_CLASSES, detect_pickled, load_pickled
 from .options import AverageOptions
-from .pickled_io import average_pickled_files, hf_bin_files, without_crc32
+from .pickled_io import average_pickled_files, hf_bin_files, save_streamed
 from .summary import AverageSummary
 
 __all__ = ["PickledFile", "average_pickled", "check_drop"]
@@ -38,14 +39,17 @@ class PickledFile(Format):
         return average_pickled(paths, opts, hf_bin=False)
 
     def write(self, paths, out, opts):
-        result, summary = self.average(paths, opts)
-        with without_crc32():  # torch.load never checks them; computing them cost more than the average
-            atomic_save(result, out)
-        return summary
+        return average_pickled(paths, opts, hf_bin=False, out=out)[1]
 
 
-def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool) -> tuple[Any, AverageSummary]:
-    """Average pickled checkpoints (``hf_bin``: HF folders of ``pytorch_model.bin``) file by file, into memory."""
+def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool,
+                    out: Path | None = None) -> tuple[Any, AverageSummary]:
+    """Average pickled checkpoints (``hf_bin``: HF folders of ``pytorch_model.bin``) tensor by tensor.
+
+    Into memory; or, with ``out``, into the file ``out`` as the pieces are made (atomically,
+    :func:`.pickled_io.save_streamed`: the average is never whole in memory), returning ``None``
+    in the place of the result.
+    """
     key, drop = opts.key, opts.drop
     coefficients(opts.weights, opts.alpha, len(selected))  # bad weights refused before any file is read
     chosen: list = []
@@ -67,23 +71,35 @@ def average_pickled(selected: Sequence[Path], opts: AverageOptions, hf_bin: bool
     def load_file(f: Path) -> Any:
         return safe_load(f, mmap=True) if hf_bin else load_pickled(f, opts.trust_pickle)
 
-    # every file's structure first (meta tensors), then each tensor averaged in pieces read from the files
-    state, newest, used, skipped, used_coeffs, averaged = average_pickled_files(
-        selected, hf_bin_files if hf_bin else lambda p: [p], load_file, extract, SAFE_CLASSES, opts.weights,
-        opts.alpha, opts.nonfinite, opts.progress)
-    fmt, entry = chosen[0]
-    dropped: tuple[str, ...] = ()
-    if fmt is None or entry is None:
-        result: Any = state
-    else:
+    def build(state: Mapping[str, Any], newest: Any) -> tuple[Any, tuple[str, ...]]:
+        """The checkpoint written: the newest with the average as its weights, and what it leaves out."""
+        fmt, entry = chosen[0]
+        if fmt is None or entry is None:
+            return state, ()
         result, dropped = fmt.output(newest, entry, state, opts.keep_optimizer, opts.keep_callbacks)
         for path in drop:
             if _find(result, path)[0] is not None:
                 result = _without(result, path)
                 dropped += (path,)
+        return result, dropped
+
+    def stream(state, newest, holes, pieces) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        result, dropped = build(state, newest)
+        atomic_write_bytes(out, lambda f: save_streamed(f, result, holes, pieces))
+        return dropped, tuple(state)
+
+    # every file's structure first (meta tensors), then each tensor averaged in pieces read from the files
+    got, newest, used, skipped, used_coeffs, averaged = average_pickled_files(
+        selected, hf_bin_files if hf_bin else lambda p: [p], load_file, extract, SAFE_CLASSES, opts.weights,
+        opts.alpha, opts.nonfinite, opts.progress, None if out is None else stream)
+    fmt, entry = chosen[0]
+    if out is None:
+        (result, dropped), keys = build(got, newest), tuple(got)
+    else:
+        result, (dropped, keys) = None, got  # written: stream() returned what it left out and the keys
     summary = AverageSummary(
         files=tuple(used), coefficients=tuple(used_coeffs), skipped=tuple(skipped), key=entry,
-        averaged=averaged, copied=tuple(k for k in state if k not in averaged), dropped=dropped,
+        averaged=averaged, copied=tuple(k for k in keys if k not in averaged), dropped=dropped,
         format="huggingface" if hf_bin else fmt.name,
         description="Hugging Face checkpoints" if hf_bin else fmt.describe(entry),
     )

@@ -24,15 +24,16 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from ..io import CheckpointError, safe_load
-from .accumulate import average_sources, check_state, is_averaged, tensor_ties
+from ..io import CheckpointError, Writeback, safe_load
+from .accumulate import average_sources, check_state, is_averaged, listing, tensor_ties
 from .select import HF_WEIGHT_FILES
 
-__all__ = ["PickledSource", "average_pickled_files", "file_offset", "hf_bin_files", "without_crc32"]
+__all__ = ["PickledSource", "average_pickled_files", "file_offset", "hf_bin_files", "save_streamed",
+           "without_crc32"]
 
 
 def hf_bin_files(folder: Path) -> list[Path]:
@@ -145,6 +146,121 @@ def without_crc32() -> Iterator[None]:
         set_crc32(before)
 
 
+def _storages(obj: Any) -> list[tuple[str, torch.UntypedStorage]]:
+    """The storages ``torch.save(obj)`` writes, with their record names (``data/0``, ``data/1``, ...).
+
+    ``torch.save`` names a storage by the order the pickler first meets it (its persistent id);
+    pickling ``obj`` the same way meets them in the same order. :func:`save_streamed` checks the
+    names and sizes against the file written before it trusts them.
+    """
+    import io
+    import pickle
+
+    found: dict[int, tuple[str, torch.UntypedStorage]] = {}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, o: Any) -> Any:
+            if isinstance(o, torch.storage.TypedStorage):
+                o = o._untyped_storage
+            elif not torch.is_storage(o):
+                return None
+            found.setdefault(o._cdata, (f"data/{len(found)}", o))
+            return found[o._cdata][0]
+
+    Pickler(io.BytesIO(), protocol=torch.serialization.DEFAULT_PROTOCOL).dump(obj)
+    return list(found.values())
+
+
+def _record_offsets(f: BinaryIO, storages: Sequence[tuple[str, torch.UntypedStorage]]) -> list[int] | None:
+    """Each storage's byte offset in the ``torch.save`` file ``f``, or ``None`` if its records are not
+    exactly those storages (names and sizes)."""
+    with os.fdopen(os.dup(f.fileno()), "rb") as r:  # f may be open for writing only
+        with zipfile.ZipFile(r) as z:  # the central directory only
+            sizes = {i.filename.partition("/")[2]: i.file_size for i in z.infolist()}
+        records = {name for name in sizes if name.startswith("data/")}
+        if records != {name for name, _ in storages} or any(sizes[n] != s.nbytes() for n, s in storages):
+            return None
+        r.seek(0)
+        reader = torch._C.PyTorchFileReader(r)
+        return [reader.get_record_offset(name) for name, _ in storages]
+
+
+def _bytes(t: torch.Tensor | torch.UntypedStorage) -> memoryview:
+    if isinstance(t, torch.UntypedStorage):
+        t = torch.empty(0, dtype=torch.uint8).set_(t)
+    return memoryview(t.detach().reshape(-1).view(torch.uint8).numpy())
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def save_streamed(f: BinaryIO, obj: Any, holes: Mapping[str, torch.Tensor],
+                  pieces: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """``torch.save(obj, f)``, the bytes of the tensors in ``holes`` written from ``pieces`` as they come.
+
+    ``holes``: ``{key: tensor}``, tensors of ``obj`` allocated but never written (their pages are
+    never touched); ``pieces`` yields ``(key, piece)``, each hole's contents in order (flattened).
+    ``f`` (a file open for writing, from its start) receives ``obj``'s structure with
+    every storage's place left empty (``torch.serialization.skip_data``), then every other storage
+    is written at its record's offset, then each piece of the averages where it belongs: nothing
+    the size of the model is built in memory. The file is the one ``torch.save`` writes (CRC-32s
+    left out, which ``torch.load`` never checks, see :func:`without_crc32`).
+
+    Should the file not hold the records this expects (a torch whose ``torch.save`` names
+    storages otherwise), the pieces are copied into the holes and ``obj`` saved the plain way.
+    """
+    f.seek(0)
+    f.truncate()
+    with without_crc32(), torch.serialization.skip_data():
+        torch.save(obj, f)
+    f.flush()
+    storages = _storages(obj)
+    offsets = _record_offsets(f, storages)
+    if offsets is None:
+        for key, part in _pieces_into(holes, pieces):
+            part[0].copy_(part[1])
+        f.seek(0)
+        f.truncate()
+        with without_crc32():
+            torch.save(obj, f)
+        return
+    fd = f.fileno()
+    writeback = Writeback(fd)
+    where = {s._cdata: offset for (_, s), offset in zip(storages, offsets)}
+    hole_storages = {t.untyped_storage()._cdata for t in holes.values()}
+    for (_, storage), offset in zip(storages, offsets):
+        if storage._cdata not in hole_storages and storage.nbytes():
+            _pwrite(fd, _bytes(storage.cpu()), offset)
+    for key, (dst, piece) in _pieces_into(holes, pieces):
+        offset = where[dst.untyped_storage()._cdata] + dst.storage_offset() * dst.element_size()
+        data = _bytes(piece)
+        _pwrite(fd, data, offset)
+        writeback(offset, len(data))
+    writeback.flush()
+    f.seek(0, os.SEEK_END)
+
+
+def _pieces_into(holes: Mapping[str, torch.Tensor], pieces: Iterator[tuple[str, torch.Tensor]]
+                 ) -> Iterator[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """``(key, (the stretch of the hole the piece fills, the piece))``; every hole checked filled exactly."""
+    filled: dict[str, int] = {}
+    for key, piece in pieces:
+        hole = holes[key]
+        a = filled.get(key, 0)
+        flat = hole.view(-1) if hole.is_contiguous() else None
+        if flat is None or a + piece.numel() > flat.numel():
+            raise RuntimeError(f"internal error: the pieces of {key!r} do not fit its tensor of {tuple(hole.shape)}")
+        filled[key] = a + piece.numel()
+        yield key, (flat[a:a + piece.numel()], piece)
+    done = {id(holes[k]) for k, n in filled.items() if n == holes[k].numel()}
+    short = [k for k, t in holes.items() if id(t) not in done]  # a tied key shares its tensor's pieces
+    if short:
+        raise RuntimeError(f"internal error: no average was made for {listing(short)}")
+
+
 def _storage_of(where: Mapping[str, Path]) -> Callable[[str, torch.Tensor], Any]:
     """A tensor's storage, for finding tied weights: its file and record offset, or its address in memory."""
     def storage(key: str, t: torch.Tensor) -> Any:
@@ -179,8 +295,8 @@ def _open(path: Path, files: list[Path], allow, load_file, extract) -> tuple[Any
 def average_pickled_files(
     paths: Sequence[Path], files_of: Callable[[Path], list[Path]], load_file: Callable[[Path], Any],
     extract: Callable[[Any, str], Mapping[str, Any]], allow: Sequence[Any], weights, alpha: float, nonfinite: str,
-    progress,
-) -> tuple[OrderedDict, Any, list[str], list[str], list[float], tuple[str, ...]]:
+    progress, consume: Callable[[OrderedDict, Any, Mapping[str, torch.Tensor], Iterator], Any] | None = None,
+) -> tuple[Any, Any, list[str], list[str], list[float], tuple[str, ...]]:
     """Average pickled checkpoints tensor by tensor, reading each in pieces.
 
     Every file's structure is loaded (meta tensors) and checked against the first (keys, shapes,
@@ -192,9 +308,31 @@ def average_pickled_files(
     Returns ``(state dict: the newest used checkpoint's, its floating tensors averaged; the newest
     used checkpoint object as loaded; names used; names skipped; normalized coefficients; the keys
     averaged)``.
+
+    ``consume(state, newest, holes, pieces)``: stream the averages instead (:func:`save_streamed`):
+    ``state`` holds, for the averaged keys, the tensors of ``holes`` (allocated, never written),
+    whose contents ``pieces`` yields in order; what ``consume`` returns takes the place of the
+    state dict in the returned tuple (and the newest object's place is ``None``).
     """
     sources: list[PickledSource] = []
     ties, first = [], None
+
+    def newest_of(used: Sequence[PickledSource]) -> tuple[Any, Mapping[str, Any]]:
+        path = paths[[s.name for s in sources].index(used[-1].name)]
+        files = files_of(path)
+        obj = load_file(files[0]) if len(files) == 1 else OrderedDict(kv for f in files for kv in load_file(f).items())
+        return obj, extract(obj, str(path))
+
+    def state_of(sd: Mapping[str, Any], averages: Mapping[str, torch.Tensor]) -> OrderedDict:
+        state: OrderedDict = OrderedDict((k, averages[k] if k in averages else v) for k, v in sd.items())
+        if getattr(sd, "_metadata", None) is not None:
+            state._metadata = sd._metadata  # type: ignore[attr-defined]  # load_state_dict's versions
+        return state
+
+    def streamed(used, holes, pieces):
+        newest, sd = newest_of(used)
+        return consume(state_of(sd, holes), newest, holes, pieces)
+
     try:
         for path in paths:
             _, sd, where = _open(path, files_of(path), allow, load_file, extract)
@@ -203,15 +341,14 @@ def average_pickled_files(
             sources.append(PickledSource(str(path), sd, where))
             ties.append(tensor_ties(sd, _storage_of(where)))
         averages, used, skipped, coeffs, _ = average_sources(
-            sources, sources[-1].sd, ties, weights, alpha, nonfinite, progress)
+            sources, sources[-1].sd, ties, weights, alpha, nonfinite, progress,
+            None if consume is None else streamed)
     finally:
         for s in sources:
             s.close()
-    newest_path = paths[[s.name for s in sources].index(used[-1].name)]
-    files = files_of(newest_path)
-    newest = load_file(files[0]) if len(files) == 1 else OrderedDict(kv for f in files for kv in load_file(f).items())
-    sd = extract(newest, str(newest_path))
-    state: OrderedDict = OrderedDict((k, averages[k] if k in averages else v) for k, v in sd.items())
-    if getattr(sd, "_metadata", None) is not None:
-        state._metadata = sd._metadata  # type: ignore[attr-defined]  # load_state_dict's versions
-    return state, newest, [s.name for s in used], skipped, coeffs, tuple(averages)
+    names = [s.name for s in used]
+    averaged = tuple(k for k, v in sources[-1].sd.items() if is_averaged(v))
+    if consume is not None:
+        return averages, None, names, skipped, coeffs, averaged
+    newest, sd = newest_of(used)
+    return state_of(sd, averages), newest, names, skipped, coeffs, averaged

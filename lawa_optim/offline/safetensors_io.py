@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..io import CheckpointError
+from ..io import CheckpointError, Writeback
 from .accumulate import averaged_dtype
 from .select import HF_WEIGHT_FILES
 
@@ -212,6 +212,7 @@ class StreamWriter:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         self.f, self.layout, self.pending = f, layout, iter(layout)
+        self.pos, self.writeback = 8 + len(raw), Writeback(f.fileno())
         self.key: str | None = None
         self.left = 0
 
@@ -226,13 +227,17 @@ class StreamWriter:
         if dtype_code(part.dtype) != self.layout[key][0] or part.numel() * part.element_size() > self.left:
             raise RuntimeError(f"internal error: a {part.dtype} part of {part.numel()} elements for {key!r}")
         if part.numel():
-            self.f.write(memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))
-            self.left -= part.numel() * part.element_size()
+            n = part.numel() * part.element_size()
+            self.f.write(memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))  # buffered: all of it
+            self.left -= n
+            self.writeback(self.pos, n)  # the disk starts on it while the next pieces are made
+            self.pos += n
         return self.left == 0
 
     def close(self) -> None:
         if self.left or next(self.pending, None) is not None:
             raise RuntimeError("internal error: not every tensor of the header was written")
+        self.writeback.flush()
 
 
 def write_shard(f: BinaryIO, keys: list[str], layout, metadata, parts: Iterator[tuple[str, torch.Tensor]]) -> None:
