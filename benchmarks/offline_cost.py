@@ -19,6 +19,9 @@ thread and at all threads), each in a fresh process so its peak memory is its ow
   physical floor of any averaging;
 - **floor**: the same reads, each float32 value added once into a float64 sum (pieces of 2**16
   elements, the sum kept in the cache): the floor of any float64 average, without writing it;
+- **floor+write**: the same, then the average (a k-th of the bytes) divided piece by piece into
+  a reused buffer, written, the disk started on every 8 MiB (``sync_file_range``) and the file
+  fsynced: the floor of any tool that writes its average durably;
 - **plain loop** (``pt`` only): the in-memory loop of fairseq's ``scripts/average_checkpoints.py``
   (load each file whole, add in float32, divide, ``torch.save``), written here as the reference;
 - **mergekit** (``hf`` only, when installed): mergekit's ``linear`` merge with its default options;
@@ -84,14 +87,27 @@ if task in ("read", "floor", "floor+write"):
             while n := f.readinto(raw):
                 if task != "read":  # every value read once and added once into a float64 sum
                     acc[: n // 4].add_(buf[: n // 4])
-    if task == "floor+write":  # and the average (a k-th of the bytes) divided into memory, written, fsynced
-        avg = torch.empty(sum(os.path.getsize(f) for f in args["files"]) // 4 // len(args["inputs"]))
-        for a in range(0, avg.numel(), piece):
-            torch.div(acc[: min(piece, avg.numel() - a)], len(args["inputs"]), out=avg[a:a + piece])
-        with open(args["out"] + ".floor", "wb") as f:
-            f.write(memoryview(avg.view(torch.uint8).numpy()))
-            f.flush()
-            os.fsync(f.fileno())
+    if task == "floor+write":  # and the average (a k-th of the bytes) divided piece by piece, written, fsynced
+        import ctypes
+        try:
+            start_disk = ctypes.CDLL(None).sync_file_range  # start the disk on what was written, as lawa does
+            start_disk.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        except AttributeError:
+            start_disk = None
+        n_out = sum(os.path.getsize(f) for f in args["files"]) // 4 // len(args["inputs"])
+        out_buf = torch.empty(piece)
+        out_raw = memoryview(out_buf.view(torch.uint8).numpy())
+        fd = os.open(args["out"] + ".floor", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        written = started = 0
+        for a in range(0, n_out, piece):
+            m = min(piece, n_out - a)
+            torch.div(acc[:m], len(args["inputs"]), out=out_buf[:m])
+            written += os.write(fd, out_raw[: 4 * m])
+            if start_disk is not None and written - started >= 8 << 20:
+                start_disk(fd, started, written - started, 2)
+                started = written
+        os.fsync(fd)
+        os.close(fd)
         os.unlink(args["out"] + ".floor")
 elif task == "plain":  # fairseq's scripts/average_checkpoints.py, in memory and in float32
     params, new_state = {}, None
@@ -332,7 +348,8 @@ def summarize(cfg: CostConfig, rows: list[dict], params: int, nbytes: dict, miss
             base = f"{fmt}/{one}"  # the floors, measured at one thread
             r = {"lawa_vs_floor_time": ratio(lawa, f"{base}/floor", "seconds"),
                  "lawa_vs_floor_cpu": ratio(lawa, f"{base}/floor", "cpu_seconds"),
-                 "lawa_vs_floor+write_time": ratio(lawa, f"{base}/floor+write", "seconds")}
+                 "lawa_vs_floor+write_time": ratio(lawa, f"{base}/floor+write", "seconds"),
+                 "lawa_vs_floor+write_cpu": ratio(lawa, f"{base}/floor+write", "cpu_seconds")}
             peer = {"pt": "plain", "hf": "mergekit"}.get(fmt)
             if peer:
                 r[f"lawa_vs_{peer}_time"] = ratio(lawa, f"{fmt}/{threads}/{peer}", "seconds")
@@ -341,9 +358,11 @@ def summarize(cfg: CostConfig, rows: list[dict], params: int, nbytes: dict, miss
             ratios[f"{fmt}/{threads}"] = r
         if most != one:
             ratios[f"{fmt}/speedup_{most}_threads"] = ratio(f"{fmt}/{one}/lawa", f"{fmt}/{most}/lawa", "seconds")
-    targets = {"pt": {"lawa_vs_plain_time": 0.7, "lawa_vs_plain_memory": 1.0, "lawa_vs_floor_time": 1.3},
-               "hf": {"lawa_vs_mergekit_time": 0.5, "lawa_vs_mergekit_memory": 0.25, "lawa_vs_floor_time": 1.3},
-               "dcp": {"lawa_vs_floor_time": 1.3}}
+    # the issue's targets; and 1.3x the floor that also writes the average (which any tool writing it pays)
+    floors = {"lawa_vs_floor_time": 1.3, "lawa_vs_floor+write_time": 1.3}
+    targets = {"pt": {"lawa_vs_plain_time": 0.7, "lawa_vs_plain_memory": 1.0, **floors},
+               "hf": {"lawa_vs_mergekit_time": 0.5, "lawa_vs_mergekit_memory": 0.25, **floors},
+               "dcp": dict(floors)}
     met = {}
     for fmt in cfg.formats:
         for name, limit in targets[fmt].items():

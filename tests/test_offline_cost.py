@@ -57,7 +57,9 @@ def test_average_cost_runs_every_tool_and_reports_ratios(tmp_path):
     assert ratios["pt/1"]["lawa_vs_floor+write_time"] == pytest.approx(cells["pt/1/lawa"]["seconds"]
                                                                        / cells["pt/1/floor+write"]["seconds"])
     assert set(res["met"]) == {"pt/1/lawa_vs_plain_time", "pt/1/lawa_vs_plain_memory", "pt/1/lawa_vs_floor_time",
-                               "hf/1/lawa_vs_mergekit_time", "hf/1/lawa_vs_mergekit_memory", "hf/1/lawa_vs_floor_time"}
+                               "pt/1/lawa_vs_floor+write_time", "hf/1/lawa_vs_mergekit_time",
+                               "hf/1/lawa_vs_mergekit_memory", "hf/1/lawa_vs_floor_time",
+                               "hf/1/lawa_vs_floor+write_time"}
     assert cells["pt/1/lawa"]["peak_rss_mib"] > 100  # torch is imported in every child but the read
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(res["rows"])
@@ -96,8 +98,9 @@ def test_summary_ratios_and_table_from_rows():
     assert res["ratios"]["pt/1"]["lawa_vs_plain_memory"] == pytest.approx(0.6)
     assert res["ratios"]["pt/2"]["lawa_vs_floor_time"] == pytest.approx(1.0)  # against the one-thread floor
     assert res["ratios"]["pt/speedup_2_threads"] == pytest.approx(2.0)
+    assert res["ratios"]["pt/1"]["lawa_vs_floor+write_cpu"] == pytest.approx(1.6)
     assert res["met"] == {"pt/1/lawa_vs_plain_time": True, "pt/1/lawa_vs_plain_memory": True,
-                          "pt/1/lawa_vs_floor_time": False}
+                          "pt/1/lawa_vs_floor_time": False, "pt/1/lawa_vs_floor+write_time": False}
     table = markdown_table(res)
     assert "| fairseq-style .pt | read + float64 sum (the floor) | 4.00 s (4.00 s) | - | 600 MiB |" in table
     assert "| fairseq-style .pt | **`lawa average`** | 8.00 s (8.00 s) | 4.00 s (4.00 s) | 600 MiB |" in table
