@@ -100,11 +100,15 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._specs()))
 
+    def _spec(self, name: str) -> tuple[str, str | None] | None:
+        """("module:attribute", install hint) of the lazy command ``name``, if there is one."""
+        return self._specs().get(name)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        specs = self._specs()
-        if name not in specs:
+        found = self._spec(name)
+        if found is None:
             return super().get_command(ctx, name)
-        spec, hint = specs[name]
+        spec, hint = found
         try:
             command = _load(spec)
         except ModuleNotFoundError as err:
@@ -134,6 +138,11 @@ class _MainGroup(LazyGroup):
                 hint = f"pip install '{ep.dist.name}[{','.join(ep.extras)}]'"
             specs[ep.name] = (ep.value.split("[")[0].strip(), hint)
         return specs
+
+    def _spec(self, name: str) -> tuple[str, str | None] | None:
+        if name in self.lazy:  # the library's own command: no scan of every installed package's entry points
+            return self.lazy[name], self.install_hint
+        return super()._spec(name)
 
 
 @click.group(

@@ -126,13 +126,14 @@ def average_pieces(
     acc_all = torch.empty(size, dtype=_sum_dtype(dtype))
     buf_all = torch.empty(size, dtype=dtype)
     out_all = torch.empty(size, dtype=dtype) if out is None else None
-    views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per piece length: read_into may cache
+    views: dict[int, tuple] = {}  # made once per piece length: read_into and the writers may cache by identity
     for start in range(0, numel, chunk):
         m = min(chunk, numel - start)
         if m not in views:
-            views[m] = (acc_all[:m], buf_all[:m])
-        acc, buf = views[m]
-        dst = out_all[:m] if out is None else out[start:start + m]
+            views[m] = (acc_all[:m], buf_all[:m], None if out_all is None else out_all[:m])
+        acc, buf, dst = views[m]
+        if dst is None:
+            dst = out[start:start + m]
         _average_piece(read_into, count, start, coeffs, total, acc, buf, dst)
         yield acc, dst
 

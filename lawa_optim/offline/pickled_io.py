@@ -234,9 +234,12 @@ def save_streamed(f: BinaryIO, obj: Any, holes: Mapping[str, torch.Tensor],
     for (_, storage), offset in zip(storages, offsets):
         if storage._cdata not in hole_storages and storage.nbytes():
             _pwrite(fd, _bytes(storage.cpu()), offset)
+    last: tuple[torch.Tensor, memoryview] | None = None  # the piece written last (the averaging reuses one buffer)
     for key, (dst, piece) in _pieces_into(holes, pieces):
         offset = where[dst.untyped_storage()._cdata] + dst.storage_offset() * dst.element_size()
-        data = _bytes(piece)
+        if last is None or last[0] is not piece:
+            last = (piece, _bytes(piece))
+        data = last[1]
         _pwrite(fd, data, offset)
         writeback(offset, len(data))
     writeback.flush()

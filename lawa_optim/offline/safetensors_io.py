@@ -107,6 +107,7 @@ class SafetensorsSource:
     """
 
     kind = "safetensors"
+    _view: tuple[torch.Tensor, memoryview] | None = None  # the buffer read into last, as bytes
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -124,7 +125,9 @@ class SafetensorsSource:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        view = memoryview(out.view(torch.uint8).numpy())
+        if self._view is None or self._view[0] is not out:  # the averaging reads into one buffer, again and again
+            self._view = (out, memoryview(out.view(torch.uint8).numpy()))
+        view = self._view[1]
         got = os.preadv(fd, [view], offset + start * out.element_size())
         if got != len(view):
             raise CheckpointError(f"Checkpoint {str(path)!r}: tensor {key!r} ends early; the file was truncated "
@@ -140,6 +143,7 @@ class SafetensorsSource:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._view = None
 
 
 class HFSource(SafetensorsSource):
@@ -213,6 +217,8 @@ class StreamWriter:
         f.write(raw)
         self.f, self.layout, self.pending = f, layout, iter(layout)
         self.pos, self.writeback = 8 + len(raw), Writeback(f.fileno())
+        self.dtype: torch.dtype | None = None  # the dtype of the parts checked last
+        self.last: tuple[torch.Tensor, memoryview] | None = None  # the part written last, as bytes
         self.key: str | None = None
         self.left = 0
 
@@ -224,11 +230,15 @@ class StreamWriter:
                 raise RuntimeError(f"internal error: wrote {key!r} while {self.key!r} lacks {self.left} bytes "
                                    f"(next expected: {expected!r})")
             self.key, self.left = key, self.sizes[key]
-        if dtype_code(part.dtype) != self.layout[key][0] or part.numel() * part.element_size() > self.left:
-            raise RuntimeError(f"internal error: a {part.dtype} part of {part.numel()} elements for {key!r}")
-        if part.numel():
-            n = part.numel() * part.element_size()
-            self.f.write(memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))  # buffered: all of it
+        n = part.numel() * part.element_size()
+        if part.dtype != self.dtype or n > self.left:
+            if dtype_code(part.dtype) != self.layout[key][0] or n > self.left:
+                raise RuntimeError(f"internal error: a {part.dtype} part of {part.numel()} elements for {key!r}")
+            self.dtype = part.dtype
+        if n:
+            if self.last is None or self.last[0] is not part:  # the averaging hands over one buffer, again and again
+                self.last = (part, memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            self.f.write(self.last[1])  # buffered: all of it
             self.left -= n
             self.writeback(self.pos, n)  # the disk starts on it while the next pieces are made
             self.pos += n
