@@ -55,3 +55,34 @@ def test_running_sum_and_averages_match_float64_reference(dtype):
     for i in range(len(params)):
         want = (history[-1][i].to(torch.float64) * 0.75 + history[-2][i].to(torch.float64) * 0.25).to(dtype)
         torch.testing.assert_close(out[i], want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("own", [True, False])
+def test_uniform_average_divided_straight_into_the_parameters_is_the_float64_reference(dtype, own):
+    """The uniform mean of the full ring is divided from the running sum straight into the
+    parameters' pieces (or into other tensors of their dtype): bit for bit the sum divided in the
+    sum's dtype and rounded once, for a parameter longer than a block, one cut across blocks, a
+    strided one and a block of several pieces."""
+    params = _params(dtype)
+    k = 4
+    ring = SnapshotRing(params, k)
+    assert max(len(pieces) for _, _, pieces in ring.groups[0].blocks) > 1  # a block of several pieces
+    g = torch.Generator().manual_seed(2)
+    history = []
+    for _ in range(k + 3):
+        for p in params:
+            p.copy_(p + torch.randn(p.shape, generator=g).to(dtype) * 0.1)
+        ring.push()
+        history.append([p.clone() for p in params])
+    dst = params if own else [torch.full_like(p, float("nan")) for p in params]
+    ring.write_average(dst, k, None)
+    for i, d in enumerate(dst):
+        total = ring.sum_of(i)
+        assert torch.equal(d, (total / k).to(dtype)), i  # the sum divided in its dtype, rounded once
+        if dtype != torch.float64:  # the sum of a few values in the wider dtype is exact: the float64 mean
+            want = (torch.stack([h[i].to(torch.float64) for h in history[-k:]]).sum(0) / k).to(dtype)
+            assert torch.equal(d, want), i
+    if own:  # the strided parameter is still strided and the ring can go on
+        assert params[3].stride() == (1, 30)
+        ring.push()

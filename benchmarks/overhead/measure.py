@@ -178,7 +178,8 @@ def traffic_floors(params: list[torch.Tensor], acc_dtype: torch.dtype, clock: Cl
     the parameters and a copy of a float64 buffer; the averaged enter + exit's (read the sum, write
     the parameters; copy them back from the slot) as a norm of the sums, a copy and a norm. A
     design within 1.2x of this is as fast as its memory traffic allows; the rest of its time is
-    arithmetic and passes over cached blocks.
+    arithmetic and passes over cached blocks, which the ``arithmetic_*`` rows measure alone (the
+    same per-block ops on one block kept in the cache, repeated to cover every element).
     """
     p = [t.detach() for t in params]
     dst = [torch.empty_like(t) for t in p]
@@ -200,9 +201,37 @@ def traffic_floors(params: list[torch.Tensor], acc_dtype: torch.dtype, clock: Cl
         torch._foreach_copy_(dst, slots)
         torch._foreach_norm(dst, 2)
 
+    # The arithmetic alone: the ring's own per-block ops (a snapshot: subtract the oldest row from
+    # the float64 sum, copy the parameters into the row, add it back; an average: divide the sum
+    # into the parameters) on one block that stays in the cache, repeated to cover every element:
+    # what the float32 <-> float64 conversions and the float64 subtract, add and divide cost on
+    # this CPU with no memory traffic. The bytes floor counts none of it.
+    from lawa_optim import store
+
+    numel = sum(t.numel() for t in p)
+    block = store._CPU_BLOCK if p[0].device.type == "cpu" else store._DEVICE_BLOCK
+    block = min(block, numel)
+    times = -(-numel // block)
+    c_total = torch.zeros(block, dtype=acc_dtype, device=p[0].device)
+    c_row = torch.zeros(block, dtype=p[0].dtype, device=p[0].device)
+    c_src = torch.ones(block, dtype=p[0].dtype, device=p[0].device)
+
+    def snapshot_arith() -> None:
+        for _ in range(times):
+            c_total.sub_(c_row)
+            c_row.copy_(c_src)
+            c_total.add_(c_row)
+
+    def averaged_arith() -> None:
+        for _ in range(times):
+            torch.div(c_total, 6, out=c_src)
+            c_row.copy_(c_src)
+
     rows = []
     for name, fn, floor in (("traffic_snapshot", snapshot_bytes, floors["snapshot"]),
-                            ("traffic_averaged", averaged_bytes, floors["averaged"])):
+                            ("traffic_averaged", averaged_bytes, floors["averaged"]),
+                            ("arithmetic_snapshot", snapshot_arith, None),
+                            ("arithmetic_averaged", averaged_arith, None)):
         pair = time_pair(fn, copy, clock, repeats)
         rows.append({"figure": name, "reference": "foreach_copy", **pair.summary(), "floor": floor, "target": None,
                      "met": None})

@@ -158,8 +158,8 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
             if need <= budget:  # what the floors' bytes cost here, moved without arithmetic
                 rows = traffic_floors(params, acc, clock, repeats, floors(params[0].dtype, k))
             else:
-                rows = [{"figure": f, "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"}
-                        for f in ("traffic_snapshot", "traffic_averaged")]
+                rows = [{"figure": f"{kind}_{what}", "skipped": f"needs ~{need / 2**30:.1f} GiB, over --max-gib"}
+                        for kind in ("traffic", "arithmetic") for what in ("snapshot", "averaged")]
             figures += [{**row, "size": item} for row in rows]
             del params
         elif item == "mlp":
