@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from .io import CheckpointError
 
-__all__ = ["atomic_save", "check", "load", "commit", "recover", "staging_path", "METADATA_FILE"]
+__all__ = ["atomic_save", "check", "check_files", "load", "commit", "recover", "staging_path", "METADATA_FILE"]
 
 METADATA_FILE = ".metadata"  # what dcp's FileSystemWriter writes last, on the coordinator rank
 _SHARD = re.compile(r"__(\d+)_\d+\.distcp$")
@@ -185,6 +185,14 @@ def check(folder: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"Distributed checkpoint {str(folder)!r}: its {METADATA_FILE} cannot be read ({err})"
         ) from err
+    check_files(folder, metadata)
+    return metadata
+
+
+def check_files(folder: str | os.PathLike, metadata: Any) -> None:
+    """:class:`~lawa_optim.io.CheckpointError` unless every file ``metadata`` (of the checkpoint in
+    ``folder``) names exists and is as long as it says (:func:`check`'s test of the files)."""
+    folder = Path(folder)
     needed: dict[str, int] = {}
     for info in (getattr(metadata, "storage_data", None) or {}).values():
         end = int(info.offset) + int(info.length)
@@ -204,7 +212,6 @@ def check(folder: str | os.PathLike) -> Any:
             f"Distributed checkpoint {str(folder)!r} is incomplete: " + "; ".join(problems)
             + "; it cannot be loaded (copy the missing file back, or resume from another checkpoint)"
         )
-    return metadata
 
 
 def load(state_dict: dict[str, Any], folder: str | os.PathLike, *, process_group: Any = None) -> None:
