@@ -248,6 +248,7 @@ def test_tensors_sharded_over_two_ranks_are_read_in_pieces(tmp_path, monkeypatch
     folders = [tmp_path / "run" / f"step-{i}" for i in range(3)]
     md = _real_metadata(folders[-1])
     assert [len(md.state_dict_metadata[f"model.{k}"].chunks) for k in ("rows", "cols")] == [2, 2]
+    assert all(isinstance(DCPSource(f, None, False).metadata, light.Metadata) for f in folders)  # read light
     want = reference([torch.load(tmp_path / "run" / f"full-{i}.pt", weights_only=True) for i in range(3)])
     loads: list[list[str]] = []
     real_load = DCPSource._load
