@@ -202,7 +202,7 @@ def test_save_streamed_takes_the_bytes_from_the_pieces_not_the_holes(tmp_path):
     other = torch.arange(6, dtype=torch.int64)
     obj = {"w": hole, "tied": hole, "n": other, "note": "kept"}
     want = torch.randn(hole.numel())
-    pieces = ((("w", want[a:a + CHUNK].clone()) for a in range(0, want.numel(), CHUNK)))
+    pieces = (("w", want[a:a + CHUNK].clone()) for a in range(0, want.numel(), CHUNK))
     atomic_write_bytes(tmp_path / "x.pt", lambda f: save_streamed(f, obj, {"w": hole, "tied": hole}, pieces))
     got = torch.load(tmp_path / "x.pt", weights_only=True)
     assert torch.equal(got["w"], want) and got["tied"].data_ptr() == got["w"].data_ptr()

@@ -5,7 +5,8 @@ weight read) and checked against the first; then each tensor is averaged over al
 pieces at its offset in the file (:mod:`.pickled_io`, :mod:`.accumulate`); the result is the newest
 checkpoint with its weights entry replaced by the average (:mod:`.layouts` says which entries).
 Written to a file, the average is never whole in memory: each piece goes to its place in the
-output file as soon as it is made (:func:`.pickled_io.save_streamed`). :func:`average_pickled` also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
+output file as soon as it is made (:func:`.pickled_io.save_streamed`). :func:`average_pickled`
+also averages HF folders of ``pytorch_model.bin`` (:mod:`.hf`).
 """
 
 from __future__ import annotations

@@ -220,8 +220,8 @@ def save_streamed(f: BinaryIO, obj: Any, holes: Mapping[str, torch.Tensor],
     storages = _storages(obj)
     offsets = _record_offsets(f, storages)
     if offsets is None:
-        for key, part in _pieces_into(holes, pieces):
-            part[0].copy_(part[1])
+        for _, (dst, piece) in _pieces_into(holes, pieces):
+            dst.copy_(piece)
         f.seek(0)
         f.truncate()
         with without_crc32():
@@ -235,7 +235,7 @@ def save_streamed(f: BinaryIO, obj: Any, holes: Mapping[str, torch.Tensor],
         if storage._cdata not in hole_storages and storage.nbytes():
             _pwrite(fd, _bytes(storage.cpu()), offset)
     last: tuple[torch.Tensor, memoryview] | None = None  # the piece written last (the averaging reuses one buffer)
-    for key, (dst, piece) in _pieces_into(holes, pieces):
+    for _, (dst, piece) in _pieces_into(holes, pieces):
         offset = where[dst.untyped_storage()._cdata] + dst.storage_offset() * dst.element_size()
         if last is None or last[0] is not piece:
             last = (piece, _bytes(piece))
