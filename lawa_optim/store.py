@@ -25,15 +25,23 @@ the main stream waits for the copy before any later kernel can overwrite the par
 copy is joined before anything reads the ring);
 :class:`lawa_optim.disk_store.DiskSnapshotRing` keeps the same layout in memory-mapped files.
 :func:`lawa_optim.offload.make_ring` turns the wrappers' ``offload`` option into one of them.
+
+``fused=True`` (:meth:`SnapshotRing.set_fused`): on CPU groups, the push of a full ring and the
+uniform mean of the whole ring run through the ``torch.compile``'d one-pass kernels of
+:mod:`lawa_optim.fused`, one call per contiguous parameter of at least ``FUSED_MIN`` elements;
+the other parameters keep the eager blocks (a sub-group over their columns, :meth:`_Group.part`).
+The same roundings in the same order: the same bits, and the same checkpoints.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from . import fused as _fused
 from ._checks import is_int
 
 __all__ = ["HostSnapshotRing", "SnapshotRing"]
@@ -105,11 +113,28 @@ class _Group:
         self.blocks = self._make_blocks(params, _CPU_BLOCK if device.type == "cpu" else _DEVICE_BLOCK)
         self.max_block = max((stop - start for start, stop, _ in self.blocks), default=0)
         self.same_device = all(params[i].device == device for i in indices)
+        self.fused: _FusedPlan | None | bool = None  # the fused=True plan: None until made, False if none
+        self._reset_views()
+
+    def _reset_views(self) -> None:
         self._dst: dict[int, list[list[Tensor]]] = {}  # slot -> per block, the pieces' views in the row
         self._blocks_of: dict[int, list[tuple[Tensor, Tensor, list[Tensor]]]] = {}  # see block_views
         self._src: tuple[list[int], list[list[Tensor]]] | None = None  # (data_ptrs, per block views)
         self._scratch_views: tuple[int, list[list[Tensor]]] | None = None
         self._total_views: list[list[Tensor]] | None = None
+
+    def part(self, params: Sequence[Tensor], indices: list[int]) -> _Group:
+        """A group over some of this group's parameters, sharing its rows and running sum (their
+        columns stay where they are; blocks cover only theirs): the eager rest of a fused plan."""
+        sub = object.__new__(_Group)
+        sub.indices, sub.device, sub.dtype, sub.acc = indices, self.device, self.dtype, self.acc
+        sub.columns, sub.n, sub.rows, sub.total = self.columns, self.n, self.rows, self.total
+        sub.blocks = sub._make_blocks(params, _CPU_BLOCK if self.device.type == "cpu" else _DEVICE_BLOCK, indices)
+        sub.max_block = max((stop - start for start, stop, _ in sub.blocks), default=0)
+        sub.same_device = all(params[i].device == self.device for i in indices)
+        sub.fused = False
+        sub._reset_views()
+        return sub
 
     def block_views(self, slot: int) -> list[tuple[Tensor, Tensor, list[Tensor]]]:
         """Per block, ``(its running sum, its stretch of the slot row, the pieces' views in that row)``,
@@ -158,9 +183,14 @@ class _Group:
             self._src = (ptrs, views)
         return self._src[1]
 
-    def _make_blocks(self, params: Sequence[Tensor], size: int) -> list[tuple[int, int, list[_Piece]]]:
+    def _make_blocks(
+        self, params: Sequence[Tensor], size: int, indices: Sequence[int] | None = None
+    ) -> list[tuple[int, int, list[_Piece]]]:
+        """The blocks over the columns of ``indices`` (default: all of the group's, in column
+        order); a gap in the columns (parameters left out) closes the block before it."""
         blocks: list[tuple[int, int, list[_Piece]]] = []
         start, pieces = 0, []
+        end = 0  # where the previous parameter's columns end
 
         def close(stop: int) -> None:
             nonlocal start, pieces
@@ -168,9 +198,13 @@ class _Group:
                 blocks.append((start, stop, pieces))
             start, pieces = stop, []
 
-        for i in self.indices:
+        for i in self.indices if indices is None else indices:
             p, col = params[i], self.columns[i]
             m = p.numel()
+            if col != end:  # a parameter left out lies between: no block spans its columns
+                close(end)
+                start = col
+            end = col + m
             if m == 0 or not p.is_contiguous():  # kept whole: copy_ handles its strides
                 if pieces and col + m - start > size:
                     close(col)
@@ -185,12 +219,69 @@ class _Group:
                 if col + b - start >= size:
                     close(col + b)
                 a = b
-        close(self.n)
+        close(end)
         return blocks
 
     def row_view(self, slot: int, i: int, shape: torch.Size) -> Tensor:
         col = self.columns[i]
         return self.rows[slot, col : col + shape.numel()].view(shape)
+
+
+def _flat_alias(t: Tensor) -> Tensor | None:
+    """A flat tensor on ``t``'s memory that is not a view (no ``_base``), or None if ``t`` is not
+    contiguous. torch.compile guards on a view's base, so views of differently sized bases (the
+    slices of one running sum, parameters that are views) would each compile a graph; aliases
+    made with ``set_`` share one. Writing through one bumps no version counter of ``t``."""
+    if not t.is_contiguous():
+        return None
+    t = t.detach()
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+class _FusedPlan:
+    """A group's work under ``fused=True``: the contiguous parameters of at least
+    :data:`lawa_optim.fused.FUSED_MIN` elements go through the compiled kernels one parameter per
+    call; the others (``rest``) keep the eager blocks."""
+
+    def __init__(self, g: _Group, params: Sequence[Tensor]) -> None:
+        chosen = [i for i in g.indices if params[i].is_contiguous() and params[i].numel() >= _fused.FUSED_MIN]
+        self.items = [(i, g.columns[i], params[i].numel()) for i in chosen]
+        taken = set(chosen)
+        self.rest = g.part(params, [i for i in g.indices if i not in taken])
+        self.sums = [_flat_alias(g.total[col : col + m]) for _, col, m in self.items]
+        # the mean goes through the plan only if one item is large enough for its kernel; else it
+        # stays on the group's eager blocks, as without fused=True
+        self.fuse_mean = any(m >= _fused.FUSED_MEAN_MIN for _, _, m in self.items)
+        self._rows: dict[int, list[Tensor]] = {}
+        self._src: tuple[list[int], list[Tensor | None]] | None = None
+        self._divisors: dict[int, Tensor] = {}
+        self._acc = g.acc
+        self._g = g
+
+    def rows(self, slot: int) -> list[Tensor]:
+        """The items' flat stretches of slot row ``slot`` as aliases (made once per slot)."""
+        views = self._rows.get(slot)
+        if views is None:
+            views = [_flat_alias(self._g.rows[slot, col : col + m]) for _, col, m in self.items]
+            self._rows[slot] = views
+        return views
+
+    def sources(self, params: Sequence[Tensor]) -> list[Tensor | None]:
+        """The items' parameters as flat aliases (None: no longer contiguous), remade when a
+        parameter got new storage (as :meth:`_Group.param_views`)."""
+        ptrs = [params[i].data_ptr() for i, _, _ in self.items]
+        if self._src is None or self._src[0] != ptrs:
+            self._src = (ptrs, [_flat_alias(params[i]) for i, _, _ in self.items])
+        return self._src[1]
+
+    def divisor(self, j: int) -> Tensor:
+        """``j`` as a 0-d tensor of the sum's dtype (exact: j is a small int)."""
+        t = self._divisors.get(j)
+        if t is None:
+            t = torch.tensor(j, dtype=self._acc)
+            self._divisors[j] = t
+        return t
 
 
 class SnapshotRing:
@@ -219,6 +310,8 @@ class SnapshotRing:
         self._pending: tuple[object, int] | None = None  # (cuda event, slot) of an async copy
         self._stream = None
         self._scratch: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+        self.fused = False  # see set_fused
+        self.fused_fallback: str | None = None  # why fused=True runs the eager ops (None: it does not)
         self._add(list(params))
 
     # ----------------------------------------------------------------------------- layout
@@ -233,6 +326,8 @@ class SnapshotRing:
         """Called before the wrapper holding this ring is copied or pickled: settle the ring, or
         raise ``TypeError`` if a copy cannot be made (the disk ring's files would be shared)."""
         self.join()
+        for g in self.groups:  # a fused plan's aliases are remade by the copy on first use
+            g.fused = None
 
     def _alloc(
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pin: bool, zero: bool = False
@@ -285,6 +380,46 @@ class SnapshotRing:
                 col = g.columns[i]
                 g.total[col : col + p.numel()].view(p.shape).copy_(p).mul_(self.size)
 
+    def set_fused(self, on: bool) -> None:
+        """Run the push of a full ring and the uniform mean of the whole ring through the
+        ``torch.compile``'d kernels of :mod:`lawa_optim.fused` (``on=True``) or the eager blocks.
+
+        Same bits either way. Where the kernels cannot be used (``torch.compile`` unsupported, a
+        compile that fails, inductor flags that allow unsafe math), the ring warns once, records
+        why in :attr:`fused_fallback` and keeps running the eager ops. Only CPU groups are fused.
+        """
+        self.fused = bool(on)
+        if self.fused and self.fused_fallback is None:
+            try:
+                supported = torch._dynamo.is_dynamo_supported()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001
+                supported = False
+            if not supported:
+                self._fused_failed("torch.compile is not supported on this platform/Python")
+
+    def _fused_failed(self, why: str) -> None:
+        self.fused_fallback = why
+        warnings.warn(
+            f"LAWA fused=True: {why}; running the eager ops instead (the same results, slower)",
+            RuntimeWarning, stacklevel=4,
+        )
+
+    def _fused_plan(self, g: _Group) -> _FusedPlan | None:
+        """``g``'s fused plan, or None where its work stays eager."""
+        if not self.fused or self.fused_fallback is not None:
+            return None
+        if g.fused is None:
+            ok = g.device.type == "cpu" and all(self.params[i].device.type == "cpu" for i in g.indices)
+            plan = _FusedPlan(g, self.params) if ok else None
+            g.fused = plan if plan is not None and plan.items else False
+        if g.fused is False:
+            return None
+        why = _fused.unsafe_reason()
+        if why is not None:
+            self._fused_failed(why)
+            return None
+        return g.fused  # type: ignore[return-value]
+
     # ----------------------------------------------------------------------------- writes
     def order(self) -> list[int]:
         """Filled slot indices, oldest first."""
@@ -332,6 +467,10 @@ class SnapshotRing:
             self.rebuild()
 
     def _push_group(self, g: _Group, slot: int, full: bool) -> None:
+        plan = self._fused_plan(g) if full else None  # the k first pushes (no subtract) stay eager
+        if plan is not None:
+            self._push_fused(plan, slot)
+            g = plan.rest
         for (total, row, dst), src in zip(g.block_views(slot), g.param_views(self.params)):
             if full:
                 total.sub_(row)  # the oldest leaves the sum (float32 -> float64 exactly, in the op)
@@ -340,6 +479,36 @@ class SnapshotRing:
             else:
                 _copy_all(dst, src, same_device=g.same_device)
             total.add_(row)  # the new snapshot joins it, read back from the cache
+
+    def _push_fused(self, plan: _FusedPlan, slot: int) -> None:
+        kernel = _fused.push_kernel()
+        for (i, _, _), total, row, src in zip(plan.items, plan.sums, plan.rows(slot), plan.sources(self.params)):
+            if self.fused_fallback is None and src is not None:  # None: its .data was made non-contiguous
+                try:
+                    kernel(total, row, src)
+                    continue
+                except Exception as err:  # noqa: BLE001 - a compile failure: nothing was written yet
+                    self._fused_failed(f"torch.compile failed ({type(err).__name__}: {err})")
+            p = self.params[i].detach()
+            total.sub_(row)  # the same three ops, eagerly, on the whole parameter
+            row.view(p.shape).copy_(p)
+            total.add_(row)
+
+    def _mean_fused(self, plan: _FusedPlan, dst: Sequence[Tensor], own: bool, j: int) -> None:
+        kernel = _fused.mean_kernel()
+        divisor = plan.divisor(j)
+        outs = plan.sources(self.params) if own else [_flat_alias(dst[i]) for i, _, _ in plan.items]
+        for (i, _, m), total, out in zip(plan.items, plan.sums, outs):
+            if self.fused_fallback is None and out is not None and m >= _fused.FUSED_MEAN_MIN:
+                try:
+                    kernel(out, total, divisor)
+                    # written through an alias: bump the tensor's version as an in-place op would
+                    torch.autograd.graph.increment_version(dst[i])
+                    continue
+                except Exception as err:  # noqa: BLE001
+                    self._fused_failed(f"torch.compile failed ({type(err).__name__}: {err})")
+            target = dst[i].detach()  # one eager pass over the whole parameter: the same bits
+            torch.div(total.view(target.shape), j, out=target)
 
     def _fold(self, g: _Group, slot: int, sign: int) -> None:
         """``total += sign * slot`` block by block."""
@@ -410,9 +579,14 @@ class SnapshotRing:
                     dst[i].device == g.device and dst[i].dtype == g.dtype and dst[i].shape == self.params[i].shape
                     for i in g.indices
                 )):  # the uniform mean of the whole ring, divided straight into dst: no scratch, one pass
+                    part, plan = g, self._fused_plan(g)
+                    if plan is not None and plan.fuse_mean:
+                        self._mean_fused(plan, self.params if own else dst, own, j)
+                        part = plan.rest
+                        outs = part.param_views(self.params) if own else None
                     targets = outs if own else [[pc.of(dst[pc.index].detach()) for pc in pieces]
-                                                for _, _, pieces in g.blocks]
-                    for sums, outs_b in zip(g.total_views(), targets):
+                                                for _, _, pieces in part.blocks]
+                    for sums, outs_b in zip(part.total_views(), targets):
                         for s, t in zip(sums, outs_b):
                             torch.div(s, j, out=t)  # computed in the sum's dtype, rounded once into t
                     continue

@@ -56,12 +56,15 @@ def _int_list(text: str, param: str, minimum: int) -> tuple[int, ...]:
 @click.option("--epoch-repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved epoch pairs (with LAWA, without) of the epoch figure.")
 @click.option("--disk/--no-disk", default=True, show_default=True, help="Also measure the disk-backed ring.")
+@click.option("--fused/--no-fused", default=False, show_default=True,
+              help="Also measure snapshot and averaged() with fused=True (torch.compile'd kernels, CPU; "
+                   "compiles once, ~13 s cold).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for overhead.json, overhead.md and overhead.png.")
 @click.option("--no-progress", is_flag=True, help="No tqdm progress bar.")
 def overhead(sizes: str, ks: str, device: str, dtype: str, repeats: int, large_repeats: int, threads: int,
              max_gib: float, models: bool, epoch_model: str, epoch_batches: int, batch_size: int, image_size: int,
-             epoch_repeats: int, disk: bool, out_dir: Path, no_progress: bool) -> None:
+             epoch_repeats: int, disk: bool, fused: bool, out_dir: Path, no_progress: bool) -> None:
     """Measure what LAWA costs, each figure as a ratio to a reference timed beside it.
 
     One snapshot and averaged() vs a plain copy of the parameters, a snapshot at the largest vs
@@ -76,7 +79,7 @@ def overhead(sizes: str, ks: str, device: str, dtype: str, repeats: int, large_r
             out=out_dir, sizes=_int_list(sizes, "--sizes", 1000), ks=_int_list(ks, "--k", 1), device=device,
             dtype=dtype, repeats=repeats, large_repeats=large_repeats, threads=threads, max_gib=max_gib, models=models,
             epoch_model=epoch_model, epoch_batches=epoch_batches, batch_size=batch_size, image_size=image_size,
-            epoch_repeats=epoch_repeats, disk=disk,
+            epoch_repeats=epoch_repeats, disk=disk, fused=fused,
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from err

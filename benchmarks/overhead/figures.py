@@ -10,6 +10,7 @@ sum's (float64 for float32 parameters); a plain copy moves ``2b`` per element.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -147,6 +148,44 @@ def _snapshot_rows(c: _Sizes) -> list[dict]:
     return rows
 
 
+def _fused_rows(c: _Sizes) -> list[dict]:
+    """The same snapshot and averaged() enter + exit with ``fused=True`` (the torch.compile'd
+    kernels), against the same plain copy and against the eager ring directly (interleaved pairs
+    on separate rings over the same parameters); ``compile_s`` is the first fused call's time
+    (the compile: cold or from inductor's disk cache, whichever this process finds)."""
+    eager = _filled(c.params, c.k)
+    opt = _filled(c.params, c.k, fused=True)
+    start = time.perf_counter()
+    opt.snapshot()  # the ring is full: the first fused push compiles
+    push_compile = time.perf_counter() - start
+    start = time.perf_counter()
+    with opt.averaged():  # the first fused mean compiles
+        pass
+    mean_compile = time.perf_counter() - start
+    note = "torch.compile'd kernels" + (f"; fell back to eager: {opt._ring.fused_fallback}"
+                                        if opt._ring.fused_fallback else "")
+    pair = time_pair(opt.snapshot, c.plain_copy, c.clock, c.repeats)
+    rows = [_row("snapshot_fused", "foreach_copy", pair.summary(), c.fl["snapshot"], 4.8, k=c.k,
+                 compile_s=push_compile, note=note)]
+    pair = time_pair(opt.snapshot, eager.snapshot, c.clock, c.repeats)
+    rows.append(_row("snapshot_fused_vs_eager", "snapshot_eager", pair.summary(), None, None, k=c.k))
+
+    def enter_exit(o: LAWAWrapper) -> Callable[[], None]:
+        def run() -> None:
+            with o.averaged():
+                pass
+        return run
+
+    eager.snapshot()
+    opt.snapshot()  # the weights are the newest snapshot again: no backup, as in the eager row
+    pair = time_pair(enter_exit(opt), c.plain_copy, c.clock, c.repeats)
+    rows.append(_row("averaged_fused", "foreach_copy", pair.summary(), c.fl["averaged"], 3.0, k=c.k,
+                     compile_s=mean_compile, note=note))
+    pair = time_pair(enter_exit(opt), enter_exit(eager), c.clock, c.repeats)
+    rows.append(_row("averaged_fused_vs_eager", "averaged_eager", pair.summary(), None, None, k=c.k))
+    return rows
+
+
 def _k_rows(c: _Sizes) -> list[dict]:
     """The same snapshot at the largest vs the smallest k."""
     small, large = c.ks
@@ -202,14 +241,18 @@ def _disk_rows(c: _Sizes) -> list[dict]:
 
 def size_figures(
     params: list[Tensor], k: int, ks: tuple[int, int], clock: Clock, repeats: int, fits: Callable[[float], bool],
-    disk: bool = True,
+    disk: bool = True, fused: bool = False,
 ) -> list[dict]:
-    """The per-size figures on ``params`` (skipped, with the reason, when ``fits`` refuses their memory)."""
+    """The per-size figures on ``params`` (skipped, with the reason, when ``fits`` refuses their memory);
+    ``fused`` adds the ``fused=True`` snapshot and averaged() rows (CPU only)."""
     c = _Sizes(params, k, ks, clock, repeats)
     n, b, a = c.numel, c.b, c.a
     small, large = ks
     groups = [  # (the figures, the memory they need, the function measuring them)
         (("snapshot", "averaged", "averaged_after_step"), (k + 3) * n * b + n * a, _snapshot_rows),
+        *([(("snapshot_fused", "snapshot_fused_vs_eager", "averaged_fused", "averaged_fused_vs_eager"),
+             2 * ((k + 3) * n * b + n * a), _fused_rows)]
+          if fused and params[0].device.type == "cpu" else []),
         ((f"snapshot_k{large}_vs_k{small}",), (small + large + 1) * n * b + 2 * n * a, _k_rows),
         ((f"lawa_update_k{k}",), (3 * k + 4) * n * b + n * a, _update_rows),
         (("ema_update",), 4 * n * b, lambda c: [_ema_row(c.params, c.clock, c.repeats)]),  # vs torch's AveragedModel

@@ -34,6 +34,8 @@ def markdown_table(results: dict) -> str:
                 f"peak temp {f['temp_in_P']:.2f}P vs {f['reference_temp_in_P']:.2f}P, allocated "
                 f"{f['allocated_in_P']:.2f}P vs {f['reference_allocated_in_P']:.2f}P"
             )
+        if "compile_s" in f:
+            extra.append(f"first call {f['compile_s']:.1f} s")
         if "predicted" in f:
             extra.append(f"1 + snapshot/epoch = {f['predicted']:.3f}")
         if extra:

@@ -58,6 +58,8 @@ class OverheadConfig:
         epoch_batches, batch_size, image_size (int): the synthetic epoch (default: 16, 16, 32).
         epoch_repeats (int): interleaved epoch pairs (default: 3).
         disk (bool): also measure the disk-backed ring (default: True).
+        fused (bool): also measure the snapshot and averaged() with ``fused=True`` (the
+            ``torch.compile``'d kernels; CPU only), with each kernel's first-call time (default: False).
     """
 
     out: str | Path
@@ -77,6 +79,7 @@ class OverheadConfig:
     image_size: int = 32
     epoch_repeats: int = 3
     disk: bool = True
+    fused: bool = False
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,7 +155,8 @@ def run(cfg: OverheadConfig, progress: bool = True) -> dict:
         if isinstance(item, int):
             repeats = cfg.large_repeats if item >= cfg.large_size else cfg.repeats
             params = make_params(item, device, getattr(torch, cfg.dtype))
-            figures += size_figures(params, k, ks, clock, repeats, lambda need: need <= budget, disk=cfg.disk)
+            figures += size_figures(params, k, ks, clock, repeats, lambda need: need <= budget, disk=cfg.disk,
+                                    fused=cfg.fused)
             acc = acc_dtype(params[0].dtype)
             need = item * (2 * params[0].element_size() + 2 * torch.empty((), dtype=acc).element_size())
             if need <= budget:  # what the floors' bytes cost here, moved without arithmetic
