@@ -10,8 +10,9 @@ writes ``(sum / j)`` rounded once into the parameter, as ``torch.div(sum, j, out
 
 Each function is compiled once per dtype with a dynamic length (``dynamic=True``): one graph for
 every parameter of that dtype, called once per contiguous parameter of at least
-:data:`FUSED_MIN` elements (:data:`FUSED_MEAN_MIN` for the mean; the others stay on the eager
-ops, where a call's fixed cost would outweigh the gain). Inductor's C++ flags for these graphs keep IEEE semantics: no
+:data:`FUSED_MIN` elements (the others stay on the eager ops, where a call's fixed cost would
+outweigh the gain); the mean takes :data:`MEAN_BATCH` parameters per call (one graph per dtype
+too). Inductor's C++ flags for these graphs keep IEEE semantics: no
 ``-funsafe-math-optimizations`` and ``-ffp-contract=off`` are its defaults
 (``torch._inductor.config.cpp.enable_unsafe_math_opt_flag``/``enable_floating_point_contract_flag``,
 set from ``TORCHINDUCTOR_CPP_ENABLE_UNSAFE_MATH_OPT_FLAG``/``..._FLOATING_POINT_CONTRACT_FLAG``);
@@ -27,14 +28,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_MEAN_MIN", "FUSED_MIN", "mean_kernel", "push_kernel", "unsafe_reason"]
+__all__ = ["FUSED_MEAN_MIN", "FUSED_MIN", "MEAN_BATCH", "mean_batch_kernel", "mean_kernel", "push_kernel",
+           "unsafe_reason"]
 
 #: parameters with fewer elements stay on the eager blocks (a compiled call costs tens of microseconds)
 FUSED_MIN = 1 << 16
-#: the mean's kernel only for parameters this large: the eager ``torch.div(sum, j, out=param)`` is
-#: already one pass, bound by the float64 division, so fusing saves only ~5-10% of it; below this a
-#: call's fixed cost ate the gain (1e7 parameters in 48 tensors of 2e5: 1.00-1.08x the eager swap)
-FUSED_MEAN_MIN = 1 << 19
+#: the mean's kernels for parameters this large (as the push's)
+FUSED_MEAN_MIN = FUSED_MIN
+#: parameters per call of the batched mean: one compiled call's fixed cost (tens of microseconds,
+#: as much as the whole mean of a 2e5-element parameter) spread over this many parameters
+MEAN_BATCH = 8
 
 _kernels: dict[str, Callable[..., None]] = {}
 
@@ -47,6 +50,11 @@ def _push_full(total: Tensor, row: Tensor, src: Tensor) -> None:
 
 def _mean_into(out: Tensor, total: Tensor, j: Tensor) -> None:
     out.copy_(total / j)  # computed in the sum's dtype, rounded once into out
+
+
+def _mean_batch(outs: list[Tensor], totals: list[Tensor], j: Tensor) -> None:
+    for out, total in zip(outs, totals):
+        out.copy_(total / j)  # as _mean_into, for each pair
 
 
 def unsafe_reason() -> str | None:
@@ -79,3 +87,28 @@ def push_kernel() -> Callable[[Tensor, Tensor, Tensor], None]:
 def mean_kernel() -> Callable[[Tensor, Tensor, Tensor], None]:
     """``f(out, total, j)``: ``out[:] = total / j`` rounded once (``j`` a 0-d tensor of the sum's dtype)."""
     return _compiled("mean", _mean_into)
+
+
+def mean_batch_kernel() -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """``f(outs, totals, j)``: :func:`mean_kernel` for :data:`MEAN_BATCH` pairs in one call.
+
+    Traced without duck sizing, so that parameters of equal sizes do not make a graph of their
+    own: one graph per dtype for every batch of :data:`MEAN_BATCH` flat tensors.
+    """
+    kernel = _compiled("mean_batch", _mean_batch)
+
+    def call(outs: list[Tensor], totals: list[Tensor], j: Tensor) -> None:
+        with _no_duck_sizing():
+            kernel(outs, totals, j)
+
+    return call
+
+
+def _no_duck_sizing():
+    import contextlib
+
+    try:
+        from torch.fx.experimental import _config as fx_config
+    except ImportError:  # another torch: equal sizes may share a symbol (more graphs, same bits)
+        return contextlib.nullcontext()
+    return fx_config.patch(use_duck_shape=False)

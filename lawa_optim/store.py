@@ -495,20 +495,36 @@ class SnapshotRing:
             total.add_(row)
 
     def _mean_fused(self, plan: _FusedPlan, dst: Sequence[Tensor], own: bool, j: int) -> None:
-        kernel = _fused.mean_kernel()
         divisor = plan.divisor(j)
         outs = plan.sources(self.params) if own else [_flat_alias(dst[i]) for i, _, _ in plan.items]
-        for (i, _, m), total, out in zip(plan.items, plan.sums, outs):
-            if self.fused_fallback is None and out is not None and m >= _fused.FUSED_MEAN_MIN:
-                try:
+        ready = [(i, total, out) for (i, _, m), total, out in zip(plan.items, plan.sums, outs)
+                 if out is not None and m >= _fused.FUSED_MEAN_MIN]
+        done = set()
+        if self.fused_fallback is None and ready:
+            try:
+                batch, size = _fused.mean_batch_kernel(), _fused.MEAN_BATCH
+                whole = len(ready) - len(ready) % size
+                for a in range(0, whole, size):  # one compiled call per batch of parameters
+                    part = ready[a:a + size]
+                    batch([out for _, _, out in part], [total for _, total, _ in part], divisor)
+                kernel = _fused.mean_kernel()
+                for _, total, out in ready[whole:]:
                     kernel(out, total, divisor)
-                    # written through an alias: bump the tensor's version as an in-place op would
+                for i, _, _ in ready:  # written through aliases: bump the versions as an in-place op would
                     torch.autograd.graph.increment_version(dst[i])
-                    continue
-                except Exception as err:  # noqa: BLE001
-                    self._fused_failed(f"torch.compile failed ({type(err).__name__}: {err})")
-            target = dst[i].detach()  # one eager pass over the whole parameter: the same bits
-            torch.div(total.view(target.shape), j, out=target)
+                done = {i for i, _, _ in ready}
+            except Exception as err:  # noqa: BLE001
+                self._fused_failed(f"torch.compile failed ({type(err).__name__}: {err})")
+        for (i, _, m), total in zip(plan.items, plan.sums):
+            if i in done:
+                continue
+            target = dst[i].detach()  # the eager ops, block by block: the same bits
+            if target.is_contiguous():
+                flat = target.view(-1)
+                for a in range(0, m, _CPU_BLOCK):
+                    torch.div(total[a:a + _CPU_BLOCK], j, out=flat[a:a + _CPU_BLOCK])
+            else:
+                torch.div(total.view(target.shape), j, out=target)
 
     def _fold(self, g: _Group, slot: int, sign: int) -> None:
         """``total += sign * slot`` block by block."""

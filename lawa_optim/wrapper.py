@@ -60,8 +60,8 @@ class LAWAWrapper(AveragingOptimizer):
         nonfinite (str, optional): what a snapshot of weights holding NaN or Inf does:
             ``"raise"`` a ``RuntimeError``, or ``"skip"`` it with a warning; either way the ring is
             left unchanged, so a diverged step never enters the average (default: ``"raise"``).
-        fused (bool, optional): run a snapshot's ring update (and the swap's uniform mean, for
-            tensors of at least ``2**19`` elements) as ``torch.compile``'d one-pass kernels
+        fused (bool, optional): run a snapshot's ring update (and the swap's uniform mean, 8
+            parameters per call) as ``torch.compile``'d one-pass kernels
             (:mod:`lawa_optim.fused`) for contiguous CPU parameters of at least ``2**16``
             elements: the same bits and checkpoints as the eager ops, a snapshot 11-23% faster at
             1e7-3e7 parameters on one thread (docs/results.md, "The fused kernels"), after a

@@ -35,11 +35,18 @@ def test_the_formula():
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_measured_bytes_per_rank_match_the_formula(tmp_path, world):
-    out = tmp_path / f"memory_{world}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-           str(Path(ROOT) / "benchmarks" / "ring_memory.py"), "measure", str(out)]
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    for attempt in range(2):
+        out = tmp_path / f"attempt{attempt}" / f"memory_{world}.json"
+        out.parent.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+               str(Path(ROOT) / "benchmarks" / "ring_memory.py"), "measure", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        # Once, on the loaded CI machine, both ranks of 2 aborted in gloo's C++ teardown ("terminate called
+        # without an active exception", SIGABRT) after a clean destroy_process_group; it did not recur in
+        # reruns. That abort, and only it, gets one more run; any other failure fails at once.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["rank"] for r in rows] == list(range(world))

@@ -349,7 +349,7 @@ def test_every_option_lawa_accepts_is_accepted_by_its_variants(name, tmp_path):
     fixed = {"weights"} if name == "exp" else set()  # what the variant decides itself
     assert set(lawa) - fixed <= set(variant)  # a variant may add options of its own (lawa_jump)
     values = {"k": 3, "period": 2, "weights": "exp", "alpha": 0.5, "offload": "disk",
-              "offload_dir": str(tmp_path), "nonfinite": "skip"}
+              "offload_dir": str(tmp_path), "nonfinite": "skip", "fused": True}
     assert set(values) == set(lawa), "a new LAWA option: give it a non-default value here"
     model = nn.Linear(3, 2)
     opt = create(name, torch.optim.SGD(model.parameters(), lr=0.1), **{k: v for k, v in values.items() if k in variant})
