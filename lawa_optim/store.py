@@ -28,7 +28,8 @@ copy is joined before anything reads the ring);
 
 ``fused=True`` (:meth:`SnapshotRing.set_fused`): on CPU groups, the push of a full ring and the
 uniform mean of the whole ring run through the ``torch.compile``'d one-pass kernels of
-:mod:`lawa_optim.fused`, one call per contiguous parameter of at least ``FUSED_MIN`` elements;
+:mod:`lawa_optim.fused` for the contiguous parameters of at least ``FUSED_MIN`` elements (the
+push one call per parameter, the mean one call per ``MEAN_BATCH`` parameters);
 the other parameters keep the eager blocks (a sub-group over their columns, :meth:`_Group.part`).
 The same roundings in the same order: the same bits, and the same checkpoints.
 """
@@ -241,8 +242,9 @@ def _flat_alias(t: Tensor) -> Tensor | None:
 
 class _FusedPlan:
     """A group's work under ``fused=True``: the contiguous parameters of at least
-    :data:`lawa_optim.fused.FUSED_MIN` elements go through the compiled kernels one parameter per
-    call; the others (``rest``) keep the eager blocks."""
+    :data:`lawa_optim.fused.FUSED_MIN` elements go through the compiled kernels (the push one
+    parameter per call, the mean :data:`lawa_optim.fused.MEAN_BATCH` per call); the others
+    (``rest``) keep the eager blocks."""
 
     def __init__(self, g: _Group, params: Sequence[Tensor]) -> None:
         chosen = [i for i in g.indices if params[i].is_contiguous() and params[i].numel() >= _fused.FUSED_MIN]
@@ -250,8 +252,8 @@ class _FusedPlan:
         taken = set(chosen)
         self.rest = g.part(params, [i for i in g.indices if i not in taken])
         self.sums = [_flat_alias(g.total[col : col + m]) for _, col, m in self.items]
-        # the mean goes through the plan only if one item is large enough for its kernel; else it
-        # stays on the group's eager blocks, as without fused=True
+        # the mean goes through the plan if an item is large enough for its kernels (FUSED_MEAN_MIN);
+        # else it stays on the group's eager blocks, as without fused=True
         self.fuse_mean = any(m >= _fused.FUSED_MEAN_MIN for _, _, m in self.items)
         self._rows: dict[int, list[Tensor]] = {}
         self._src: tuple[list[int], list[Tensor | None]] | None = None
