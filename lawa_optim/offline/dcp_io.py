@@ -78,12 +78,7 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles DCP's ``.metadata``: DCP's own classes, torch sizes, dtypes and layouts, paths; nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module in _DCP_MODULES or (module, name) in (("torch.serialization", "_get_layout"),
-                                                          ("collections", "OrderedDict")):
-            return super().find_class(module, name)
-        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        if module == "pathlib" and name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath"):
+        if module in _DCP_MODULES or dcp_meta.plain_global(module, name):
             return super().find_class(module, name)
         raise UnsafeCheckpointError(f"asks for {module}.{name}")
 

@@ -31,7 +31,7 @@ import torch
 
 __all__ = ["BytesStorageMetadata", "ChunkStorageMetadata", "Metadata", "MetadataIndex", "NotLight", "StorageMeta",
            "TensorProperties", "TensorStorageMetadata", "dumps", "index_class", "is_bytes", "is_tensor", "load",
-           "real_classes"]
+           "plain_global", "real_classes"]
 
 DCP_METADATA = "torch.distributed.checkpoint.metadata"
 DCP_FILESYSTEM = "torch.distributed.checkpoint.filesystem"
@@ -163,16 +163,22 @@ _CLASSES: dict[tuple[str, str], type] = {
 _OURS = {(c.__module__, c.__qualname__): key for key, c in _CLASSES.items()}
 
 
+def plain_global(module: str, name: str) -> bool:
+    """Whether a ``.metadata`` pickle may ask for ``module.name`` besides DCP's own classes: torch
+    sizes, dtypes and layouts, ``OrderedDict`` and paths (what DCP's own metadata holds)."""
+    if (module, name) in (("torch.serialization", "_get_layout"), ("collections", "OrderedDict")):
+        return True
+    if module == "torch":
+        return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+    return module == "pathlib" and name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath")
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         light = _CLASSES.get((module, name))
         if light is not None:
             return light
-        if (module, name) in (("torch.serialization", "_get_layout"), ("collections", "OrderedDict")):
-            return super().find_class(module, name)
-        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        if module == "pathlib" and name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath"):
+        if plain_global(module, name):
             return super().find_class(module, name)
         raise NotLight(f"{module}.{name}")
 
