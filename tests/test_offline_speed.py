@@ -241,3 +241,18 @@ def test_writeback_asks_for_every_byte_written(monkeypatch):
     assert all(flags == 2 for _, _, flags in calls)
     assert [o for o, _, _ in calls] == [50, 170, 290, 410]
     assert sum(length for _, length, _ in calls) == 13 * 30 and max(length for _, length, _ in calls[:-1]) >= 100
+
+
+def test_the_safetensors_writer_checks_every_tensors_parts_against_its_own_dtype(tmp_path):
+    """The parts' dtype is checked per tensor: a float32 part for a bfloat16 tensor written after a float32 one
+    is refused, not written (the check is cached per tensor, never carried over from the one before)."""
+    from lawa_optim.offline.safetensors_io import StreamWriter
+
+    layout = {"a": ("F32", (4,)), "b": ("BF16", (4,))}
+    with open(tmp_path / "x.safetensors", "wb") as f:
+        writer = StreamWriter(f, layout, None)
+        assert writer.write("a", torch.ones(4))
+        with pytest.raises(RuntimeError, match="internal error: a torch.float32 part of 2 elements for 'b'"):
+            writer.write("b", torch.ones(2))  # the 8 bytes b lacks, in the wrong dtype
+        assert writer.write("b", torch.ones(4, dtype=torch.bfloat16))
+        writer.close()

@@ -217,7 +217,7 @@ class StreamWriter:
         f.write(raw)
         self.f, self.layout, self.pending = f, layout, iter(layout)
         self.pos, self.writeback = 8 + len(raw), Writeback(f.fileno())
-        self.dtype: torch.dtype | None = None  # the dtype of the parts checked last
+        self.dtype: torch.dtype | None = None  # the dtype of the tensor being written
         self.last: tuple[torch.Tensor, memoryview] | None = None  # the part written last, as bytes
         self.key: str | None = None
         self.left = 0
@@ -229,12 +229,10 @@ class StreamWriter:
             if self.left or key != expected:
                 raise RuntimeError(f"internal error: wrote {key!r} while {self.key!r} lacks {self.left} bytes "
                                    f"(next expected: {expected!r})")
-            self.key, self.left = key, self.sizes[key]
+            self.key, self.left, self.dtype = key, self.sizes[key], torch_dtype(self.layout[key][0])
         n = part.numel() * part.element_size()
         if part.dtype != self.dtype or n > self.left:
-            if dtype_code(part.dtype) != self.layout[key][0] or n > self.left:
-                raise RuntimeError(f"internal error: a {part.dtype} part of {part.numel()} elements for {key!r}")
-            self.dtype = part.dtype
+            raise RuntimeError(f"internal error: a {part.dtype} part of {part.numel()} elements for {key!r}")
         if n:
             if self.last is None or self.last[0] is not part:  # the averaging hands over one buffer, again and again
                 self.last = (part, memoryview(part.contiguous().reshape(-1).view(torch.uint8).numpy()))
