@@ -175,13 +175,12 @@ def _record_offsets(f: BinaryIO, storages: Sequence[tuple[str, torch.UntypedStor
     """Each storage's byte offset in the ``torch.save`` file ``f``, or ``None`` if its records are not
     exactly those storages (names and sizes)."""
     with os.fdopen(os.dup(f.fileno()), "rb") as r:  # f may be open for writing only
-        with zipfile.ZipFile(r) as z:  # the central directory only
-            sizes = {i.filename.partition("/")[2]: i.file_size for i in z.infolist()}
-        records = {name for name in sizes if name.startswith("data/")}
-        if records != {name for name, _ in storages} or any(sizes[n] != s.nbytes() for n, s in storages):
+        r.seek(0)  # the duplicate shares f's position, at the end of what torch.save wrote
+        reader = torch._C.PyTorchFileReader(r)  # the zip's central directory only
+        records = {name for name in reader.get_all_records() if name.startswith("data/")}
+        if records != {name for name, _ in storages} or any(reader.get_record_size(n) != s.nbytes()
+                                                            for n, s in storages):
             return None
-        r.seek(0)
-        reader = torch._C.PyTorchFileReader(r)
         return [reader.get_record_offset(name) for name, _ in storages]
 
 
