@@ -1,4 +1,4 @@
-"""``torch.save`` files read like safetensors: the structure first, then each tensor in pieces at its offset.
+"""``torch.save`` files read and written like safetensors: the structure first, then each tensor in pieces at its offset.
 
 A ``torch.save`` file (zip format, torch's default since 1.6) stores each tensor's bytes
 uncompressed in its own record. Loading it with ``map_location="meta"`` (still
@@ -6,8 +6,10 @@ uncompressed in its own record. Loading it with ``map_location="meta"`` (still
 carrying its record's offset in the file (``_checkpoint_offset``, set by ``torch.load`` for meta
 loads); no weight is read. The weights are then read in pieces with ``os.preadv`` into a reused
 buffer, exactly as :class:`.safetensors_io.SafetensorsSource` reads safetensors: the peak memory
-is one piece per checkpoint plus the average, and nothing is memory-mapped (a mapped page stays
-in the process's resident memory while its file is open).
+is one piece per checkpoint, and nothing is memory-mapped (a mapped page stays in the process's
+resident memory while its file is open). The average is written the same way
+(:func:`save_streamed`): the structure saved with every storage's place left empty, then each
+piece written at its place as it is made, so the averaged model is never whole in memory.
 
 A file this cannot address (the legacy non-zip format, a tensor that is a strided view, a file
 that only ``trust_pickle`` loads) is loaded as before (``torch.load(mmap=True)``) and its pieces
