@@ -1,4 +1,4 @@
-"""``torch.save`` files read and written like safetensors: the structure first, then each tensor in pieces at its offset.
+"""``torch.save`` files read and written like safetensors: the structure, then each tensor in pieces at its offset.
 
 A ``torch.save`` file (zip format, torch's default since 1.6) stores each tensor's bytes
 uncompressed in its own record. Loading it with ``map_location="meta"`` (still
